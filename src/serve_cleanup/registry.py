@@ -1,0 +1,135 @@
+"""The registry: pure bookkeeping over a ``RecordStore``. No Ray imports.
+
+The in-memory map mirrors the store and is only changed *after* the store call
+succeeded, so memory never claims something the KV does not hold:
+
+* ``add`` writes the record, then remembers it (a failed write raises; nothing kept);
+* ``remove`` deletes the record, then forgets it (a failed delete raises; still kept,
+  so a later pass retries);
+* ``load`` rebuilds the map from the store on every controller start. Entries that do
+  not decode are *set aside*: logged, left untouched in the KV, reported, never fatal.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from serve_cleanup import records as rec
+from serve_cleanup.errors import RecordDecodeError
+from serve_cleanup.records import Record
+from serve_cleanup.store import RecordStore
+
+
+@dataclass(frozen=True)
+class SetAside:
+    """A KV entry under our prefix that could not be read as a record."""
+
+    key: str
+    reason: str
+    size: int
+
+
+class Registry:
+    def __init__(self, store: RecordStore, clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._clock = clock
+        self._records: dict[str, Record] = {}
+        self._set_aside: dict[str, SetAside] = {}
+
+    # --- reading ------------------------------------------------------------------
+
+    def load(self) -> tuple[int, list[SetAside]]:
+        """Replace the in-memory view with what the store holds now."""
+        loaded: dict[str, Record] = {}
+        set_aside: dict[str, SetAside] = {}
+        for key, value in self._store.scan(rec.KEY_PREFIX).items():
+            try:
+                record = rec.decode(value)
+                if record.key != key:
+                    raise RecordDecodeError(
+                        f"record for actor {record.actor_id} is stored under another key"
+                    )
+            except RecordDecodeError as e:
+                set_aside[key] = SetAside(key=key, reason=str(e), size=len(value))
+                continue
+            loaded[record.actor_id] = record
+        self._records = loaded
+        self._set_aside = set_aside
+        return len(loaded), list(set_aside.values())
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __contains__(self, actor_id: object) -> bool:
+        return actor_id in self._records
+
+    def get(self, actor_id: str) -> Optional[Record]:
+        return self._records.get(actor_id)
+
+    def records(self) -> list[Record]:
+        return list(self._records.values())
+
+    def set_aside(self) -> list[SetAside]:
+        return list(self._set_aside.values())
+
+    def select(
+        self,
+        *,
+        scope: Optional[str] = None,
+        predicate: Optional[Callable[[Record], bool]] = None,
+    ) -> list[Record]:
+        return [
+            r
+            for r in self._records.values()
+            if (scope is None or r.scope == scope) and (predicate is None or predicate(r))
+        ]
+
+    # --- writing ------------------------------------------------------------------
+
+    def new_record(
+        self,
+        *,
+        actor_id: str,
+        name: str,
+        namespace: str,
+        handle: bytes,
+        scope: str = rec.SCOPE_SERVE,
+        app: str = "",
+        deployment: str = "",
+    ) -> Record:
+        record = Record(
+            actor_id=actor_id,
+            name=name,
+            namespace=namespace if name else "",
+            handle=handle,
+            scope=scope,
+            app=app,
+            deployment=deployment,
+            registered_at=self._clock(),
+        )
+        rec.validate(record)
+        return record
+
+    async def add(self, record: Record) -> bool:
+        """Store ``record`` durably. False (and no write) if the same registration exists."""
+        existing = self._records.get(record.actor_id)
+        if existing is not None and _same_owner(existing, record):
+            return False
+        await self._store.put(record.key, rec.encode(record))
+        self._records[record.actor_id] = record
+        return True
+
+    async def remove(self, actor_id: str) -> bool:
+        """Delete the record durably, then forget it. False if memory held none.
+
+        The KV delete is issued even then: a write whose outcome was unknown (a timed-out
+        put) may have landed, and deleting an absent key is harmless.
+        """
+        await self._store.delete(rec.record_key(actor_id))
+        return self._records.pop(actor_id, None) is not None
+
+
+def _same_owner(a: Record, b: Record) -> bool:
+    return (a.scope, a.app, a.deployment) == (b.scope, b.app, b.deployment)
