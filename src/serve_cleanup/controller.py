@@ -20,6 +20,7 @@ A subclass of ``ServeController``; no controller code is copied. It changes four
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any, Optional
 
@@ -175,6 +176,7 @@ class DurableServeController(_compat.ServeController):
             by_scope[r.scope] = by_scope.get(r.scope, 0) + 1
         return {
             "controller": "durable",
+            "pid": os.getpid(),
             "records": len(self._sc_registry),
             "records_by_scope": by_scope,
             "set_aside": [vars(s) for s in self._sc_registry.set_aside()],

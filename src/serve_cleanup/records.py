@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,7 @@ SCOPES = (SCOPE_SERVE, SCOPE_APP, SCOPE_DEPLOYMENT)
 
 # Ray actor ids are 16 bytes; accept any even-length hex so a future id size still parses.
 _MAX_ID_HEX = 256
+_HEX_ID = re.compile(r"[0-9a-f]+")
 
 
 @dataclass(frozen=True)
@@ -157,14 +159,8 @@ def decode(data: bytes) -> Record:
 def validate(record: Record) -> None:
     """The invariants every stored record keeps."""
     aid = record.actor_id
-    if not aid or len(aid) > _MAX_ID_HEX or len(aid) % 2:
-        raise RecordDecodeError(f"bad actor id {aid!r}")
-    try:
-        bytes.fromhex(aid)
-    except ValueError:
-        raise RecordDecodeError(f"actor id {aid!r} is not hex") from None
-    if aid != aid.lower():
-        raise RecordDecodeError(f"actor id {aid!r} is not lower-case hex")
+    if not aid or len(aid) > _MAX_ID_HEX or len(aid) % 2 or not _HEX_ID.fullmatch(aid):
+        raise RecordDecodeError(f"bad actor id {aid!r}: expected lower-case hex")
     if record.scope not in SCOPES:
         raise RecordDecodeError(f"unknown scope {record.scope!r}; expected one of {SCOPES}")
     if record.scope == SCOPE_SERVE and (record.app or record.deployment):

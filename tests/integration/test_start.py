@@ -1,0 +1,72 @@
+"""Starting Serve with the durable controller, and refusing to mix with plain Serve."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import ray
+from ray import serve
+
+import serve_cleanup
+from conftest import controller_status
+from serve_cleanup import client
+
+pytestmark = pytest.mark.ray
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+class Hello:
+    def __call__(self) -> str:
+        return "hello"
+
+
+def test_start_is_idempotent_and_serve_run_uses_it(durable_serve):
+    pid = controller_status()["pid"]
+    serve_cleanup.start()
+    assert controller_status()["pid"] == pid
+    handle = serve.run(Hello.bind(), name="hello", route_prefix=None)
+    assert handle.remote().result() == "hello"
+    assert client.controller_kind() == "durable"
+    assert controller_status()["pid"] == pid
+
+
+def test_start_refuses_when_plain_serve_runs(plain_serve):
+    with pytest.raises(serve_cleanup.NotDurableControllerError, match="serve.shutdown"):
+        serve_cleanup.start()
+    assert client.controller_kind() == "plain"
+
+
+def test_register_refuses_plain_serve(plain_serve, actors):
+    with pytest.raises(serve_cleanup.NotDurableControllerError):
+        serve_cleanup.register(actors())
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "serve_cleanup.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address},
+    )
+
+
+def test_cli_start_against_running_cluster(ray_cluster):
+    serve.shutdown()
+    out = _cli("start")
+    assert out.returncode == 0, out.stderr
+    assert "Started Serve with the durable controller" in out.stdout
+    assert client.controller_kind() == "durable"
+    again = _cli("start", "--address", ray.get_runtime_context().gcs_address)
+    assert again.returncode == 0, again.stderr
+    assert "already running" in again.stdout
+    serve.shutdown()
+
+
+def test_cli_start_refuses_plain_serve(plain_serve):
+    out = _cli("start")
+    assert out.returncode == 1
+    assert "plain Ray Serve controller" in out.stderr
