@@ -7,11 +7,12 @@
 """
 
 from serve_cleanup._compat import SUPPORTED_RAY
-from serve_cleanup.client import list_registrations, register, start
+from serve_cleanup.client import gc, list_registrations, register, start, unregister
 from serve_cleanup.errors import (
     ControllerUnavailableError,
     DeadActorError,
     NotDurableControllerError,
+    OwnerNotFoundError,
     PersistenceError,
     RecordDecodeError,
     RegistrationError,
@@ -29,6 +30,7 @@ __all__ = [
     "ControllerUnavailableError",
     "DeadActorError",
     "NotDurableControllerError",
+    "OwnerNotFoundError",
     "PersistenceError",
     "Record",
     "RecordDecodeError",
@@ -37,7 +39,9 @@ __all__ = [
     "SystemActorError",
     "UnknownSchemaVersionError",
     "UnsupportedRayVersionError",
+    "gc",
     "list_registrations",
     "register",
     "start",
+    "unregister",
 ]

@@ -182,6 +182,42 @@ def lookup_actor_sync(gcs: GcsClient, actor_id: str, timeout_s: float) -> Option
     return asyncio.run(_one())
 
 
+# --- what the controller knows about apps and deployments ------------------------------
+
+
+def live_owners(controller: Any, apps: set[str]) -> tuple[set[str], set[tuple[str, str]]]:
+    """Of ``apps``, those Serve still has; and every (app, deployment) Serve still has.
+
+    An app or deployment that is being deleted still counts until Serve removed it.
+    """
+    asm = controller.application_state_manager
+    live_apps = {a for a in apps if asm.does_app_exist(a)}
+    live_deployments = {
+        (d.app_name, d.name) for d in controller.deployment_state_manager.get_deployment_ids()
+    }
+    return live_apps, live_deployments
+
+
+def serve_done_recovering(controller: Any) -> bool:
+    return controller.done_recovering_event.is_set()
+
+
+def serve_shutting_down(controller: Any) -> bool:
+    return bool(getattr(controller, "_shutting_down", False))
+
+
+def replica_owner() -> Optional[tuple[str, str]]:
+    """(app, deployment) of the replica this code runs in, or None outside a replica."""
+    from ray import serve
+    from ray.serve.exceptions import RayServeException
+
+    try:
+        ctx = serve.get_replica_context()
+    except RayServeException:
+        return None
+    return ctx.app_name, ctx.deployment
+
+
 # --- building and starting the controller ---------------------------------------------
 
 

@@ -13,6 +13,24 @@ RAY_INIT_ADDRESS_HELP = (
 )
 
 
+def _address_option(f):
+    return click.option(
+        "--address", "-a", default=os.environ.get("RAY_ADDRESS", "auto"), show_default=True,
+        help=RAY_INIT_ADDRESS_HELP,
+    )(f)
+
+
+def _connect(address: str) -> None:
+    import ray
+
+    from serve_cleanup import _compat
+
+    try:
+        ray.init(address=address, namespace=_compat.SERVE_NAMESPACE, log_to_driver=False)
+    except ConnectionError as e:
+        raise click.ClickException(f"could not connect to Ray at {address!r}: {e}") from None
+
+
 @click.group(help="Durable shutdown-cleanup registrations for Ray Serve.")
 @click.version_option(package_name="serve-cleanup")
 def cli() -> None:
@@ -20,10 +38,7 @@ def cli() -> None:
 
 
 @cli.command(help="Start Serve on the Ray cluster with the durable controller.")
-@click.option(
-    "--address", "-a", default=os.environ.get("RAY_ADDRESS", "auto"), show_default=True,
-    help=RAY_INIT_ADDRESS_HELP,
-)
+@_address_option
 @click.option("--http-host", default=None, help="Host for HTTP proxies to listen on. Defaults to localhost.")
 @click.option("--http-port", default=None, type=int, help="Port for HTTP proxies to listen on. Defaults to 8000.")
 @click.option(
@@ -38,12 +53,10 @@ def start(
     proxy_location: Optional[str],
     grpc_port: Optional[int],
 ) -> None:
-    import ray
-
-    from serve_cleanup import _compat, client
+    from serve_cleanup import client
     from serve_cleanup.errors import ServeCleanupError
 
-    ray.init(address=address, namespace=_compat.SERVE_NAMESPACE, log_to_driver=False)
+    _connect(address)
     kind = client.controller_kind()
     http = {k: v for k, v in {"host": http_host, "port": http_port}.items() if v is not None}
     kwargs: dict = {}
@@ -61,6 +74,124 @@ def start(
         click.echo("Serve is already running with the durable controller; nothing to do.")
     else:
         click.echo("Started Serve with the durable controller.")
+
+
+def _record_rows(items: list[dict], states: dict[str, str], extra: tuple = ()) -> list[tuple]:
+    from serve_cleanup import _table
+
+    return [
+        (
+            d["scope"], d["app"] or "-", d["deployment"] or "-", d["namespace"] or "-",
+            d["name"] or "(anonymous)", d["actor_id"], states.get(d["actor_id"], "?"),
+            _table.timestamp(d["registered_at"]), *(d.get(k, "") for k in extra),
+        )
+        for d in items
+    ]
+
+
+_RECORD_HEADERS = ("SCOPE", "APP", "DEPLOYMENT", "NAMESPACE", "NAME", "ACTOR ID", "STATE", "REGISTERED AT")
+
+
+@cli.command(name="list", help="List durable registrations (read from the GCS KV; works while the controller is down).")
+@_address_option
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def list_(address: str, as_json: bool) -> None:
+    import json
+
+    from serve_cleanup import _table, client
+
+    _connect(address)
+    records = [r.to_dict() for r in client.list_registrations()]
+    states = client.actor_states([d["actor_id"] for d in records])
+    if as_json:
+        for d in records:
+            d["state"] = states[d["actor_id"]]
+        click.echo(json.dumps(records, indent=2))
+        return
+    if not records:
+        click.echo("No registrations.")
+        return
+    click.echo(_table.render(_RECORD_HEADERS, _record_rows(records, states)))
+
+
+@cli.command(help="Show the controller kind, record counts, the last reconcile and set-aside records.")
+@_address_option
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def status(address: str, as_json: bool) -> None:
+    import json
+
+    from serve_cleanup import _table, client
+    from serve_cleanup.errors import ServeCleanupError
+
+    _connect(address)
+    kind = client.controller_kind()
+    records, set_aside = client.read_kv()
+    by_scope: dict[str, int] = {}
+    for r in records:
+        by_scope[r.scope] = by_scope.get(r.scope, 0) + 1
+    controller = None
+    if kind == "durable":
+        try:
+            controller = client.controller_status(timeout_s=10)
+        except ServeCleanupError as e:
+            controller = {"error": str(e)}
+    out = {
+        "controller": kind,
+        "records": len(records),
+        "records_by_scope": by_scope,
+        "set_aside": [vars(s) for s in set_aside],
+        "controller_status": controller,
+    }
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+        return
+    names = {"durable": "durable (serve_cleanup)", "plain": "plain Ray Serve (registrations are NOT durable)", "none": "not running"}
+    click.echo(f"controller:      {names[kind]}")
+    scopes = ", ".join(f"{k}={v}" for k, v in sorted(by_scope.items())) or "-"
+    click.echo(f"records:         {len(records)} ({scopes})")
+    if controller and "error" not in controller:
+        rec = controller.get("last_reconcile") or {}
+        when = _table.timestamp(rec["at"]) if rec else "never"
+        click.echo(f"last reconcile:  {when}" + (f" ({rec['seconds'] * 1000:.2f} ms, {rec['orphans']} orphan(s))" if rec else ""))
+        last = controller.get("last_pass") or {}
+        if last:
+            click.echo(
+                f"last kill pass:  {_table.timestamp(last['at'])} ({last['reason']}: {last.get('killed', 0)} killed, "
+                f"{last.get('already dead', 0)} already dead, {last.get('pending', 0)} pending)"
+            )
+        click.echo(f"rehydrated in:   {controller['rehydrate_ms']} ms at controller start")
+    elif controller:
+        click.echo(f"controller status unavailable: {controller['error']}")
+    click.echo(f"set aside:       {len(set_aside)}")
+    if set_aside:
+        click.echo(_table.render(("KEY", "BYTES", "REASON"), [(s.key, s.size, s.reason) for s in set_aside]))
+
+
+@cli.command(help="Kill registrations whose owner (app or deployment) is gone or whose actor is dead.")
+@_address_option
+@click.option("--dry-run", is_flag=True, help="Only show what would be killed.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def gc(address: str, dry_run: bool, as_json: bool) -> None:
+    import json
+
+    from serve_cleanup import _table, client
+    from serve_cleanup.errors import ServeCleanupError
+
+    _connect(address)
+    try:
+        found = client.gc(dry_run=dry_run, timeout_s=30)
+    except ServeCleanupError as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    if not found:
+        click.echo("Nothing to collect.")
+        return
+    states = client.actor_states([d["actor_id"] for d in found])
+    extra = ("why",) if dry_run else ("why", "outcome")
+    click.echo(_table.render(_RECORD_HEADERS + tuple(e.upper() for e in extra), _record_rows(found, states, extra)))
+    click.echo(f"{len(found)} registration(s) {'would be collected (dry run)' if dry_run else 'collected'}.")
 
 
 @cli.command(help="Run the demo on a local embedded Ray: kill the controller, shut down, show nothing leaked.")

@@ -17,7 +17,7 @@ from serve_cleanup import _compat, records
 from serve_cleanup.controller import DurableServeController
 from serve_cleanup.errors import ControllerUnavailableError, NotDurableControllerError
 from serve_cleanup.records import Record
-from serve_cleanup.registry import Registry
+from serve_cleanup.registry import Registry, SetAside
 from serve_cleanup.store import GcsRecordStore
 
 DEFAULT_TIMEOUT_S = 60.0
@@ -72,22 +72,85 @@ def register(
     actor: Any,
     *,
     scope: str = records.SCOPE_SERVE,
+    app: Optional[str] = None,
+    deployment: Optional[str] = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> Record:
-    """Register ``actor`` to be killed when Serve shuts down. Durable when it returns.
+    """Register ``actor`` for cleanup. Durable when it returns.
 
-    Survives a controller restart in flight: retries until the (restarted) controller
-    accepts the registration, or raises ``ControllerUnavailableError`` after
-    ``timeout_s``. Registering the same actor again is a no-op.
+    ``scope`` says when the actor is killed:
+
+    * ``"serve"`` (default): at ``serve.shutdown()``;
+    * ``"app"``: when application ``app`` is deleted (or at shutdown);
+    * ``"deployment"``: when deployment ``deployment`` of ``app`` is deleted, including a
+      redeploy of the app without it (or at shutdown).
+
+    Inside a replica, ``app`` and ``deployment`` default to the replica's own. Survives a
+    controller restart in flight: retries until the (restarted) controller accepts the
+    registration, or raises ``ControllerUnavailableError`` after ``timeout_s``.
+    Registering the same actor again with the same owner is a no-op; with another owner
+    it moves the registration to that owner.
     """
     if not isinstance(actor, _compat.ActorHandle):
         raise TypeError(
             f"expected a Ray ActorHandle, got {type(actor).__name__}; pass the handle "
             "returned by MyActor.remote() or ray.get_actor()."
         )
-    if scope != records.SCOPE_SERVE:
-        raise ValueError(f"unsupported scope {scope!r}; this version supports 'serve'.")
-    return _call_controller("serve_cleanup_register", actor, scope, timeout_s=timeout_s)
+    app, deployment = _resolve_owner(scope, app, deployment)
+    return _call_controller(
+        "serve_cleanup_register", actor, scope, app, deployment, timeout_s=timeout_s
+    )
+
+
+def _resolve_owner(scope: str, app: Optional[str], deployment: Optional[str]) -> tuple[str, str]:
+    if scope not in records.SCOPES:
+        raise ValueError(f"unknown scope {scope!r}; use one of {records.SCOPES}.")
+    if scope == records.SCOPE_SERVE:
+        if app or deployment:
+            raise ValueError("scope='serve' takes no app or deployment; use scope='app' or 'deployment'.")
+        return "", ""
+    if scope == records.SCOPE_APP and deployment:
+        raise ValueError("scope='app' takes no deployment; use scope='deployment'.")
+    here = _compat.replica_owner()
+    if app is None:
+        if here is None:
+            raise ValueError(
+                f"scope={scope!r} outside a Serve replica needs app=" +
+                ("... and deployment=..." if scope == records.SCOPE_DEPLOYMENT else "...")
+            )
+        app = here[0]
+    if scope == records.SCOPE_APP:
+        return app, ""
+    if deployment is None:
+        if here is None or here[0] != app:
+            raise ValueError(f"scope='deployment' needs deployment=... (app {app!r}).")
+        deployment = here[1]
+    return app, deployment
+
+
+def unregister(actor: Any, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
+    """Remove ``actor``'s registration (durably) without killing it.
+
+    Accepts an actor handle or an actor id (hex). False if it was not registered.
+    """
+    if isinstance(actor, _compat.ActorHandle):
+        actor_id = _compat.actor_id_hex(actor)
+    elif isinstance(actor, str):
+        actor_id = actor
+    else:
+        raise TypeError(f"expected a Ray ActorHandle or an actor id, got {type(actor).__name__}")
+    return _call_controller("serve_cleanup_unregister", actor_id, timeout_s=timeout_s)
+
+
+def gc(*, dry_run: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S) -> list[dict[str, Any]]:
+    """Kill registrations whose owner is gone or whose actor is dead (only list them if
+    ``dry_run``). Each item is a record as a dict plus ``why`` (and ``outcome``)."""
+    return _call_controller("serve_cleanup_gc", dry_run, timeout_s=timeout_s)
+
+
+def controller_status(timeout_s: float = 10.0) -> dict[str, Any]:
+    """The durable controller's own view (records, set-aside, last passes)."""
+    return _call_controller("serve_cleanup_status", timeout_s=timeout_s)
 
 
 def _call_controller(method: str, *args: Any, timeout_s: float) -> Any:
@@ -131,7 +194,31 @@ def list_registrations() -> list[Record]:
 
     Unreadable entries are skipped here; ``serve-cleanup status`` reports them.
     """
+    return read_kv()[0]
+
+
+def read_kv() -> tuple[list[Record], list[SetAside]]:
+    """Records and set-aside entries as the GCS KV holds them now."""
     _connect()
     registry = Registry(GcsRecordStore(_compat.driver_gcs_client()))
     registry.load()
-    return sorted(registry.records(), key=lambda r: (r.registered_at, r.actor_id))
+    return sorted(registry.records(), key=lambda r: (r.registered_at, r.actor_id)), registry.set_aside()
+
+
+def actor_states(actor_ids: list[str]) -> dict[str, str]:
+    """Actor table state per id: ALIVE, RESTARTING, ..., DEAD, or UNKNOWN on error."""
+    import asyncio
+
+    gcs = _compat.driver_gcs_client()
+
+    async def one(actor_id: str) -> str:
+        try:
+            info = await _compat.lookup_actor(gcs, actor_id, 5.0)
+        except Exception:
+            return "UNKNOWN"
+        return "DEAD" if info is None else info.state
+
+    async def all_() -> list[str]:
+        return list(await asyncio.gather(*(one(a) for a in actor_ids)))
+
+    return dict(zip(actor_ids, asyncio.run(all_())))

@@ -1,20 +1,24 @@
 """``DurableServeController``: Ray Serve's controller, with durable cleanup registrations.
 
-A subclass of ``ServeController``; no controller code is copied. It changes four things:
+A subclass of ``ServeController``; no controller code is copied. What it changes:
 
 ``__init__``
     Loads every record from the GCS KV *before* Serve's own ``__init__`` starts the
     control loop, so even a controller restarted in the middle of ``serve.shutdown()``
-    knows every registered actor before its first shutdown step.
+    knows every registered actor before its first shutdown step. Then starts the owner
+    reconcile task.
 ``_register_shutdown_cleanup_actor(handle)`` (upstream entry point)
     Now durable: the record is in the KV before the call returns. Ray's own callers
-    (``PrefixCacheAffinityRouter``) get this without any change.
+    (``PrefixCacheAffinityRouter``) get this without any change. Serve-wide scope.
 ``_kill_registered_cleanup_actors()``
     Upstream calls it from ``shutdown()`` once apps, deployments and proxies are gone,
     then exits. Here it starts an async reap pass and raises ``_CleanupPending`` until
     every record is gone, so the controller does not exit with actors still registered.
 ``shutdown()``
     Swallows ``_CleanupPending``; Serve's control loop calls it again on its next tick.
+
+New remote methods are prefixed ``serve_cleanup_``. All GCS work is awaited on the event
+loop (never a blocking call), and at most one reap pass runs at a time.
 """
 
 from __future__ import annotations
@@ -27,16 +31,24 @@ from typing import Any, Optional
 import ray
 
 from serve_cleanup import _compat, records
-from serve_cleanup.errors import DeadActorError, PersistenceError, SystemActorError
-from serve_cleanup.reaper import LOOKUP_TIMEOUT_S, Outcome, Reaper
+from serve_cleanup.errors import (
+    DeadActorError,
+    OwnerNotFoundError,
+    PersistenceError,
+    SystemActorError,
+)
+from serve_cleanup.metrics import ControllerMetrics
+from serve_cleanup.reaper import LOOKUP_TIMEOUT_S, Outcome, Reaper, Reason
 from serve_cleanup.records import Record
 from serve_cleanup.registry import Registry
 from serve_cleanup.store import GcsRecordStore
 
 logger = _compat.controller_logger
 
-# After a reap pass that left records behind, wait this long before the next one.
+# After a shutdown pass that left records behind, wait this long before the next one.
 RETRY_INTERVAL_S = 1.0
+# How often registrations are checked against the apps and deployments Serve has.
+RECONCILE_INTERVAL_S = float(os.environ.get("SERVE_CLEANUP_RECONCILE_INTERVAL_S", "0.5"))
 
 
 class _CleanupPending(Exception):
@@ -48,11 +60,12 @@ class DurableServeController(_compat.ServeController):
         gcs = _compat.GcsClient(address=ray.get_runtime_context().gcs_address)
         self._sc_gcs = gcs
         self._sc_registry = Registry(GcsRecordStore(gcs))
-        self._sc_reaper = Reaper(self._sc_registry, gcs)
         self._sc_own_id = ray.get_runtime_context().get_actor_id()
-        self._sc_pass: Optional[asyncio.Task] = None
-        self._sc_next_pass_at = 0.0
+        self._sc_pass_lock = asyncio.Lock()
+        self._sc_next_shutdown_pass_at = 0.0
+        self._sc_shutdown_task: Optional[asyncio.Task] = None
         self._sc_last_pass: dict[str, Any] = {}
+        self._sc_last_reconcile: dict[str, Any] = {}
 
         started = time.perf_counter()
         loaded, set_aside = self._sc_registry.load()
@@ -60,6 +73,10 @@ class DurableServeController(_compat.ServeController):
 
         await super().__init__(**kwargs)  # configures the controller logger
 
+        self._sc_metrics = ControllerMetrics()
+        self._sc_reaper = Reaper(self._sc_registry, gcs, self._sc_metrics)
+        self._sc_metrics.set_records(self._sc_registry.records(), len(set_aside))
+        self._sc_reconcile_task = asyncio.get_running_loop().create_task(self._sc_reconcile_loop())
         logger.info(
             f"serve_cleanup: durable controller started; rehydrated {loaded} "
             f"registration(s) in {self._sc_rehydrate_s * 1000:.1f} ms."
@@ -98,20 +115,25 @@ class DurableServeController(_compat.ServeController):
             deployment,
         ):
             return existing
+        self._sc_check_owner(scope, app, deployment)
         if actor_id == self._sc_own_id:
             raise SystemActorError("the Serve controller cannot be registered for cleanup.")
         handle_bytes = _compat.handle_to_bytes(actor)
         name, namespace = _compat.handle_name_namespace(handle_bytes)
         _refuse_system_actor(actor_id, name, namespace)
-        record = self._sc_registry.new_record(
-            actor_id=actor_id,
-            name=name,
-            namespace=namespace,
-            handle=handle_bytes,
-            scope=scope,
-            app=app,
-            deployment=deployment,
-        )
+
+        def make(name: str, namespace: str) -> Record:
+            return self._sc_registry.new_record(
+                actor_id=actor_id,
+                name=name,
+                namespace=namespace,
+                handle=handle_bytes,
+                scope=scope,
+                app=app,
+                deployment=deployment,
+            )
+
+        record = make(name, namespace)
         # Write and check liveness at once: one GCS round trip of latency, not two.
         stored, info = await asyncio.gather(
             self._sc_registry.add(record),
@@ -136,27 +158,46 @@ class DurableServeController(_compat.ServeController):
                     f"{'dead' if info else 'unknown to this cluster'}; nothing was "
                     "registered. Register a live actor."
                 )
+            # The actor table is authoritative for name and namespace (a handle made by
+            # the actor itself may not carry them).
             info_ns = info.namespace if info.name else ""
             if (info.name, info_ns) != (record.name, record.namespace):
                 _refuse_system_actor(actor_id, info.name, info.namespace)
-                record = self._sc_registry.new_record(
-                    actor_id=actor_id,
-                    name=info.name,
-                    namespace=info.namespace,
-                    handle=handle_bytes,
-                    scope=scope,
-                    app=app,
-                    deployment=deployment,
-                )
+                record = make(info.name, info.namespace)
                 await self._sc_registry.add(record)
         except BaseException:
             await self._sc_undo(actor_id)
             raise
+        self._sc_metrics.registrations.inc(tags={"scope": scope})
+        self._sc_metrics.set_records(self._sc_registry.records(), len(self._sc_registry.set_aside()))
         logger.info(
             f"serve_cleanup: registered {record.display_name} (actor {actor_id}, "
-            f"scope {scope})."
+            f"scope {_owner(record)})."
         )
         return record
+
+    def _sc_check_owner(self, scope: str, app: str, deployment: str) -> None:
+        if scope not in records.SCOPES:
+            raise ValueError(f"unknown scope {scope!r}; use one of {records.SCOPES}.")
+        if scope == records.SCOPE_SERVE:
+            if app or deployment:
+                raise ValueError("scope 'serve' takes no app or deployment.")
+            return
+        if not app or (scope == records.SCOPE_DEPLOYMENT) != bool(deployment):
+            raise ValueError(
+                f"scope {scope!r} needs app=" + (" and deployment=." if scope == "deployment" else ".")
+            )
+        live_apps, live_deployments = _compat.live_owners(self, {app})
+        if app not in live_apps:
+            raise OwnerNotFoundError(
+                f"application {app!r} does not exist, so nothing could delete it; deploy it "
+                "first or register with scope='serve'."
+            )
+        if scope == records.SCOPE_DEPLOYMENT and (app, deployment) not in live_deployments:
+            raise OwnerNotFoundError(
+                f"deployment {deployment!r} of application {app!r} does not exist; "
+                f"deployments of {app!r}: {sorted(d for a, d in live_deployments if a == app)}."
+            )
 
     async def _sc_undo(self, actor_id: str) -> None:
         """Best effort: take back a record whose registration is being refused."""
@@ -167,6 +208,17 @@ class DurableServeController(_compat.ServeController):
                 f"serve_cleanup: could not take back the record of refused actor {actor_id} "
                 f"({e!r}); it will be dropped as dead or killed at shutdown."
             )
+
+    async def serve_cleanup_unregister(self, actor_id: str) -> bool:
+        """Remove the record without killing the actor. False if it was not registered."""
+        if not isinstance(actor_id, str):
+            raise TypeError(f"expected an actor id (hex str), got {type(actor_id).__name__}")
+        async with self._sc_pass_lock:  # never race a pass that may be killing it
+            removed = await self._sc_registry.remove(actor_id)
+        if removed:
+            logger.info(f"serve_cleanup: unregistered actor {actor_id} (not killed).")
+            self._sc_metrics.set_records(self._sc_registry.records(), len(self._sc_registry.set_aside()))
+        return removed
 
     # --- inspection ---------------------------------------------------------------------
 
@@ -181,44 +233,111 @@ class DurableServeController(_compat.ServeController):
             "records_by_scope": by_scope,
             "set_aside": [vars(s) for s in self._sc_registry.set_aside()],
             "rehydrate_ms": round(self._sc_rehydrate_s * 1000, 3),
-            "shutting_down": bool(getattr(self, "_shutting_down", False)),
+            "shutting_down": _compat.serve_shutting_down(self),
             "last_pass": dict(self._sc_last_pass),
+            "last_reconcile": dict(self._sc_last_reconcile),
         }
 
-    # --- shutdown -----------------------------------------------------------------------
+    # --- owner reconcile and gc -----------------------------------------------------------
 
-    def _kill_registered_cleanup_actors(self) -> None:
-        if len(self._sc_registry) == 0:
-            return
-        running = self._sc_pass is not None and not self._sc_pass.done()
-        if not running and time.monotonic() >= self._sc_next_pass_at:
-            self._sc_pass = asyncio.get_running_loop().create_task(self._sc_shutdown_pass())
-        raise _CleanupPending()
+    def _sc_orphans(self) -> list[Record]:
+        apps = {r.app for r in self._sc_registry.records() if r.app}
+        live_apps, live_deployments = _compat.live_owners(self, apps)
+        return self._sc_registry.orphans(live_apps, live_deployments)
 
-    async def _sc_shutdown_pass(self) -> None:
-        started = time.perf_counter()
-        todo = self._sc_registry.records()
-        counts = await self._sc_reaper.reap_all(todo, reason="shutdown")
-        elapsed = time.perf_counter() - started
+    async def _sc_reconcile_loop(self) -> None:
+        # The first reconcile runs as soon as Serve has recovered its apps (so deletions
+        # made while the controller was down are collected at once), then periodically.
+        reconciled_once = False
+        while True:
+            await asyncio.sleep(RECONCILE_INTERVAL_S if reconciled_once else 0.1)
+            if _compat.serve_shutting_down(self) or not _compat.serve_done_recovering(self):
+                continue  # shutdown reaps everything; before recovery owners are unknown
+            if self._sc_pass_lock.locked():
+                continue
+            try:
+                started = time.perf_counter()
+                orphans = self._sc_orphans()
+                self._sc_last_reconcile = {
+                    "at": time.time(),
+                    "seconds": round(time.perf_counter() - started, 6),
+                    "orphans": len(orphans),
+                }
+                self._sc_metrics.reconcile_duration.set(time.perf_counter() - started)
+                reconciled_once = True
+                if orphans:
+                    await self._sc_pass(orphans, Reason.OWNER_DELETED)
+            except Exception:
+                logger.exception("serve_cleanup: reconcile failed; retrying next interval.")
+
+    async def serve_cleanup_gc(self, dry_run: bool = False) -> list[dict[str, Any]]:
+        """Registrations whose owner is gone or whose actor is dead; killed unless dry_run."""
+        orphans = {r.actor_id: r for r in self._sc_orphans()}
+        rest = [r for r in self._sc_registry.records() if r.actor_id not in orphans]
+        infos = await asyncio.gather(
+            *(_compat.lookup_actor(self._sc_gcs, r.actor_id, LOOKUP_TIMEOUT_S) for r in rest),
+            return_exceptions=True,
+        )
+        dead = [
+            r for r, info in zip(rest, infos)
+            if not isinstance(info, BaseException) and (info is None or info.dead)
+        ]
+        found = [(r, "owner deleted") for r in orphans.values()] + [(r, "actor dead") for r in dead]
+        result = [{**r.to_dict(), "why": why} for r, why in found]
+        if not dry_run and found:
+            outcomes = await self._sc_pass([r for r, _ in found], Reason.GC)
+            for item, outcome in zip(result, outcomes):
+                item["outcome"] = outcome.value
+        return result
+
+    # --- passes and shutdown ------------------------------------------------------------
+
+    async def _sc_pass(self, todo: list[Record], reason: Reason) -> list[Outcome]:
+        async with self._sc_pass_lock:
+            started = time.perf_counter()
+            outcomes = await self._sc_reaper.reap_all(todo, reason)
+            elapsed = time.perf_counter() - started
+        counts = {o: outcomes.count(o) for o in Outcome}
         self._sc_last_pass = {
-            "reason": "shutdown",
+            "reason": reason.value,
             "at": time.time(),
             "seconds": round(elapsed, 4),
             **{o.value: n for o, n in counts.items()},
         }
-        if counts[Outcome.PENDING]:
-            self._sc_next_pass_at = time.monotonic() + RETRY_INTERVAL_S
+        self._sc_metrics.set_records(self._sc_registry.records(), len(self._sc_registry.set_aside()))
         logger.info(
-            f"serve_cleanup: shutdown pass over {len(todo)} registration(s) in "
+            f"serve_cleanup: {reason.value} pass over {len(todo)} registration(s) in "
             f"{elapsed * 1000:.0f} ms: {counts[Outcome.KILLED]} killed, "
             f"{counts[Outcome.ALREADY_DEAD]} already dead, {counts[Outcome.PENDING]} pending."
         )
+        return outcomes
+
+    async def _sc_shutdown_pass(self) -> None:
+        outcomes = await self._sc_pass(self._sc_registry.records(), Reason.SHUTDOWN)
+        if Outcome.PENDING in outcomes:
+            self._sc_next_shutdown_pass_at = time.monotonic() + RETRY_INTERVAL_S
+
+    def _kill_registered_cleanup_actors(self) -> None:
+        if len(self._sc_registry) == 0:
+            return
+        idle = self._sc_shutdown_task is None or self._sc_shutdown_task.done()
+        if idle and time.monotonic() >= self._sc_next_shutdown_pass_at:
+            self._sc_shutdown_task = asyncio.get_running_loop().create_task(self._sc_shutdown_pass())
+        raise _CleanupPending()
 
     def shutdown(self) -> None:
         try:
             super().shutdown()
         except _CleanupPending:
             pass  # the reap pass runs on the loop; Serve calls shutdown() again next tick
+
+
+def _owner(record: Record) -> str:
+    if record.scope == records.SCOPE_SERVE:
+        return "serve"
+    if record.scope == records.SCOPE_APP:
+        return f"app {record.app!r}"
+    return f"deployment {record.app!r}/{record.deployment!r}"
 
 
 def _refuse_system_actor(actor_id: str, name: str, namespace: str) -> None:

@@ -36,6 +36,10 @@ class SystemActorError(RegistrationError, ValueError):
     """The actor is one of Serve's own (controller, proxy or replica); Serve manages those."""
 
 
+class OwnerNotFoundError(RegistrationError, ValueError):
+    """The app or deployment named as the registration's owner does not exist."""
+
+
 class PersistenceError(RegistrationError):
     """The record could not be written to the GCS KV store; the registration did not happen."""
 

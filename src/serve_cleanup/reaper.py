@@ -24,6 +24,7 @@ from typing import Optional
 import ray
 
 from serve_cleanup import _compat
+from serve_cleanup.metrics import ControllerMetrics
 from serve_cleanup.records import Record
 from serve_cleanup.registry import Registry
 
@@ -34,6 +35,12 @@ CONFIRM_DEATH_S = 5.0
 MAX_CONCURRENT = 64
 
 
+class Reason(enum.Enum):
+    SHUTDOWN = "shutdown"
+    OWNER_DELETED = "owner_deleted"
+    GC = "gc"
+
+
 class Outcome(enum.Enum):
     KILLED = "killed"  # we killed it and saw it dead; record removed
     ALREADY_DEAD = "already dead"  # it was dead before we looked; record removed
@@ -41,29 +48,35 @@ class Outcome(enum.Enum):
 
 
 class Reaper:
-    def __init__(self, registry: Registry, gcs: _compat.GcsClient) -> None:
+    def __init__(
+        self, registry: Registry, gcs: _compat.GcsClient, metrics: Optional[ControllerMetrics] = None
+    ) -> None:
         self._registry = registry
         self._gcs = gcs
+        self._metrics = metrics
         self._limit = asyncio.Semaphore(MAX_CONCURRENT)
 
-    async def reap_all(self, records: list[Record], reason: str) -> dict[Outcome, int]:
-        outcomes = await asyncio.gather(*(self.reap(r, reason) for r in records))
-        counts = {o: 0 for o in Outcome}
-        for outcome in outcomes:
-            counts[outcome] += 1
-        return counts
+    async def reap_all(self, records: list[Record], reason: Reason) -> list[Outcome]:
+        """Outcomes in the order of ``records``."""
+        return list(await asyncio.gather(*(self.reap(r, reason) for r in records)))
 
-    async def reap(self, record: Record, reason: str) -> Outcome:
+    async def reap(self, record: Record, reason: Reason) -> Outcome:
         """Never raises: a failure is logged and leaves the record for a later pass."""
         async with self._limit:
             try:
-                return await self._reap(record, reason)
+                outcome = await self._reap(record, reason.value)
             except Exception as e:  # GCS hiccup, kill RPC failure, ...
                 logger.warning(
                     f"serve_cleanup: could not clean up {record.display_name} "
-                    f"(actor {record.actor_id}, reason: {reason}): {e!r}; will retry."
+                    f"(actor {record.actor_id}, reason: {reason.value}): {e!r}; will retry."
                 )
-                return Outcome.PENDING
+                outcome = Outcome.PENDING
+        if self._metrics is not None:
+            if outcome is Outcome.KILLED:
+                self._metrics.kills.inc(tags={"reason": reason.value})
+            elif outcome is Outcome.PENDING:
+                self._metrics.kill_failures.inc(tags={"reason": reason.value})
+        return outcome
 
     async def _reap(self, record: Record, reason: str) -> Outcome:
         info = await _compat.lookup_actor(self._gcs, record.actor_id, LOOKUP_TIMEOUT_S)

@@ -86,6 +86,14 @@ class Registry:
             if (scope is None or r.scope == scope) and (predicate is None or predicate(r))
         ]
 
+    def orphans(self, live_apps: set[str], live_deployments: set[tuple[str, str]]) -> list[Record]:
+        """Records whose owner is gone: the Kubernetes-GC rule, level-triggered.
+
+        ``live_deployments`` holds ``(app, deployment)`` pairs. Serve-wide records have
+        no owner but Serve itself and are never orphans (they go at shutdown).
+        """
+        return [r for r in self._records.values() if not owner_alive(r, live_apps, live_deployments)]
+
     # --- writing ------------------------------------------------------------------
 
     def new_record(
@@ -133,3 +141,11 @@ class Registry:
 
 def _same_owner(a: Record, b: Record) -> bool:
     return (a.scope, a.app, a.deployment) == (b.scope, b.app, b.deployment)
+
+
+def owner_alive(record: Record, live_apps: set[str], live_deployments: set[tuple[str, str]]) -> bool:
+    if record.scope == rec.SCOPE_APP:
+        return record.app in live_apps
+    if record.scope == rec.SCOPE_DEPLOYMENT:
+        return (record.app, record.deployment) in live_deployments
+    return True

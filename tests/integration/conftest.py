@@ -6,6 +6,7 @@ fresh Serve instance and a clean KV, and its actors are killed at teardown.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from typing import Callable, Iterator, Optional
@@ -95,6 +96,10 @@ class Aux:
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[None]:
+    # Replicas unpickle deployment classes defined in these test modules by reference;
+    # the raylet (and so every worker) inherits this path from the driver.
+    here = os.path.dirname(os.path.abspath(__file__))
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
     ray.init(num_cpus=2, include_dashboard=False, namespace=TEST_NAMESPACE, log_to_driver=False)
     try:
         yield
@@ -164,5 +169,17 @@ def plain_serve(ray_cluster) -> Iterator[None]:
     """A fresh Serve instance running upstream Ray Serve's controller."""
     _teardown_serve()
     serve.start()
+    yield
+    _teardown_serve()
+
+
+@pytest.fixture
+def slow_reconcile_serve(ray_cluster):
+    """Durable Serve whose periodic reconcile is effectively off (it still runs once
+    at every controller start), so tests can hold an orphan in place."""
+    _teardown_serve()
+    serve_cleanup.start(
+        controller_options={"runtime_env": {"env_vars": {"SERVE_CLEANUP_RECONCILE_INTERVAL_S": "3600"}}}
+    )
     yield
     _teardown_serve()

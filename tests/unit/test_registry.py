@@ -404,3 +404,33 @@ def test_load_sets_aside_record_with_whitespace_in_actor_id():
     count, set_aside = registry.load()
     assert count == 0
     assert [s.key for s in set_aside] == [key]
+
+
+async def test_orphans_follow_owner_liveness():
+    store = InMemoryRecordStore()
+    registry = Registry(store, clock=lambda: 1.0)
+
+    def make_scoped(i, scope, app="", deployment=""):
+        return registry.new_record(
+            actor_id=aid(i), name=f"a{i}", namespace="ns", handle=b"h",
+            scope=scope, app=app, deployment=deployment,
+        )
+
+    serve_wide = make_scoped(1, "serve")
+    app_a = make_scoped(2, "app", "A")
+    dep_a_x = make_scoped(3, "deployment", "A", "X")
+    dep_b_y = make_scoped(4, "deployment", "B", "Y")
+    for r in (serve_wide, app_a, dep_a_x, dep_b_y):
+        await registry.add(r)
+
+    everything = registry.orphans({"A", "B"}, {("A", "X"), ("B", "Y")})
+    assert everything == []
+    # Deployment X of A was dropped by a redeploy; app B deleted entirely.
+    gone = {r.actor_id for r in registry.orphans({"A"}, {("A", "Z")})}
+    assert gone == {dep_a_x.actor_id, dep_b_y.actor_id}
+    # No apps at all: every scoped record is an orphan; Serve-wide never is.
+    assert {r.actor_id for r in registry.orphans(set(), set())} == {
+        app_a.actor_id, dep_a_x.actor_id, dep_b_y.actor_id
+    }
+    # A deployment with the same name in another app does not keep it alive.
+    assert dep_a_x in registry.orphans({"A", "B"}, {("B", "X"), ("B", "Y")})

@@ -1,0 +1,54 @@
+"""Metrics the durable controller exports through ``ray.util.metrics``.
+
+They reach Prometheus the same way Serve's own controller metrics do (Ray's metrics
+agent on each node). Names are prefixed ``serve_cleanup_``; Ray adds ``ray_``.
+
+==============================================  =======  ===================================
+name                                            kind     tags
+==============================================  =======  ===================================
+serve_cleanup_records                           gauge    scope
+serve_cleanup_set_aside_records                 gauge
+serve_cleanup_registrations_total               counter  scope
+serve_cleanup_kills_total                       counter  reason (shutdown, owner_deleted, gc)
+serve_cleanup_kill_failures_total               counter  reason
+serve_cleanup_reconcile_duration_s              gauge
+==============================================  =======  ===================================
+"""
+
+from __future__ import annotations
+
+from ray.util import metrics as ray_metrics
+
+from serve_cleanup.records import SCOPES, Record
+
+
+class ControllerMetrics:
+    def __init__(self) -> None:
+        self.records = ray_metrics.Gauge(
+            "serve_cleanup_records", "Durable cleanup registrations, by scope.", tag_keys=("scope",)
+        )
+        self.set_aside = ray_metrics.Gauge(
+            "serve_cleanup_set_aside_records", "Unreadable records left in the KV."
+        )
+        self.registrations = ray_metrics.Counter(
+            "serve_cleanup_registrations_total", "Accepted new registrations.", tag_keys=("scope",)
+        )
+        self.kills = ray_metrics.Counter(
+            "serve_cleanup_kills_total", "Registered actors killed.", tag_keys=("reason",)
+        )
+        self.kill_failures = ray_metrics.Counter(
+            "serve_cleanup_kill_failures_total",
+            "Kill or record-delete attempts that failed and will be retried.",
+            tag_keys=("reason",),
+        )
+        self.reconcile_duration = ray_metrics.Gauge(
+            "serve_cleanup_reconcile_duration_s", "Time of the last owner reconcile pass."
+        )
+
+    def set_records(self, records: list[Record], set_aside: int) -> None:
+        counts = {scope: 0 for scope in SCOPES}
+        for r in records:
+            counts[r.scope] += 1
+        for scope, n in counts.items():
+            self.records.set(n, tags={"scope": scope})
+        self.set_aside.set(set_aside)

@@ -1,0 +1,114 @@
+"""The `serve-cleanup` CLI against a real cluster, including while the controller is down."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import ray
+from ray import serve
+
+import serve_cleanup
+from conftest import actor_state, controller_handle, wait_dead, wait_for
+from serve_cleanup import client
+
+pytestmark = pytest.mark.ray
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "serve_cleanup.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address},
+    )
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+class Owner:
+    def __call__(self) -> str:
+        return "ok"
+
+
+def test_list_json_and_table(durable_serve, actors, unique):
+    named, anon = actors(f"cli-{unique}"), actors()
+    serve_cleanup.register(named)
+    serve_cleanup.register(anon)
+    out = cli("list", "--json")
+    assert out.returncode == 0, out.stderr
+    rows = {r["actor_id"]: r for r in json.loads(out.stdout)}
+    assert set(rows) == {named._actor_id.hex(), anon._actor_id.hex()}
+    assert rows[named._actor_id.hex()]["name"] == f"cli-{unique}"
+    assert all(r["state"] == "ALIVE" and r["scope"] == "serve" for r in rows.values())
+
+    table = cli("list")
+    assert table.returncode == 0, table.stderr
+    assert "SCOPE" in table.stdout and f"cli-{unique}" in table.stdout and "(anonymous)" in table.stdout
+
+
+def test_status_reports_durable_controller(durable_serve, actors):
+    serve_cleanup.register(actors())
+    out = cli("status", "--json")
+    assert out.returncode == 0, out.stderr
+    status = json.loads(out.stdout)
+    assert status["controller"] == "durable"
+    assert status["records"] == 1 and status["records_by_scope"] == {"serve": 1}
+    assert status["controller_status"]["records"] == 1
+    human = cli("status")
+    assert "durable (serve_cleanup)" in human.stdout and "last reconcile" in human.stdout
+
+
+def test_gc_dry_run_then_gc(slow_reconcile_serve, actors):
+    serve.run(Owner.bind(), name="gc-app", route_prefix=None)
+    orphan, alive_owner, dead = actors(), actors(), actors()
+    serve_cleanup.register(orphan, scope="deployment", app="gc-app", deployment="Owner")
+    serve.run(Owner.bind(), name="other-app", route_prefix=None)
+    serve_cleanup.register(alive_owner, scope="app", app="other-app")
+    serve_cleanup.register(dead)
+    ray.kill(dead, no_restart=True)
+    wait_dead(dead)
+    serve.delete("gc-app")
+
+    dry = cli("gc", "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    found = {r["actor_id"]: r["why"] for r in json.loads(dry.stdout)}
+    assert found == {orphan._actor_id.hex(): "owner deleted", dead._actor_id.hex(): "actor dead"}
+    assert actor_state(orphan._actor_id.hex()) == "ALIVE"  # dry run killed nothing
+
+    real = cli("gc")
+    assert real.returncode == 0, real.stderr
+    assert "2 registration(s) collected" in real.stdout
+    wait_dead(orphan)
+    assert actor_state(alive_owner._actor_id.hex()) == "ALIVE"
+    assert [r.actor_id for r in serve_cleanup.list_registrations()] == [alive_owner._actor_id.hex()]
+
+
+def test_list_while_controller_is_down(durable_serve, actors, unique):
+    aux = actors(f"down-{unique}")
+    serve_cleanup.register(aux)
+    ray.kill(controller_handle(), no_restart=True)  # Serve is down for good
+    wait_for(lambda: client.find_controller() is None, 30, "the controller to be gone")
+
+    out = cli("list", "--json")
+    assert out.returncode == 0, out.stderr
+    assert [r["actor_id"] for r in json.loads(out.stdout)] == [aux._actor_id.hex()]
+    status = json.loads(cli("status", "--json").stdout)
+    assert status["controller"] == "none" and status["records"] == 1
+    gc = cli("gc")
+    assert gc.returncode == 1 and "serve_cleanup.start" in gc.stderr
+
+    # A new Serve instance adopts the leftover and kills it at its shutdown.
+    serve_cleanup.start()
+    serve.shutdown()
+    wait_dead(aux)
+
+
+def test_cli_help():
+    out = subprocess.run(
+        [sys.executable, "-m", "serve_cleanup.cli", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0 and "list" in out.stdout and "gc" in out.stdout
