@@ -44,6 +44,7 @@ from ray.serve._private import api as _serve_private_api  # noqa: E402
 from ray.serve._private.common import REPLICA_ID_FULL_ID_STR_PREFIX  # noqa: E402
 from ray.serve._private.constants import (  # noqa: E402
     SERVE_CONTROLLER_NAME,
+    SERVE_DEPLOYMENT_ACTOR_PREFIX,
     SERVE_LOGGER_NAME,
     SERVE_NAMESPACE,
     SERVE_PROXY_NAME,
@@ -76,11 +77,17 @@ __all__ = [
 # Serve's controller logger: records logged here land in the controller log users read.
 controller_logger = logging.getLogger(SERVE_LOGGER_NAME)
 
-_SYSTEM_NAME_PREFIXES = (SERVE_CONTROLLER_NAME, SERVE_PROXY_NAME, REPLICA_ID_FULL_ID_STR_PREFIX)
+_SYSTEM_NAME_PREFIXES = (
+    SERVE_CONTROLLER_NAME,
+    SERVE_PROXY_NAME,
+    REPLICA_ID_FULL_ID_STR_PREFIX,
+    SERVE_DEPLOYMENT_ACTOR_PREFIX,
+)
 
 
 def is_serve_system_actor(name: str, namespace: str) -> bool:
-    """Serve's own actors: the controller, proxies and replicas (all in ``serve``)."""
+    """Serve's own actors: the controller, proxies, replicas and controller-managed
+    deployment actors (all in namespace ``serve``)."""
     return namespace == SERVE_NAMESPACE and name.startswith(_SYSTEM_NAME_PREFIXES)
 
 
@@ -146,6 +153,7 @@ class ActorInfo:
     namespace: str
     state: str  # DEPENDENCIES_UNREADY, PENDING_CREATION, ALIVE, RESTARTING, DEAD
     node_id: str
+    num_restarts: int = 0
 
     @property
     def dead(self) -> bool:
@@ -159,6 +167,7 @@ def parse_actor_table_entry(entry: Any) -> ActorInfo:
         namespace=entry.ray_namespace,
         state=gcs_pb2.ActorTableData.ActorState.Name(entry.state),
         node_id=entry.address.node_id.hex(),
+        num_restarts=entry.num_restarts,
     )
 
 

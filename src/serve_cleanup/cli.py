@@ -178,6 +178,14 @@ def gc(address: str, dry_run: bool, as_json: bool) -> None:
     from serve_cleanup.errors import ServeCleanupError
 
     _connect(address)
+    kind = client.controller_kind()
+    if kind != "durable":
+        raise click.ClickException(
+            "gc needs the durable Serve controller, but "
+            + ("Serve is not running" if kind == "none" else "a plain Ray Serve controller runs")
+            + ". Start it with serve_cleanup.start() or `serve-cleanup start`; "
+            "`serve-cleanup list` works without it."
+        )
     try:
         found = client.gc(dry_run=dry_run, timeout_s=30)
     except ServeCleanupError as e:
@@ -191,7 +199,11 @@ def gc(address: str, dry_run: bool, as_json: bool) -> None:
     states = client.actor_states([d["actor_id"] for d in found])
     extra = ("why",) if dry_run else ("why", "outcome")
     click.echo(_table.render(_RECORD_HEADERS + tuple(e.upper() for e in extra), _record_rows(found, states, extra)))
-    click.echo(f"{len(found)} registration(s) {'would be collected (dry run)' if dry_run else 'collected'}.")
+    if dry_run:
+        click.echo(f"{len(found)} registration(s) would be collected (dry run).")
+        return
+    pending = sum(1 for d in found if d.get("outcome") == "pending")
+    click.echo(f"{len(found) - pending} registration(s) collected, {pending} pending (retried by gc or shutdown).")
 
 
 @cli.command(help="Run the demo on a local embedded Ray: kill the controller, shut down, show nothing leaked.")

@@ -96,6 +96,9 @@ def register(
             f"expected a Ray ActorHandle, got {type(actor).__name__}; pass the handle "
             "returned by MyActor.remote() or ray.get_actor()."
         )
+    for label, value in (("app", app), ("deployment", deployment)):
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{label} must be a str, got {type(value).__name__}")
     app, deployment = _resolve_owner(scope, app, deployment)
     return _call_controller(
         "serve_cleanup_register", actor, scope, app, deployment, timeout_s=timeout_s
@@ -103,7 +106,7 @@ def register(
 
 
 def _resolve_owner(scope: str, app: Optional[str], deployment: Optional[str]) -> tuple[str, str]:
-    if scope not in records.SCOPES:
+    if not isinstance(scope, str) or scope not in records.SCOPES:
         raise ValueError(f"unknown scope {scope!r}; use one of {records.SCOPES}.")
     if scope == records.SCOPE_SERVE:
         if app or deployment:
@@ -154,6 +157,8 @@ def controller_status(timeout_s: float = 10.0) -> dict[str, Any]:
 
 
 def _call_controller(method: str, *args: Any, timeout_s: float) -> Any:
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
+        raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
     _connect()
     deadline = time.monotonic() + timeout_s
     delay = 0.05

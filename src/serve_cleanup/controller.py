@@ -17,8 +17,10 @@ A subclass of ``ServeController``; no controller code is copied. What it changes
 ``shutdown()``
     Swallows ``_CleanupPending``; Serve's control loop calls it again on its next tick.
 
-New remote methods are prefixed ``serve_cleanup_``. All GCS work is awaited on the event
-loop (never a blocking call), and at most one reap pass runs at a time.
+New remote methods are prefixed ``serve_cleanup_``. GCS round trips on the event loop are
+awaited, never blocking: registration, reconcile, reaping. The exceptions are the one scan
+at start (before the control loop runs) and the rare by-name lookup when a stored handle
+cannot be rebuilt. At most one reap pass runs at a time.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from serve_cleanup.errors import (
     PersistenceError,
     SystemActorError,
 )
+from serve_cleanup.faults import CrashPoints
 from serve_cleanup.metrics import ControllerMetrics
 from serve_cleanup.reaper import LOOKUP_TIMEOUT_S, Outcome, Reaper, Reason
 from serve_cleanup.records import Record
@@ -48,7 +51,22 @@ logger = _compat.controller_logger
 # After a shutdown pass that left records behind, wait this long before the next one.
 RETRY_INTERVAL_S = 1.0
 # How often registrations are checked against the apps and deployments Serve has.
-RECONCILE_INTERVAL_S = float(os.environ.get("SERVE_CLEANUP_RECONCILE_INTERVAL_S", "0.5"))
+def _reconcile_interval() -> float:
+    raw = os.environ.get("SERVE_CLEANUP_RECONCILE_INTERVAL_S", "0.5")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0.05:  # also catches nan
+        logger.warning(
+            f"serve_cleanup: SERVE_CLEANUP_RECONCILE_INTERVAL_S={raw!r} is not a number "
+            ">= 0.05; using 0.5."
+        )
+        return 0.5
+    return value
+
+
+RECONCILE_INTERVAL_S = _reconcile_interval()
 
 
 class _CleanupPending(Exception):
@@ -64,18 +82,24 @@ class DurableServeController(_compat.ServeController):
         self._sc_pass_lock = asyncio.Lock()
         self._sc_next_shutdown_pass_at = 0.0
         self._sc_shutdown_task: Optional[asyncio.Task] = None
+        self._sc_inflight = 0  # registrations whose KV write has not settled
         self._sc_last_pass: dict[str, Any] = {}
         self._sc_last_reconcile: dict[str, Any] = {}
 
+        self._sc_faults = CrashPoints(gcs, logger)
         started = time.perf_counter()
-        loaded, set_aside = self._sc_registry.load()
+        loaded, set_aside = self._sc_registry.load(
+            on_record=(lambda n: self._sc_faults.maybe_crash("mid_rehydrate"))
+            if self._sc_faults.enabled
+            else None
+        )
         self._sc_rehydrate_s = time.perf_counter() - started
 
         await super().__init__(**kwargs)  # configures the controller logger
 
         self._sc_metrics = ControllerMetrics()
-        self._sc_reaper = Reaper(self._sc_registry, gcs, self._sc_metrics)
-        self._sc_metrics.set_records(self._sc_registry.records(), len(set_aside))
+        self._sc_reaper = Reaper(self._sc_registry, gcs, self._sc_metrics, self._sc_faults)
+        self._sc_metrics.set_records(self._sc_registry.counts_by_scope(), len(set_aside))
         self._sc_reconcile_task = asyncio.get_running_loop().create_task(self._sc_reconcile_loop())
         logger.info(
             f"serve_cleanup: durable controller started; rehydrated {loaded} "
@@ -134,6 +158,16 @@ class DurableServeController(_compat.ServeController):
             )
 
         record = make(name, namespace)
+        self._sc_inflight += 1  # shutdown must not finish while this write may land
+        try:
+            return await self._sc_store_checked(record, existing, make)
+        finally:
+            self._sc_inflight -= 1
+
+    async def _sc_store_checked(
+        self, record: Record, existing: Optional[Record], make: Any
+    ) -> Record:
+        actor_id, scope = record.actor_id, record.scope
         # Write and check liveness at once: one GCS round trip of latency, not two.
         stored, info = await asyncio.gather(
             self._sc_registry.add(record),
@@ -141,11 +175,12 @@ class DurableServeController(_compat.ServeController):
             return_exceptions=True,
         )
         if isinstance(stored, BaseException):
-            await self._sc_undo(actor_id)
+            await self._sc_undo(actor_id, existing)
             raise PersistenceError(
                 f"could not store the registration of actor {actor_id} in the GCS KV "
                 f"({stored!r}); it is not registered. Retry once GCS is reachable."
             )
+        self._sc_faults.maybe_crash("after_record_write")
         try:
             if isinstance(info, BaseException):
                 raise PersistenceError(
@@ -164,12 +199,12 @@ class DurableServeController(_compat.ServeController):
             if (info.name, info_ns) != (record.name, record.namespace):
                 _refuse_system_actor(actor_id, info.name, info.namespace)
                 record = make(info.name, info.namespace)
-                await self._sc_registry.add(record)
+                await self._sc_registry.add(record, replace=True)
         except BaseException:
-            await self._sc_undo(actor_id)
+            await self._sc_undo(actor_id, existing)
             raise
         self._sc_metrics.registrations.inc(tags={"scope": scope})
-        self._sc_metrics.set_records(self._sc_registry.records(), len(self._sc_registry.set_aside()))
+        self._sc_publish_counts()
         logger.info(
             f"serve_cleanup: registered {record.display_name} (actor {actor_id}, "
             f"scope {_owner(record)})."
@@ -199,14 +234,19 @@ class DurableServeController(_compat.ServeController):
                 f"deployments of {app!r}: {sorted(d for a, d in live_deployments if a == app)}."
             )
 
-    async def _sc_undo(self, actor_id: str) -> None:
-        """Best effort: take back a record whose registration is being refused."""
+    async def _sc_undo(self, actor_id: str, previous: Optional[Record]) -> None:
+        """Best effort: restore what was stored before a refused registration."""
         try:
-            await self._sc_registry.remove(actor_id)
+            if previous is not None:
+                await self._sc_registry.add(previous, replace=True)
+            else:
+                await self._sc_registry.remove(actor_id)
         except Exception as e:
             logger.warning(
                 f"serve_cleanup: could not take back the record of refused actor {actor_id} "
-                f"({e!r}); it will be dropped as dead or killed at shutdown."
+                f"({e!r}). If it reached the KV, a controller that loads it drops it once "
+                "the actor is dead, and otherwise kills the actor at shutdown; "
+                "`serve-cleanup list` shows it and serve_cleanup.unregister() removes it."
             )
 
     async def serve_cleanup_unregister(self, actor_id: str) -> bool:
@@ -217,15 +257,13 @@ class DurableServeController(_compat.ServeController):
             removed = await self._sc_registry.remove(actor_id)
         if removed:
             logger.info(f"serve_cleanup: unregistered actor {actor_id} (not killed).")
-            self._sc_metrics.set_records(self._sc_registry.records(), len(self._sc_registry.set_aside()))
+            self._sc_publish_counts()
         return removed
 
     # --- inspection ---------------------------------------------------------------------
 
     def serve_cleanup_status(self) -> dict[str, Any]:
-        by_scope: dict[str, int] = {}
-        for r in self._sc_registry.records():
-            by_scope[r.scope] = by_scope.get(r.scope, 0) + 1
+        by_scope = {k: v for k, v in self._sc_registry.counts_by_scope().items() if v}
         return {
             "controller": "durable",
             "pid": os.getpid(),
@@ -240,9 +278,13 @@ class DurableServeController(_compat.ServeController):
 
     # --- owner reconcile and gc -----------------------------------------------------------
 
+    def _sc_publish_counts(self) -> None:
+        self._sc_metrics.set_records(
+            self._sc_registry.counts_by_scope(), len(self._sc_registry.set_aside())
+        )
+
     def _sc_orphans(self) -> list[Record]:
-        apps = {r.app for r in self._sc_registry.records() if r.app}
-        live_apps, live_deployments = _compat.live_owners(self, apps)
+        live_apps, live_deployments = _compat.live_owners(self, self._sc_registry.owner_apps())
         return self._sc_registry.orphans(live_apps, live_deployments)
 
     async def _sc_reconcile_loop(self) -> None:
@@ -304,7 +346,7 @@ class DurableServeController(_compat.ServeController):
             "seconds": round(elapsed, 4),
             **{o.value: n for o, n in counts.items()},
         }
-        self._sc_metrics.set_records(self._sc_registry.records(), len(self._sc_registry.set_aside()))
+        self._sc_publish_counts()
         logger.info(
             f"serve_cleanup: {reason.value} pass over {len(todo)} registration(s) in "
             f"{elapsed * 1000:.0f} ms: {counts[Outcome.KILLED]} killed, "
@@ -318,7 +360,7 @@ class DurableServeController(_compat.ServeController):
             self._sc_next_shutdown_pass_at = time.monotonic() + RETRY_INTERVAL_S
 
     def _kill_registered_cleanup_actors(self) -> None:
-        if len(self._sc_registry) == 0:
+        if len(self._sc_registry) == 0 and self._sc_inflight == 0:
             return
         idle = self._sc_shutdown_task is None or self._sc_shutdown_task.done()
         if idle and time.monotonic() >= self._sc_next_shutdown_pass_at:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from ray.util import metrics as ray_metrics
 
-from serve_cleanup.records import SCOPES, Record
 
 
 class ControllerMetrics:
@@ -45,10 +44,7 @@ class ControllerMetrics:
             "serve_cleanup_reconcile_duration_s", "Time of the last owner reconcile pass."
         )
 
-    def set_records(self, records: list[Record], set_aside: int) -> None:
-        counts = {scope: 0 for scope in SCOPES}
-        for r in records:
-            counts[r.scope] += 1
+    def set_records(self, counts: dict[str, int], set_aside: int) -> None:
         for scope, n in counts.items():
             self.records.set(n, tags={"scope": scope})
         self.set_aside.set(set_aside)

@@ -11,7 +11,8 @@ For each record the reaper asks the GCS actor table about the recorded *actor id
 Because identity is the actor id, an actor that later took a registered name is never
 touched. Because the record is deleted only once the kill took effect, a controller that
 dies anywhere in between finds the record again after its restart and finishes the job.
-Every step is an async GCS call, so the controller's event loop is never blocked.
+Lookups are async GCS calls and ``ray.kill`` only sends a message, so the controller's
+event loop is not blocked; the one exception is the rare by-name fallback lookup.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Optional
 import ray
 
 from serve_cleanup import _compat
+from serve_cleanup.faults import CrashPoints
 from serve_cleanup.metrics import ControllerMetrics
 from serve_cleanup.records import Record
 from serve_cleanup.registry import Registry
@@ -49,8 +51,13 @@ class Outcome(enum.Enum):
 
 class Reaper:
     def __init__(
-        self, registry: Registry, gcs: _compat.GcsClient, metrics: Optional[ControllerMetrics] = None
+        self,
+        registry: Registry,
+        gcs: _compat.GcsClient,
+        metrics: Optional[ControllerMetrics] = None,
+        faults: Optional[CrashPoints] = None,
     ) -> None:
+        self._faults = faults
         self._registry = registry
         self._gcs = gcs
         self._metrics = metrics
@@ -92,6 +99,8 @@ class Reaper:
         if handle is None:
             return Outcome.PENDING
         ray.kill(handle, no_restart=True)
+        if self._faults is not None:
+            self._faults.maybe_crash("after_kill_before_delete")
         logger.info(
             f"serve_cleanup: killing {record.display_name} (actor {record.actor_id}, "
             f"scope {record.scope}, reason: {reason})."

@@ -145,11 +145,11 @@ def decode(data: bytes) -> Record:
             f"{SCHEMA_VERSION}. It was written by a newer serve_cleanup: upgrade this one."
         )
     values: dict[str, Any] = {}
-    for field, types in _FIELDS.items():
-        value = obj.get(field)
+    for name, types in _FIELDS.items():
+        value = obj.get(name)
         if not isinstance(value, types) or isinstance(value, bool):
-            raise RecordDecodeError(f"record field {field!r} is missing or has a wrong type")
-        values[field] = value
+            raise RecordDecodeError(f"record field {name!r} is missing or has a wrong type")
+        values[name] = value
     values["registered_at"] = float(values["registered_at"])
     record = Record(**values)
     validate(record)

@@ -37,11 +37,16 @@ class Registry:
         self._clock = clock
         self._records: dict[str, Record] = {}
         self._set_aside: dict[str, SetAside] = {}
+        # Owner index, so per-tick work is O(owners), not O(records).
+        self._by_owner: dict[Owner, set[str]] = {}
 
     # --- reading ------------------------------------------------------------------
 
-    def load(self) -> tuple[int, list[SetAside]]:
-        """Replace the in-memory view with what the store holds now."""
+    def load(self, on_record: Optional[Callable[[int], None]] = None) -> tuple[int, list[SetAside]]:
+        """Replace the in-memory view with what the store holds now.
+
+        ``on_record(n)`` is called after the n-th record is read (crash-point tests).
+        """
         loaded: dict[str, Record] = {}
         set_aside: dict[str, SetAside] = {}
         for key, value in self._store.scan(rec.KEY_PREFIX).items():
@@ -55,7 +60,12 @@ class Registry:
                 set_aside[key] = SetAside(key=key, reason=str(e), size=len(value))
                 continue
             loaded[record.actor_id] = record
-        self._records = loaded
+            if on_record is not None:
+                on_record(len(loaded))
+        self._records = {}
+        self._by_owner = {}
+        for record in loaded.values():
+            self._remember(record)
         self._set_aside = set_aside
         return len(loaded), list(set_aside.values())
 
@@ -70,6 +80,12 @@ class Registry:
 
     def records(self) -> list[Record]:
         return list(self._records.values())
+
+    def counts_by_scope(self) -> dict[str, int]:
+        counts = {scope: 0 for scope in rec.SCOPES}
+        for owner, ids in self._by_owner.items():
+            counts[owner[0]] += len(ids)
+        return counts
 
     def set_aside(self) -> list[SetAside]:
         return list(self._set_aside.values())
@@ -92,7 +108,16 @@ class Registry:
         ``live_deployments`` holds ``(app, deployment)`` pairs. Serve-wide records have
         no owner but Serve itself and are never orphans (they go at shutdown).
         """
-        return [r for r in self._records.values() if not owner_alive(r, live_apps, live_deployments)]
+        return [
+            self._records[actor_id]
+            for owner, ids in self._by_owner.items()
+            if not owner_alive(owner, live_apps, live_deployments)
+            for actor_id in ids
+        ]
+
+    def owner_apps(self) -> set[str]:
+        """Apps that own at least one record."""
+        return {owner[1] for owner in self._by_owner if owner[1]}
 
     # --- writing ------------------------------------------------------------------
 
@@ -120,13 +145,15 @@ class Registry:
         rec.validate(record)
         return record
 
-    async def add(self, record: Record) -> bool:
-        """Store ``record`` durably. False (and no write) if the same registration exists."""
+    async def add(self, record: Record, *, replace: bool = False) -> bool:
+        """Store ``record`` durably. False (and no write) if a registration of the same
+        actor with the same owner exists, unless ``replace``."""
         existing = self._records.get(record.actor_id)
-        if existing is not None and _same_owner(existing, record):
+        if not replace and existing is not None and _same_owner(existing, record):
             return False
         await self._store.put(record.key, rec.encode(record))
-        self._records[record.actor_id] = record
+        self._forget(record.actor_id)
+        self._remember(record)
         return True
 
     async def remove(self, actor_id: str) -> bool:
@@ -136,16 +163,39 @@ class Registry:
         put) may have landed, and deleting an absent key is harmless.
         """
         await self._store.delete(rec.record_key(actor_id))
-        return self._records.pop(actor_id, None) is not None
+        return self._forget(actor_id)
+
+    def _remember(self, record: Record) -> None:
+        self._records[record.actor_id] = record
+        self._by_owner.setdefault(owner_of(record), set()).add(record.actor_id)
+
+    def _forget(self, actor_id: str) -> bool:
+        record = self._records.pop(actor_id, None)
+        if record is None:
+            return False
+        owner = owner_of(record)
+        ids = self._by_owner[owner]
+        ids.discard(actor_id)
+        if not ids:
+            del self._by_owner[owner]
+        return True
+
+
+Owner = tuple[str, str, str]  # (scope, app, deployment)
+
+
+def owner_of(record: Record) -> Owner:
+    return (record.scope, record.app, record.deployment)
 
 
 def _same_owner(a: Record, b: Record) -> bool:
-    return (a.scope, a.app, a.deployment) == (b.scope, b.app, b.deployment)
+    return owner_of(a) == owner_of(b)
 
 
-def owner_alive(record: Record, live_apps: set[str], live_deployments: set[tuple[str, str]]) -> bool:
-    if record.scope == rec.SCOPE_APP:
-        return record.app in live_apps
-    if record.scope == rec.SCOPE_DEPLOYMENT:
-        return (record.app, record.deployment) in live_deployments
+def owner_alive(owner: Owner, live_apps: set[str], live_deployments: set[tuple[str, str]]) -> bool:
+    scope, app, deployment = owner
+    if scope == rec.SCOPE_APP:
+        return app in live_apps
+    if scope == rec.SCOPE_DEPLOYMENT:
+        return (app, deployment) in live_deployments
     return True

@@ -8,7 +8,7 @@ import ray
 from ray import serve
 
 import serve_cleanup
-from conftest import (
+from ray_helpers import (
     controller_handle,
     controller_status,
     kill_controller_and_wait_restart,

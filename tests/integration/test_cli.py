@@ -12,7 +12,7 @@ import ray
 from ray import serve
 
 import serve_cleanup
-from conftest import actor_state, controller_handle, wait_dead, wait_for
+from ray_helpers import actor_state, controller_handle, wait_dead, wait_for
 from serve_cleanup import client
 
 pytestmark = pytest.mark.ray

@@ -6,7 +6,7 @@ import pytest
 import ray
 from ray import serve
 
-from conftest import (
+from ray_helpers import (
     TEST_NAMESPACE,
     Aux,
     actor_state,

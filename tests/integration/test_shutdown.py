@@ -9,7 +9,7 @@ import ray
 from ray import serve
 
 import serve_cleanup
-from conftest import (
+from ray_helpers import (
     actor_state,
     controller_handle,
     kv_record_keys,

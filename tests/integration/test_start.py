@@ -11,7 +11,7 @@ import ray
 from ray import serve
 
 import serve_cleanup
-from conftest import controller_status
+from ray_helpers import controller_status
 from serve_cleanup import client
 
 pytestmark = pytest.mark.ray

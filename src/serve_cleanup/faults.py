@@ -1,0 +1,77 @@
+"""Crash-point injection for testing, in the spirit of Serve's own
+``_CRASH_AFTER_CHECKPOINT_PROBABILITY``. Off unless the controller's environment sets it.
+
+``SERVE_CLEANUP_CRASH_POINTS``
+    Comma-separated points at which the controller process exits hard (``os._exit``),
+    right after a persistence step, so Ray restarts it:
+
+    ``after_record_write``        a registration's record is in the KV, the call has not
+                                  returned (the caller's call is retried by Ray);
+    ``after_kill_before_delete``  a registered actor was killed, its record not yet deleted;
+    ``mid_rehydrate``             the controller is starting and has read some records.
+``SERVE_CLEANUP_CRASH_PROBABILITY``
+    Chance of crashing each time a listed point is reached (default 1.0).
+``SERVE_CLEANUP_CRASH_REPEAT``
+    ``0`` (default): each point crashes at most once per cluster, remembered in the GCS KV
+    (so a crash at ``mid_rehydrate`` cannot crash-loop the controller). ``1``: every time.
+
+Set them for the controller through ``serve_cleanup.start(controller_options={"runtime_env":
+{"env_vars": {...}}})``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from typing import Optional
+
+POINTS = ("after_record_write", "after_kill_before_delete", "mid_rehydrate")
+MARKER_PREFIX = "serve-cleanup-fault-"
+
+
+def _configured() -> frozenset[str]:
+    raw = os.environ.get("SERVE_CLEANUP_CRASH_POINTS", "")
+    points = frozenset(p.strip() for p in raw.split(",") if p.strip())
+    unknown = points - set(POINTS)
+    if unknown:
+        raise ValueError(f"unknown SERVE_CLEANUP_CRASH_POINTS {sorted(unknown)}; known: {POINTS}")
+    return points
+
+
+class CrashPoints:
+    """``maybe_crash(point)`` exits the process when the environment asks for it."""
+
+    def __init__(self, gcs: Optional[object] = None, logger: Optional[logging.Logger] = None) -> None:
+        self._points = _configured()
+        self._probability = float(os.environ.get("SERVE_CLEANUP_CRASH_PROBABILITY", "1.0"))
+        self._repeat = os.environ.get("SERVE_CLEANUP_CRASH_REPEAT", "0") == "1"
+        self._gcs = gcs
+        self._logger = logger or logging.getLogger(__name__)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._points)
+
+    def maybe_crash(self, point: str) -> None:
+        if point not in self._points or random.random() >= self._probability:
+            return
+        if not self._repeat and not self._claim(point):
+            return
+        self._logger.warning(f"serve_cleanup: injected crash at {point} (testing).")
+        for handler in self._logger.handlers + logging.getLogger().handlers:
+            try:
+                handler.flush()
+            except Exception:
+                pass
+        os._exit(1)
+
+    def _claim(self, point: str) -> bool:
+        """True the first time ``point`` is claimed in this cluster (a KV marker)."""
+        if self._gcs is None:
+            return True
+        from serve_cleanup import _compat
+
+        key = (_compat.serve_kv_key_prefix() + MARKER_PREFIX + point).encode()
+        added = self._gcs.internal_kv_put(key, b"1", False, _compat.SERVE_INTERNAL_KV_NAMESPACE)
+        return bool(added)

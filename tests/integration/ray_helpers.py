@@ -1,0 +1,168 @@
+"""Helpers and fixtures for tests on a real local Ray cluster with a real Serve instance.
+
+One Ray cluster for the whole session (Ray takes ~5 s to start here); every test gets a
+fresh Serve instance and a clean KV, and its actors are killed at teardown.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Callable, Iterator, Optional
+
+import pytest
+import ray
+from ray import serve
+
+import serve_cleanup
+from serve_cleanup import _compat, client, records
+from serve_cleanup.store import GcsRecordStore
+
+pytestmark = pytest.mark.ray
+
+TEST_NAMESPACE = "serve-cleanup-tests"  # the driver namespace set in tests/conftest.py
+
+
+def wait_for(predicate: Callable[[], object], timeout_s: float = 30.0, what: str = "condition") -> object:
+    """Poll ``predicate`` until it returns a truthy value; fail the test after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    last_exc: Optional[BaseException] = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as e:  # the predicate may race a restarting controller
+            last_exc = e
+        time.sleep(0.05)
+    pytest.fail(f"timed out after {timeout_s}s waiting for {what} (last error: {last_exc!r})")
+
+
+def assert_stays(predicate: Callable[[], bool], seconds: float, what: str) -> None:
+    """Assert ``predicate`` holds for a whole window (for negatives such as "not killed")."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert predicate(), f"expected {what} to hold for {seconds}s"
+        time.sleep(0.1)
+
+
+def actor_state(actor_id: str) -> str:
+    info = _compat.lookup_actor_sync(_compat.driver_gcs_client(), actor_id, 5.0)
+    return "DEAD" if info is None else info.state
+
+
+def is_dead(handle) -> bool:
+    return actor_state(handle._actor_id.hex()) == "DEAD"
+
+
+def wait_dead(handle, timeout_s: float = 30.0) -> None:
+    wait_for(lambda: is_dead(handle), timeout_s, f"actor {handle._actor_id.hex()} to die")
+
+
+def kv_record_keys() -> list[str]:
+    return sorted(GcsRecordStore(_compat.driver_gcs_client()).scan(records.KEY_PREFIX))
+
+
+def controller_handle():
+    return ray.get_actor(_compat.SERVE_CONTROLLER_NAME, namespace=_compat.SERVE_NAMESPACE)
+
+
+def controller_status(timeout_s: float = 30.0) -> dict:
+    return ray.get(controller_handle().serve_cleanup_status.remote(), timeout=timeout_s)
+
+
+def kill_controller_and_wait_restart(timeout_s: float = 60.0) -> dict:
+    """Crash the controller the way a real failure would; return the new one's status."""
+    ctrl = controller_handle()
+    old_pid = ray.get(ctrl.serve_cleanup_status.remote(), timeout=30)["pid"]
+    ray.kill(ctrl, no_restart=False)
+
+    def restarted():
+        status = ray.get(ctrl.serve_cleanup_status.remote(), timeout=10)
+        return status if status["pid"] != old_pid else None
+
+    return wait_for(restarted, timeout_s, "the controller to restart")
+
+
+@ray.remote(num_cpus=0)
+class Aux:
+    def ping(self) -> str:
+        return "pong"
+
+    def actor_id(self) -> str:
+        return ray.get_runtime_context().get_actor_id()
+
+
+def _purge_records() -> None:
+    store = GcsRecordStore(_compat.driver_gcs_client())
+    gcs = _compat.driver_gcs_client()
+    for key in store.scan(records.KEY_PREFIX):
+        gcs.internal_kv_del(
+            (_compat.serve_kv_key_prefix() + key).encode(), False, _compat.SERVE_INTERNAL_KV_NAMESPACE
+        )
+
+
+@pytest.fixture
+def actors(ray_cluster) -> Iterator[Callable[..., object]]:
+    """Factory for detached test actors; every one is killed at teardown."""
+    made = []
+
+    def make(name: Optional[str] = None, namespace: str = TEST_NAMESPACE, **options):
+        opts = dict(lifetime="detached", **options)
+        if name is not None:
+            opts.update(name=name, namespace=namespace)
+        handle = Aux.options(**opts).remote()
+        ray.get(handle.ping.remote())
+        made.append(handle)
+        return handle
+
+    yield make
+    for handle in made:
+        try:
+            ray.kill(handle, no_restart=True)
+        except Exception:
+            pass
+
+
+@pytest.fixture
+def unique() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+def _teardown_serve() -> None:
+    try:
+        serve.shutdown()
+    except Exception:
+        pass
+    wait_for(lambda: client.find_controller() is None, 60, "the Serve controller to exit")
+    _purge_records()
+
+
+@pytest.fixture
+def durable_serve(ray_cluster) -> Iterator[None]:
+    """A fresh Serve instance running the durable controller."""
+    _teardown_serve()
+    serve_cleanup.start()
+    yield
+    _teardown_serve()
+
+
+@pytest.fixture
+def plain_serve(ray_cluster) -> Iterator[None]:
+    """A fresh Serve instance running upstream Ray Serve's controller."""
+    _teardown_serve()
+    serve.start()
+    yield
+    _teardown_serve()
+
+
+@pytest.fixture
+def slow_reconcile_serve(ray_cluster):
+    """Durable Serve whose periodic reconcile is effectively off (it still runs once
+    at every controller start), so tests can hold an orphan in place."""
+    _teardown_serve()
+    serve_cleanup.start(
+        controller_options={"runtime_env": {"env_vars": {"SERVE_CLEANUP_RECONCILE_INTERVAL_S": "3600"}}}
+    )
+    yield
+    _teardown_serve()

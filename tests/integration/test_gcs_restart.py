@@ -1,0 +1,109 @@
+"""GCS fault tolerance with a real Redis: registrations survive a GCS restart.
+
+The head is started by ``ray.cluster_utils.Cluster`` (the same services ``ray start --head``
+starts) with ``RAY_REDIS_ADDRESS`` pointing at a Redis server this fixture runs; the GCS
+process is then killed and started again through the head node's own handle on it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+
+import pytest
+import ray
+from ray import serve
+from ray.cluster_utils import Cluster
+
+import serve_cleanup
+from ray_helpers import TEST_NAMESPACE, Aux, kv_record_keys, wait_dead, wait_for
+
+pytestmark = pytest.mark.ray
+
+REDIS = shutil.which("redis-server")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def redis_address(tmp_path):
+    if REDIS is None:
+        pytest.fail("redis-server is not installed (apt-get install redis-server; .ci/run does)")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [REDIS, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            pytest.fail("redis-server did not start")
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture
+def ft_cluster(redis_address, monkeypatch):
+    if ray.is_initialized():
+        try:
+            serve.shutdown()
+        except Exception:
+            pass
+        ray.shutdown()
+    monkeypatch.setenv("RAY_REDIS_ADDRESS", redis_address)
+    monkeypatch.setenv("RAY_external_storage_namespace", f"sc-{uuid.uuid4().hex[:8]}")
+    monkeypatch.setenv("RAY_gcs_rpc_server_reconnect_timeout_s", "60")
+    here = os.path.dirname(os.path.abspath(__file__))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([here] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    ray.init(address=c.address, namespace=TEST_NAMESPACE, log_to_driver=False)
+    try:
+        yield c
+    finally:
+        try:
+            serve.shutdown()
+        except Exception:
+            pass
+        ray.shutdown()
+        c.shutdown()
+
+
+def test_registrations_survive_gcs_restart(ft_cluster):
+    serve_cleanup.start()
+    named = Aux.options(name="ft-named", namespace=TEST_NAMESPACE, lifetime="detached").remote()
+    anon = Aux.options(lifetime="detached").remote()
+    ray.get([named.ping.remote(), anon.ping.remote()])
+    serve_cleanup.register(named)
+    serve_cleanup.register(anon)
+    before = sorted(kv_record_keys())
+    assert len(before) == 2
+
+    ft_cluster.head_node.kill_gcs_server()
+    ft_cluster.head_node.start_gcs_server()
+    # GCS is back once the KV answers; the records came back from Redis.
+    wait_for(lambda: sorted(kv_record_keys()) == before, 60, "GCS to come back with the records")
+    assert ray.get(named.ping.remote(), timeout=60) == "pong"
+
+    serve.shutdown()
+    wait_dead(named, 60)
+    wait_dead(anon, 60)
+    assert kv_record_keys() == []

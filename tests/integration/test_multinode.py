@@ -1,0 +1,94 @@
+"""Several raylets on this machine (ray.cluster_utils.Cluster): actors on worker nodes."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import ray
+from ray import serve
+from ray.cluster_utils import Cluster
+
+import serve_cleanup
+from ray_helpers import TEST_NAMESPACE, Aux, actor_state, kv_record_keys, wait_dead, wait_for
+from serve_cleanup import _compat, client
+
+pytestmark = pytest.mark.ray
+
+
+def _stop_any_ray() -> None:
+    if ray.is_initialized():
+        try:
+            serve.shutdown()
+        except Exception:
+            pass
+        ray.shutdown()
+
+
+@pytest.fixture
+def cluster():
+    """A head and two worker nodes, each worker with a resource to pin actors to it."""
+    _stop_any_ray()
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [os.path.dirname(os.path.abspath(__file__))] + [p for p in [os.environ.get("PYTHONPATH")] if p]
+    )
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    workers = [c.add_node(num_cpus=1, resources={f"w{i}": 10}) for i in (1, 2)]
+    c.wait_for_nodes()
+    ray.init(address=c.address, namespace=TEST_NAMESPACE, log_to_driver=False)
+    serve_cleanup.start()
+    try:
+        yield c, workers
+    finally:
+        _stop_any_ray()
+        c.shutdown()
+
+
+def _on(node_resource: str, name=None):
+    opts = dict(lifetime="detached", resources={node_resource: 1})
+    if name:
+        opts.update(name=name, namespace=TEST_NAMESPACE)
+    actor = Aux.options(**opts).remote()
+    ray.get(actor.ping.remote())
+    return actor
+
+
+def _node_of(actor) -> str:
+    info = _compat.lookup_actor_sync(_compat.driver_gcs_client(), actor._actor_id.hex(), 5.0)
+    return info.node_id
+
+
+def test_actors_on_worker_nodes_are_killed_at_shutdown(cluster):
+    c, workers = cluster
+    actors = [_on("w1", "mn-a"), _on("w1"), _on("w2", "mn-b"), _on("w2")]
+    head = c.head_node.node_id
+    assert {_node_of(a) for a in actors} == {w.node_id for w in workers}
+    assert head not in {_node_of(a) for a in actors}
+    for a in actors:
+        serve_cleanup.register(a)
+    serve.shutdown()
+    for a in actors:
+        wait_dead(a)
+    assert kv_record_keys() == []
+
+
+def test_removed_node_does_not_hang_shutdown(cluster):
+    c, workers = cluster
+    on_lost = [_on("w2", "lost-a"), _on("w2")]
+    on_kept = [_on("w1", "kept-a")]
+    for a in on_lost + on_kept:
+        serve_cleanup.register(a)
+    c.remove_node(workers[1])  # the node and its actors die with it
+    for a in on_lost:
+        wait_dead(a, 60)
+
+    started = time.monotonic()
+    serve.shutdown()
+    wait_for(lambda: client.find_controller() is None, 60, "shutdown to finish")
+    took = time.monotonic() - started
+    print(f"\nshutdown with a removed node's records took {took:.1f}s")
+    for a in on_kept:
+        wait_dead(a)
+    assert kv_record_keys() == []
+    assert all(actor_state(a._actor_id.hex()) == "DEAD" for a in on_lost)

@@ -1,0 +1,66 @@
+"""Ray's own PrefixCacheAffinityRouter registers its LlmPrefixTreeActor through the
+upstream method; with the durable controller that registration survives a restart."""
+
+from __future__ import annotations
+
+import pytest
+import ray
+from ray import serve
+from ray.serve.config import RequestRouterConfig
+
+import serve_cleanup
+from ray_helpers import actor_state, assert_stays, kill_controller_and_wait_restart, wait_dead, wait_for
+from serve_cleanup import _compat
+
+pytestmark = pytest.mark.ray
+
+ROUTER = "ray.serve.llm.request_router.PrefixCacheAffinityRouter"
+
+
+@serve.deployment(
+    num_replicas=2,
+    ray_actor_options={"num_cpus": 0},
+    request_router_config=RequestRouterConfig(request_router_class=ROUTER),
+)
+class Echo:
+    def __call__(self, prompt: str) -> str:
+        return prompt
+
+
+def _tree_actor(app: str):
+    namespace = f"{_compat.SERVE_NAMESPACE}::{app}::Echo"
+    return wait_for(
+        lambda: ray.get_actor("LlmPrefixTreeActor", namespace=namespace), 30, "the prefix tree actor"
+    )
+
+
+def _deploy_and_route(app: str):
+    handle = serve.run(Echo.bind(), name=app, route_prefix=None)
+    assert handle.remote("hello world").result(timeout_s=60) == "hello world"  # builds the router
+    return _tree_actor(app)
+
+
+def test_prefix_tree_actor_is_killed_after_controller_restart(durable_serve):
+    tree = _deploy_and_route("prefix")
+    tree_id = tree._actor_id.hex()
+    wait_for(
+        lambda: tree_id in {r.actor_id for r in serve_cleanup.list_registrations()},
+        30,
+        "the router's registration to be durable",
+    )
+    kill_controller_and_wait_restart()
+    serve.shutdown()
+    wait_dead(tree)
+
+
+def test_plain_serve_leaks_the_prefix_tree_actor(plain_serve):
+    """Regression guard: upstream leaks it after one controller restart."""
+    tree = _deploy_and_route("prefix-plain")
+    ctrl = ray.get_actor(_compat.SERVE_CONTROLLER_NAME, namespace=_compat.SERVE_NAMESPACE)
+    ray.kill(ctrl, no_restart=False)
+    wait_for(lambda: ray.get(ctrl.check_alive.remote(), timeout=10) is None, 60, "restart")
+    serve.shutdown()
+    try:
+        assert_stays(lambda: actor_state(tree._actor_id.hex()) == "ALIVE", 3.0, "plain Serve leaks")
+    finally:
+        ray.kill(tree, no_restart=True)

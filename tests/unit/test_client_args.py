@@ -1,0 +1,67 @@
+"""Argument checks that happen in the caller's process, before any RPC (no cluster)."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from serve_cleanup import client, faults
+
+
+def test_serve_scope_takes_no_owner():
+    assert client._resolve_owner("serve", None, None) == ("", "")
+    with pytest.raises(ValueError, match="takes no app"):
+        client._resolve_owner("serve", "app", None)
+
+
+def test_explicit_owners_outside_a_replica():
+    assert client._resolve_owner("app", "a", None) == ("a", "")
+    assert client._resolve_owner("deployment", "a", "d") == ("a", "d")
+
+
+@pytest.mark.parametrize(
+    "scope, app, deployment, match",
+    [
+        ("app", None, None, "outside a Serve replica needs app="),
+        ("deployment", None, None, "outside a Serve replica needs app="),
+        ("deployment", "a", None, "needs deployment="),
+        ("app", "a", "d", "takes no deployment"),
+        ("cluster", None, None, "unknown scope"),
+    ],
+)
+def test_incomplete_owners_are_value_errors(scope, app, deployment, match):
+    with pytest.raises(ValueError, match=match):
+        client._resolve_owner(scope, app, deployment)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    scope=st.one_of(st.sampled_from(["serve", "app", "deployment"]), st.text(max_size=12), st.integers()),
+    app=st.one_of(st.none(), st.text(max_size=20)),
+    deployment=st.one_of(st.none(), st.text(max_size=20)),
+)
+def test_resolve_owner_returns_a_consistent_owner_or_raises_value_error(scope, app, deployment):
+    try:
+        got_app, got_dep = client._resolve_owner(scope, app, deployment)
+    except ValueError:
+        return
+    if scope == "serve":
+        assert (got_app, got_dep) == ("", "")
+    elif scope == "app":
+        assert got_app == app and got_dep == ""
+    else:
+        assert (got_app, got_dep) == (app, deployment)
+
+
+@pytest.mark.parametrize("timeout", [0, -1, "soon", None, True])
+def test_bad_timeouts_are_refused(timeout):
+    with pytest.raises(ValueError, match="timeout_s"):
+        client._call_controller("serve_cleanup_status", timeout_s=timeout)
+
+
+def test_crash_points_are_off_by_default_and_validated(monkeypatch):
+    monkeypatch.delenv("SERVE_CLEANUP_CRASH_POINTS", raising=False)
+    assert not faults.CrashPoints().enabled
+    faults.CrashPoints().maybe_crash("after_record_write")  # no-op when off
+    monkeypatch.setenv("SERVE_CLEANUP_CRASH_POINTS", "after_record_write, nowhere")
+    with pytest.raises(ValueError, match="nowhere"):
+        faults.CrashPoints()
