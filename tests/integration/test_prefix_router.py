@@ -3,6 +3,8 @@ upstream method; with the durable controller that registration survives a restar
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 import ray
 from ray import serve
@@ -14,7 +16,8 @@ from serve_cleanup import _compat
 
 pytestmark = pytest.mark.ray
 
-ROUTER = "ray.serve.llm.request_router.PrefixCacheAffinityRouter"
+# Imported from its own module: ray.serve.llm pulls in pyarrow, this does not.
+ROUTER = "ray.llm._internal.serve.routing_policies.prefix_aware.prefix_aware_router.PrefixCacheAffinityRouter"
 
 
 @serve.deployment(
@@ -23,8 +26,15 @@ ROUTER = "ray.serve.llm.request_router.PrefixCacheAffinityRouter"
     request_router_config=RequestRouterConfig(request_router_class=ROUTER),
 )
 class Echo:
-    def __call__(self, prompt: str) -> str:
-        return prompt
+    def __call__(self, request: "Prompt") -> str:
+        return request.prompt
+
+
+@dataclass
+class Prompt:
+    """The router reads a request's ``prompt`` (or ``messages``) attribute."""
+
+    prompt: str
 
 
 def _tree_actor(app: str):
@@ -36,7 +46,8 @@ def _tree_actor(app: str):
 
 def _deploy_and_route(app: str):
     handle = serve.run(Echo.bind(), name=app, route_prefix=None)
-    assert handle.remote("hello world").result(timeout_s=60) == "hello world"  # builds the router
+    # The first request through the handle builds the router in this process.
+    assert handle.remote(Prompt("hello world")).result(timeout_s=60) == "hello world"
     return _tree_actor(app)
 
 
