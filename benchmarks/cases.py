@@ -38,7 +38,7 @@ class Sizes:
     concurrent_reps: int = 3
     restart_reps: int = 5
     shutdown_ks: tuple = (0, 10, 20, 40)
-    shutdown_reps: int = 2
+    shutdown_reps: int = 3
 
 
 SMOKE = Sizes(rounds=1, pool=2, passes=3, record_counts=(10, 50), scaling_samples=10,

@@ -137,8 +137,9 @@ def handle_name_namespace(data: bytes) -> tuple[str, str]:
     return proto.name, proto.ray_namespace
 
 
-def handle_class_name(handle: ActorHandle) -> str:
-    return handle._ray_actor_creation_function_descriptor.class_name
+def handle_has_method(handle: ActorHandle, method: str) -> bool:
+    """Whether the actor's class defines ``method`` (from the handle's own method table)."""
+    return method in handle._ray_method_signatures
 
 
 # --- the GCS actor table --------------------------------------------------------------

@@ -21,7 +21,7 @@ from serve_cleanup.registry import Registry, SetAside
 from serve_cleanup.store import GcsRecordStore
 
 DEFAULT_TIMEOUT_S = 60.0
-_DURABLE_CLASS = DurableServeController.__name__
+_MARKER_METHOD = DurableServeController.serve_cleanup_status.__name__
 
 
 def _connect() -> None:
@@ -39,11 +39,15 @@ def find_controller() -> Optional[_compat.ActorHandle]:
 
 
 def controller_kind(handle: Optional[_compat.ActorHandle] = None) -> str:
-    """``"durable"``, ``"plain"`` (upstream Serve) or ``"none"``."""
+    """``"durable"``, ``"plain"`` (upstream Serve) or ``"none"``.
+
+    Decided from the handle's method table (no RPC): the durable controller, or any
+    subclass of it, has ``serve_cleanup_status``.
+    """
     handle = handle if handle is not None else find_controller()
     if handle is None:
         return "none"
-    return "durable" if _compat.handle_class_name(handle) == _DURABLE_CLASS else "plain"
+    return "durable" if _compat.handle_has_method(handle, _MARKER_METHOD) else "plain"
 
 
 def start(**serve_start_kwargs: Any) -> None:

@@ -199,12 +199,17 @@ class DurableServeController(_compat.ServeController):
             if (info.name, info_ns) != (record.name, record.namespace):
                 _refuse_system_actor(actor_id, info.name, info.namespace)
                 record = make(info.name, info.namespace)
-                await self._sc_registry.add(record, replace=True)
+                try:
+                    await self._sc_registry.add(record, replace=True)
+                except Exception as e:
+                    raise PersistenceError(
+                        f"could not store the registration of actor {actor_id} in the GCS "
+                        f"KV ({e!r}); it is not registered. Retry once GCS is reachable."
+                    ) from None
         except BaseException:
             await self._sc_undo(actor_id, existing)
             raise
         self._sc_metrics.registrations.inc(tags={"scope": scope})
-        self._sc_publish_counts()
         logger.info(
             f"serve_cleanup: registered {record.display_name} (actor {actor_id}, "
             f"scope {_owner(record)})."
@@ -299,6 +304,7 @@ class DurableServeController(_compat.ServeController):
                 continue
             try:
                 started = time.perf_counter()
+                self._sc_publish_counts()  # gauges: here, not on every registration
                 orphans = self._sc_orphans()
                 self._sc_last_reconcile = {
                     "at": time.time(),
@@ -386,7 +392,8 @@ def _refuse_system_actor(actor_id: str, name: str, namespace: str) -> None:
     if _compat.is_serve_system_actor(name, namespace):
         raise SystemActorError(
             f"actor {actor_id} ({namespace}/{name}) is one of Serve's own actors "
-            "(controller, proxy or replica); Serve manages its lifecycle. Register the "
+            "(controller, proxy, replica or deployment actor); Serve manages its lifecycle. "
+            "Register the "
             "auxiliary actors your code creates instead."
         )
 

@@ -25,7 +25,8 @@ class UnknownSchemaVersionError(RecordDecodeError):
 
 
 class RegistrationError(ServeCleanupError):
-    """A registration was refused; nothing was stored."""
+    """A registration was refused. Nothing new is registered: a record already written is
+    taken back (best effort; see docs/architecture.md, "Limits")."""
 
 
 class DeadActorError(RegistrationError, ValueError):
@@ -33,7 +34,8 @@ class DeadActorError(RegistrationError, ValueError):
 
 
 class SystemActorError(RegistrationError, ValueError):
-    """The actor is one of Serve's own (controller, proxy or replica); Serve manages those."""
+    """The actor is one of Serve's own (controller, proxy, replica or controller-managed
+    deployment actor); Serve manages those."""
 
 
 class OwnerNotFoundError(RegistrationError, ValueError):

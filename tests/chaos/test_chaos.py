@@ -10,6 +10,8 @@ import harness
 pytestmark = [pytest.mark.ray, pytest.mark.chaos]
 
 
+# A round takes ~10 s here; the cap leaves room for a long run (--chaos-rounds 300).
+@pytest.mark.timeout(7200)
 def test_chaos_rounds(ray_cluster, request):
     rounds = request.config.getoption("--chaos-rounds")
     seed = request.config.getoption("--chaos-seed")

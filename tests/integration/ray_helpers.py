@@ -6,6 +6,10 @@ fresh Serve instance and a clean KV, and its actors are killed at teardown.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import sys
 import time
 import uuid
 from typing import Callable, Iterator, Optional
@@ -13,6 +17,7 @@ from typing import Callable, Iterator, Optional
 import pytest
 import ray
 from ray import serve
+from ray.cluster_utils import Cluster
 
 import serve_cleanup
 from serve_cleanup import _compat, client, records
@@ -91,6 +96,51 @@ class Aux:
 
     def actor_id(self) -> str:
         return ray.get_runtime_context().get_actor_id()
+
+
+def stop_ray() -> None:
+    """Shut down Serve and disconnect (stopping the local cluster if this process owns it)."""
+    if ray.is_initialized():
+        try:
+            serve.shutdown()
+        except Exception:
+            pass
+        ray.shutdown()
+
+
+@contextlib.contextmanager
+def own_cluster(**head_node_args) -> Iterator[Cluster]:
+    """A ``ray.cluster_utils.Cluster`` of this test's own, after stopping the shared one
+    (one cluster at a time on this machine). Add worker nodes to it as needed."""
+    stop_ray()
+    here = os.path.dirname(os.path.abspath(__file__))
+    old_path = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([here] + [p for p in [old_path] if p])
+    cluster = Cluster(initialize_head=True, head_node_args={"include_dashboard": False, **head_node_args})
+    try:
+        ray.init(address=cluster.address, namespace=TEST_NAMESPACE, log_to_driver=False)
+        yield cluster
+    finally:
+        stop_ray()
+        cluster.shutdown()
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """``serve-cleanup ARGS`` in a subprocess, pointed at this test's cluster."""
+    return subprocess.run(
+        [sys.executable, "-m", "serve_cleanup.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address},
+    )
+
+
+def crash_plain_controller_and_wait() -> None:
+    """Kill a plain Serve controller and wait until Ray restarted it."""
+    ctrl = controller_handle()
+    ray.kill(ctrl, no_restart=False)
+    wait_for(lambda: ray.get(ctrl.check_alive.remote(), timeout=10) is None, 60, "restart")
 
 
 def _purge_records() -> None:

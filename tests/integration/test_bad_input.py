@@ -96,3 +96,19 @@ def test_corrupt_and_future_records_are_set_aside(durable_serve, actors):
     # Set aside means untouched: both entries are still in the KV for a human (or a
     # newer serve_cleanup) to deal with.
     wait_for(lambda: sorted(kv_record_keys()) == sorted([garbage, future]), 10, "only bad entries left")
+
+
+def test_refused_move_keeps_the_previous_registration(durable_serve, actors):
+    """Re-registering a (now dead) actor under another owner is refused, and the
+    registration it had stays as it was."""
+    serve.run(Idle.bind(), name="owner-app", route_prefix=None)
+    aux = actors()
+    serve_cleanup.register(aux)
+    ray.kill(aux, no_restart=True)
+    wait_dead(aux)
+    with pytest.raises(serve_cleanup.DeadActorError):
+        serve_cleanup.register(aux, scope="app", app="owner-app")
+    (kept,) = serve_cleanup.list_registrations()
+    assert (kept.actor_id, kept.scope, kept.app) == (aux._actor_id.hex(), "serve", "")
+    serve.shutdown()  # the dead actor's record is dropped without error
+    wait_for(lambda: kv_record_keys() == [], 30, "the dead actor's record to go")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -12,20 +11,10 @@ import ray
 from ray import serve
 
 import serve_cleanup
-from ray_helpers import actor_state, controller_handle, wait_dead, wait_for
+from ray_helpers import actor_state, controller_handle, run_cli, wait_dead, wait_for
 from serve_cleanup import client
 
 pytestmark = pytest.mark.ray
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "serve_cleanup.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address},
-    )
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0})
@@ -38,27 +27,27 @@ def test_list_json_and_table(durable_serve, actors, unique):
     named, anon = actors(f"cli-{unique}"), actors()
     serve_cleanup.register(named)
     serve_cleanup.register(anon)
-    out = cli("list", "--json")
+    out = run_cli("list", "--json")
     assert out.returncode == 0, out.stderr
     rows = {r["actor_id"]: r for r in json.loads(out.stdout)}
     assert set(rows) == {named._actor_id.hex(), anon._actor_id.hex()}
     assert rows[named._actor_id.hex()]["name"] == f"cli-{unique}"
     assert all(r["state"] == "ALIVE" and r["scope"] == "serve" for r in rows.values())
 
-    table = cli("list")
+    table = run_cli("list")
     assert table.returncode == 0, table.stderr
     assert "SCOPE" in table.stdout and f"cli-{unique}" in table.stdout and "(anonymous)" in table.stdout
 
 
 def test_status_reports_durable_controller(durable_serve, actors):
     serve_cleanup.register(actors())
-    out = cli("status", "--json")
+    out = run_cli("status", "--json")
     assert out.returncode == 0, out.stderr
     status = json.loads(out.stdout)
     assert status["controller"] == "durable"
     assert status["records"] == 1 and status["records_by_scope"] == {"serve": 1}
     assert status["controller_status"]["records"] == 1
-    human = cli("status")
+    human = run_cli("status")
     assert "durable (serve_cleanup)" in human.stdout and "last reconcile" in human.stdout
 
 
@@ -73,13 +62,13 @@ def test_gc_dry_run_then_gc(slow_reconcile_serve, actors):
     wait_dead(dead)
     serve.delete("gc-app")
 
-    dry = cli("gc", "--dry-run", "--json")
+    dry = run_cli("gc", "--dry-run", "--json")
     assert dry.returncode == 0, dry.stderr
     found = {r["actor_id"]: r["why"] for r in json.loads(dry.stdout)}
     assert found == {orphan._actor_id.hex(): "owner deleted", dead._actor_id.hex(): "actor dead"}
     assert actor_state(orphan._actor_id.hex()) == "ALIVE"  # dry run killed nothing
 
-    real = cli("gc")
+    real = run_cli("gc")
     assert real.returncode == 0, real.stderr
     assert "2 registration(s) collected" in real.stdout
     wait_dead(orphan)
@@ -93,12 +82,12 @@ def test_list_while_controller_is_down(durable_serve, actors, unique):
     ray.kill(controller_handle(), no_restart=True)  # Serve is down for good
     wait_for(lambda: client.find_controller() is None, 30, "the controller to be gone")
 
-    out = cli("list", "--json")
+    out = run_cli("list", "--json")
     assert out.returncode == 0, out.stderr
     assert [r["actor_id"] for r in json.loads(out.stdout)] == [aux._actor_id.hex()]
-    status = json.loads(cli("status", "--json").stdout)
+    status = json.loads(run_cli("status", "--json").stdout)
     assert status["controller"] == "none" and status["records"] == 1
-    gc = cli("gc")
+    gc = run_cli("gc")
     assert gc.returncode == 1 and "serve_cleanup.start" in gc.stderr
 
     # A new Serve instance adopts the leftover and kills it at its shutdown.

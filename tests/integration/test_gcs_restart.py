@@ -7,7 +7,6 @@ process is then killed and started again through the head node's own handle on i
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -17,10 +16,9 @@ import uuid
 import pytest
 import ray
 from ray import serve
-from ray.cluster_utils import Cluster
 
 import serve_cleanup
-from ray_helpers import TEST_NAMESPACE, Aux, kv_record_keys, wait_dead, wait_for
+from ray_helpers import TEST_NAMESPACE, Aux, kv_record_keys, own_cluster, wait_dead, wait_for
 
 pytestmark = pytest.mark.ray
 
@@ -63,28 +61,11 @@ def redis_address(tmp_path):
 
 @pytest.fixture
 def ft_cluster(redis_address, monkeypatch):
-    if ray.is_initialized():
-        try:
-            serve.shutdown()
-        except Exception:
-            pass
-        ray.shutdown()
     monkeypatch.setenv("RAY_REDIS_ADDRESS", redis_address)
     monkeypatch.setenv("RAY_external_storage_namespace", f"sc-{uuid.uuid4().hex[:8]}")
     monkeypatch.setenv("RAY_gcs_rpc_server_reconnect_timeout_s", "60")
-    here = os.path.dirname(os.path.abspath(__file__))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([here] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
-    ray.init(address=c.address, namespace=TEST_NAMESPACE, log_to_driver=False)
-    try:
+    with own_cluster(num_cpus=2) as c:
         yield c
-    finally:
-        try:
-            serve.shutdown()
-        except Exception:
-            pass
-        ray.shutdown()
-        c.shutdown()
 
 
 def test_registrations_survive_gcs_restart(ft_cluster):

@@ -2,47 +2,27 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
 import ray
 from ray import serve
-from ray.cluster_utils import Cluster
 
 import serve_cleanup
-from ray_helpers import TEST_NAMESPACE, Aux, actor_state, kv_record_keys, wait_dead, wait_for
+from ray_helpers import TEST_NAMESPACE, Aux, actor_state, kv_record_keys, own_cluster, wait_dead, wait_for
 from serve_cleanup import _compat, client
 
 pytestmark = pytest.mark.ray
 
 
-def _stop_any_ray() -> None:
-    if ray.is_initialized():
-        try:
-            serve.shutdown()
-        except Exception:
-            pass
-        ray.shutdown()
-
-
 @pytest.fixture
 def cluster():
     """A head and two worker nodes, each worker with a resource to pin actors to it."""
-    _stop_any_ray()
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        [os.path.dirname(os.path.abspath(__file__))] + [p for p in [os.environ.get("PYTHONPATH")] if p]
-    )
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    workers = [c.add_node(num_cpus=1, resources={f"w{i}": 10}) for i in (1, 2)]
-    c.wait_for_nodes()
-    ray.init(address=c.address, namespace=TEST_NAMESPACE, log_to_driver=False)
-    serve_cleanup.start()
-    try:
+    with own_cluster(num_cpus=1) as c:
+        workers = [c.add_node(num_cpus=1, resources={f"w{i}": 10}) for i in (1, 2)]
+        c.wait_for_nodes()
+        serve_cleanup.start()
         yield c, workers
-    finally:
-        _stop_any_ray()
-        c.shutdown()
 
 
 def _on(node_resource: str, name=None):

@@ -11,7 +11,7 @@ from ray import serve
 from ray.serve.config import RequestRouterConfig
 
 import serve_cleanup
-from ray_helpers import actor_state, assert_stays, kill_controller_and_wait_restart, wait_dead, wait_for
+from ray_helpers import actor_state, assert_stays, crash_plain_controller_and_wait, kill_controller_and_wait_restart, wait_dead, wait_for
 from serve_cleanup import _compat
 
 pytestmark = pytest.mark.ray
@@ -67,9 +67,7 @@ def test_prefix_tree_actor_is_killed_after_controller_restart(durable_serve):
 def test_plain_serve_leaks_the_prefix_tree_actor(plain_serve):
     """Regression guard: upstream leaks it after one controller restart."""
     tree = _deploy_and_route("prefix-plain")
-    ctrl = ray.get_actor(_compat.SERVE_CONTROLLER_NAME, namespace=_compat.SERVE_NAMESPACE)
-    ray.kill(ctrl, no_restart=False)
-    wait_for(lambda: ray.get(ctrl.check_alive.remote(), timeout=10) is None, 60, "restart")
+    crash_plain_controller_and_wait()
     serve.shutdown()
     try:
         assert_stays(lambda: actor_state(tree._actor_id.hex()) == "ALIVE", 3.0, "plain Serve leaks")

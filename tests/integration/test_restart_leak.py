@@ -7,15 +7,14 @@ import ray
 from ray import serve
 
 from ray_helpers import (
+    crash_plain_controller_and_wait,
     TEST_NAMESPACE,
     Aux,
     actor_state,
     assert_stays,
-    controller_handle,
     kill_controller_and_wait_restart,
     kv_record_keys,
     wait_dead,
-    wait_for,
 )
 from serve_cleanup import _compat
 
@@ -72,9 +71,7 @@ def test_plain_serve_leaks_after_restart(plain_serve, unique):
     If this starts failing, upstream fixed the bug (or the scenario no longer
     reproduces it, which would make the test above meaningless)."""
     aux = _deploy_and_get_aux(f"aux-{unique}")
-    ctrl = controller_handle()
-    ray.kill(ctrl, no_restart=False)
-    wait_for(lambda: ray.get(ctrl.check_alive.remote(), timeout=10) is None, 60, "restart")
+    crash_plain_controller_and_wait()
     serve.shutdown()
     try:
         # A negative needs a window: upstream would have issued its kill before exiting.

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import ray
 from ray import serve
 
 import serve_cleanup
-from ray_helpers import controller_status
+from ray_helpers import controller_status, run_cli
 from serve_cleanup import client
 
 pytestmark = pytest.mark.ray
@@ -44,29 +40,19 @@ def test_register_refuses_plain_serve(plain_serve, actors):
         serve_cleanup.register(actors())
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "serve_cleanup.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address},
-    )
-
-
 def test_cli_start_against_running_cluster(ray_cluster):
     serve.shutdown()
-    out = _cli("start")
+    out = run_cli("start")
     assert out.returncode == 0, out.stderr
     assert "Started Serve with the durable controller" in out.stdout
     assert client.controller_kind() == "durable"
-    again = _cli("start", "--address", ray.get_runtime_context().gcs_address)
+    again = run_cli("start", "--address", ray.get_runtime_context().gcs_address)
     assert again.returncode == 0, again.stderr
     assert "already running" in again.stdout
     serve.shutdown()
 
 
 def test_cli_start_refuses_plain_serve(plain_serve):
-    out = _cli("start")
+    out = run_cli("start")
     assert out.returncode == 1
     assert "plain Ray Serve controller" in out.stderr

@@ -22,6 +22,15 @@ def test_is_serve_system_actor():
     assert _compat.is_serve_system_actor("SERVE_CONTROLLER_ACTOR", "serve")
     assert _compat.is_serve_system_actor("SERVE_PROXY_ACTOR-abc", "serve")
     assert _compat.is_serve_system_actor("SERVE_REPLICA::app#dep#x", "serve")
+    assert _compat.is_serve_system_actor("SERVE_DEPLOYMENT_ACTOR::app::dep::v1::cache", "serve")
     assert not _compat.is_serve_system_actor("SERVE_REPLICA::app#dep#x", "other")
     assert not _compat.is_serve_system_actor("my-cache", "serve")
     assert not _compat.is_serve_system_actor("", "")
+
+
+@pytest.mark.parametrize("raw, expected", [("2", 2.0), ("0.05", 0.05), ("0", 0.5), ("-1", 0.5), ("nan", 0.5), ("soon", 0.5)])
+def test_reconcile_interval_is_validated(monkeypatch, raw, expected):
+    from serve_cleanup import controller
+
+    monkeypatch.setenv("SERVE_CLEANUP_RECONCILE_INTERVAL_S", raw)
+    assert controller._reconcile_interval() == expected
