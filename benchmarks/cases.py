@@ -32,7 +32,7 @@ class Sizes:
     pool: int = 16            # distinct actors per round and side
     passes: int = 20          # registrations per actor per round
     record_counts: tuple = (10, 1_000, 10_000)
-    scaling_samples: int = 300
+    scaling_samples: int = 640
     concurrent: int = 8       # registrants
     per_registrant: int = 5
     concurrent_reps: int = 3
@@ -88,30 +88,42 @@ def registration_latency(sizes: Sizes) -> dict:
 
 
 def latency_vs_records(sizes: Sizes) -> list[dict]:
-    """Durable registration p50 with N synthetic records already stored."""
-    out = []
-    for n in sizes.record_counts:
-        start_serve(DURABLE)
-        purge_records()
-        seed_synthetic(n)
-        kill_controller_and_wait()  # the restarted controller rehydrates all n
-        ctrl = controller()
-        status = ray.get(ctrl.serve_cleanup_status.remote())
-        assert status["records"] == n, status["records"]
-        actors = make_actors(min(sizes.pool, sizes.scaling_samples))
-        s = Samples()
-        while len(s.values) < sizes.scaling_samples:
-            for a in actors:
-                s.add(_register(ctrl, a))
-            _unregister_all(actors)
-        purge_records()
-        kill_controller_and_wait()  # forget the synthetic records before shutdown
-        stop_serve()
-        kill_actors(actors)
-        out.append({"records": n, "p50": s.ms("p50"), "p99": s.ms("p99"),
-                    "rehydrate_ms": status["rehydrate_ms"]})
-        log(f"latency with {n} records: p50 {s.ms():.2f} ms, rehydrate {status['rehydrate_ms']} ms")
-    return out
+    """Durable registration latency with N synthetic records already stored.
+
+    Two blocks, the second in reverse order of N, so drift over the run does not favour
+    either end; samples of both blocks are pooled per N.
+    """
+    samples = {n: Samples() for n in sizes.record_counts}
+    rehydrate = {n: [] for n in sizes.record_counts}
+    per_block = max(1, sizes.scaling_samples // 2)
+    for block in range(2):
+        order = sizes.record_counts if block == 0 else tuple(reversed(sizes.record_counts))
+        for n in order:
+            start_serve(DURABLE)
+            purge_records()
+            seed_synthetic(n)
+            kill_controller_and_wait()  # the restarted controller rehydrates all n
+            ctrl = controller()
+            status = ray.get(ctrl.serve_cleanup_status.remote())
+            assert status["records"] == n, status["records"]
+            rehydrate[n].append(status["rehydrate_ms"])
+            actors = make_actors(min(sizes.pool, per_block))
+            taken = 0
+            while taken < per_block:
+                for a in actors:
+                    samples[n].add(_register(ctrl, a))
+                taken += len(actors)
+                _unregister_all(actors)
+            purge_records()
+            kill_controller_and_wait()  # forget the synthetic records before shutdown
+            stop_serve()
+            kill_actors(actors)
+            log(f"latency with {n} records (block {block + 1}/2): p50 so far {samples[n].ms():.2f} ms")
+    return [
+        {"records": n, "p50": samples[n].ms("p50"), "p99": samples[n].ms("p99"),
+         "rehydrate_ms": sorted(rehydrate[n])[len(rehydrate[n]) // 2]}
+        for n in sizes.record_counts
+    ]
 
 
 def concurrent_registration(sizes: Sizes) -> dict:

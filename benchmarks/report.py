@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import platform
 import sys
@@ -40,6 +42,16 @@ def _slope(rows: list[dict], kind: str) -> float:
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
     den = sum((x - mx) ** 2 for x in xs)
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den if den else 0.0
+
+
+def _restart_verdict(measured: float, budget: float) -> str:
+    if measured <= budget:
+        return "holds"
+    over = measured - budget
+    return (
+        f"**missed** by {over * 1000:.0f} ms ({over / budget:.1%}); importing serve_cleanup "
+        "in the new process costs ~15 ms, and medians move by ~30 ms between runs"
+    )
 
 
 def _ok(flag: bool) -> str:
@@ -84,7 +96,7 @@ def write(results: dict, out_dir: Path, command: str, smoke: bool) -> Path:
         f"| restarted controller answers no later than plain + rehydrate | durable "
         f"{rst[big]['p50_s']:.3f} s with {results['restart_records']:,} records (rehydrate "
         f"{rst[big]['rehydrate_ms']:.1f} ms), durable {rst[DURABLE + '-0']['p50_s']:.3f} s with none; "
-        f"plain {rst[PLAIN]['p50_s']:.3f} s | {_ok(rst[big]['p50_s'] <= rst_budget)} |\n"
+        f"plain {rst[PLAIN]['p50_s']:.3f} s | {_restart_verdict(rst[big]['p50_s'], rst_budget)} |\n"
         f"| shutdown with K registered actors vs plain | extra cost per actor: durable "
         f"{per_actor_durable * 1000:.1f} ms, plain {per_actor_plain * 1000:.1f} ms | see table |",
         "",
@@ -109,6 +121,12 @@ def write(results: dict, out_dir: Path, command: str, smoke: bool) -> Path:
         "",
         "## Shutdown time with K registered actors (one app deployed)",
         "",
+        "Most of either side's time is Serve's own shutdown of the app's replicas, which "
+        "varies by a few hundred ms from run to run. What the durable side adds per actor "
+        "is deliberate: it deletes a record only once the actor table shows the actor "
+        "`DEAD`, so it waits for the killed processes to exit (upstream returns while they "
+        "are still dying, and forgets them if its controller dies first).",
+        "",
         "| K | plain s | durable s | durable − plain s |",
         "|---:|---:|---:|---:|",
         *[f"| {r['k']} | {r[PLAIN]:.2f} | {r[DURABLE]:.2f} | {r[DURABLE] - r[PLAIN]:+.2f} |" for r in shut],
@@ -122,8 +140,9 @@ def write(results: dict, out_dir: Path, command: str, smoke: bool) -> Path:
         "timed call is a new registration (the actors are unregistered, untimed, between passes).",
         "- Records: synthetic records written through the package's own `GcsRecordStore`, "
         "then the controller is killed so the restarted one rehydrates them.",
-        "- Restart: `ray.kill(controller, no_restart=False)` until the restarted controller "
-        "answers `check_alive` (calls queue until its `__init__` is done).",
+        "- Restart: `ray.kill(controller, no_restart=False)` until a call (`get_pid`) is "
+        "answered by a new controller process (calls queue until its `__init__` is done); "
+        "one app deployed; 2 blocks x 5 kills per configuration, blocks in opposite orders.",
         "- Shutdown: `serve.shutdown()` until the controller actor is gone; the same app and "
         "the same number of registrations on both sides (upstream kills them too when its "
         "controller never restarted).",
@@ -131,8 +150,15 @@ def write(results: dict, out_dir: Path, command: str, smoke: bool) -> Path:
     ]
     md = out_dir / "benchmarks.md"
     md.write_text("\n".join(lines))
+    (out_dir / "benchmarks.json").write_text(json.dumps(_jsonable(results), indent=2))
     _plots(scal, shut, out_dir)
     return md
+
+
+def _jsonable(results: dict) -> dict:
+    out = dict(results)
+    out["sizes"] = dataclasses.asdict(results["sizes"])
+    return out
 
 
 def _plots(scal: list[dict], shut: list[dict], out_dir: Path) -> None:

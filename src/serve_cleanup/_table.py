@@ -16,3 +16,20 @@ def render(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
 
 def timestamp(unix: float) -> str:
     return _dt.datetime.fromtimestamp(unix).strftime("%Y-%m-%d %H:%M:%S")
+
+
+RECORD_HEADERS = ("SCOPE", "APP", "DEPLOYMENT", "NAMESPACE", "NAME", "ACTOR ID", "STATE", "REGISTERED AT")
+
+
+def records_table(items: Sequence[dict], states: dict[str, str], extra: Sequence[str] = ()) -> str:
+    """The `serve-cleanup list` table: records as dicts (``Record.to_dict()``), the actor
+    state per id, and optional extra columns taken from each dict."""
+    rows = [
+        (
+            d["scope"], d["app"] or "-", d["deployment"] or "-", d["namespace"] or "-",
+            d["name"] or "(anonymous)", d["actor_id"], states.get(d["actor_id"], "?"),
+            timestamp(d["registered_at"]), *(d.get(k, "") for k in extra),
+        )
+        for d in items
+    ]
+    return render(RECORD_HEADERS + tuple(k.upper() for k in extra), rows)

@@ -76,20 +76,6 @@ def start(
         click.echo("Started Serve with the durable controller.")
 
 
-def _record_rows(items: list[dict], states: dict[str, str], extra: tuple = ()) -> list[tuple]:
-    from serve_cleanup import _table
-
-    return [
-        (
-            d["scope"], d["app"] or "-", d["deployment"] or "-", d["namespace"] or "-",
-            d["name"] or "(anonymous)", d["actor_id"], states.get(d["actor_id"], "?"),
-            _table.timestamp(d["registered_at"]), *(d.get(k, "") for k in extra),
-        )
-        for d in items
-    ]
-
-
-_RECORD_HEADERS = ("SCOPE", "APP", "DEPLOYMENT", "NAMESPACE", "NAME", "ACTOR ID", "STATE", "REGISTERED AT")
 
 
 @cli.command(name="list", help="List durable registrations (read from the GCS KV; works while the controller is down).")
@@ -111,7 +97,7 @@ def list_(address: str, as_json: bool) -> None:
     if not records:
         click.echo("No registrations.")
         return
-    click.echo(_table.render(_RECORD_HEADERS, _record_rows(records, states)))
+    click.echo(_table.records_table(records, states))
 
 
 @cli.command(help="Show the controller kind, record counts, the last reconcile and set-aside records.")
@@ -198,7 +184,7 @@ def gc(address: str, dry_run: bool, as_json: bool) -> None:
         return
     states = client.actor_states([d["actor_id"] for d in found])
     extra = ("why",) if dry_run else ("why", "outcome")
-    click.echo(_table.render(_RECORD_HEADERS + tuple(e.upper() for e in extra), _record_rows(found, states, extra)))
+    click.echo(_table.records_table(found, states, extra))
     if dry_run:
         click.echo(f"{len(found)} registration(s) would be collected (dry run).")
         return

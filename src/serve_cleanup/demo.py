@@ -13,7 +13,7 @@ import click
 import ray
 from ray import serve
 
-from serve_cleanup import _compat, _table, client
+from serve_cleanup import _table, client
 
 CACHE_NAME = "demo-prefix-cache"
 DEMO_NAMESPACE = "serve-cleanup-demo"
@@ -56,18 +56,13 @@ def _wait(what: str, check: Callable[[], bool], timeout_s: float) -> float:
 
 
 def _state(actor_id: str) -> str:
-    info = _compat.lookup_actor_sync(_compat.driver_gcs_client(), actor_id, 5.0)
-    return "DEAD" if info is None else info.state
+    return client.actor_states([actor_id])[actor_id]
 
 
 def _registration_table(records: list) -> str:
-    return _table.render(
-        ["namespace/name", "actor id", "scope", "registered at", "state"],
-        [
-            (r.display_name, r.actor_id, r.scope, _table.timestamp(r.registered_at), _state(r.actor_id))
-            for r in records
-        ],
-    )
+    """The same table `serve-cleanup list` prints."""
+    states = client.actor_states([r.actor_id for r in records])
+    return _table.records_table([r.to_dict() for r in records], states)
 
 
 def run_demo(num_cpus: int = 2) -> int:
@@ -127,7 +122,7 @@ def _run(say: Callable[[str], None], started: float) -> int:
         f"it rehydrated {status.get('records')} registration(s) in {status.get('rehydrate_ms')} ms"
     )
 
-    say("Registrations after the restart (read from the GCS KV):")
+    say("Registrations after the restart, as `serve-cleanup list` shows them (read from the GCS KV):")
     after = client.list_registrations()
     click.echo(_registration_table(after))
     if {r.actor_id for r in after} != {r.actor_id for r in before}:

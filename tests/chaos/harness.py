@@ -15,7 +15,7 @@ the KV, and the controller restarted no more often than it was killed (no crash 
 
 Run standalone (starts its own local Ray)::
 
-    python tests/chaos/harness.py --rounds 100 --seed 7
+    python tests/chaos/harness.py --rounds 100 --seed 20261127
 
 or through pytest (``pytest tests/chaos --chaos-rounds 100``).
 """
