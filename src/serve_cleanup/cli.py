@@ -188,8 +188,31 @@ def gc(address: str, dry_run: bool, as_json: bool) -> None:
     if dry_run:
         click.echo(f"{len(found)} registration(s) would be collected (dry run).")
         return
-    pending = sum(1 for d in found if d.get("outcome") == "pending")
-    click.echo(f"{len(found) - pending} registration(s) collected, {pending} pending (retried by gc or shutdown).")
+    outcomes = [d.get("outcome") for d in found]
+    collected = sum(1 for o in outcomes if o in ("killed", "already dead"))
+    pending, skipped = outcomes.count("pending"), outcomes.count("superseded")
+    click.echo(
+        f"{collected} registration(s) collected, {pending} pending (retried by gc or shutdown)"
+        + (f", {skipped} unregistered or moved meanwhile (left alone)." if skipped else ".")
+    )
+
+
+@cli.command(help="Remove the registration of ACTOR_ID (hex) without killing the actor.")
+@_address_option
+@click.argument("actor_id")
+def unregister(address: str, actor_id: str) -> None:
+    from serve_cleanup import client
+    from serve_cleanup.errors import ServeCleanupError
+
+    _connect(address)
+    try:
+        removed = client.unregister(actor_id, timeout_s=30)
+    except ServeCleanupError as e:
+        raise click.ClickException(str(e)) from None
+    if removed:
+        click.echo(f"Unregistered {actor_id.lower()}; the actor was not killed.")
+    else:
+        click.echo(f"{actor_id.lower()} was not registered; nothing to do.")
 
 
 @cli.command(help="Run the demo on a local embedded Ray: kill the controller, shut down, show nothing leaked.")

@@ -143,7 +143,7 @@ def unregister(actor: Any, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
     if isinstance(actor, _compat.ActorHandle):
         actor_id = _compat.actor_id_hex(actor)
     elif isinstance(actor, str):
-        actor_id = actor
+        actor_id = actor.strip().lower()
     else:
         raise TypeError(f"expected a Ray ActorHandle or an actor id, got {type(actor).__name__}")
     return _call_controller("serve_cleanup_unregister", actor_id, timeout_s=timeout_s)

@@ -33,6 +33,7 @@ from typing import Any, Optional
 import ray
 
 from serve_cleanup import _compat, records
+from serve_cleanup._keyed_lock import KeyedLocks
 from serve_cleanup.errors import (
     DeadActorError,
     OwnerNotFoundError,
@@ -67,6 +68,11 @@ def _reconcile_interval() -> float:
 
 
 RECONCILE_INTERVAL_S = _reconcile_interval()
+# How long a registration waits for GCS to learn of an actor it does not know yet.
+UNKNOWN_ACTOR_WAIT_S = 2.0
+# How long shutdown waits for registered actors that cannot be killed before it gives up
+# on them (their records stay in the KV for the next durable controller, or gc).
+SHUTDOWN_GRACE_S = 20.0
 
 
 class _CleanupPending(Exception):
@@ -83,6 +89,8 @@ class DurableServeController(_compat.ServeController):
         self._sc_next_shutdown_pass_at = 0.0
         self._sc_shutdown_task: Optional[asyncio.Task] = None
         self._sc_inflight = 0  # registrations whose KV write has not settled
+        self._sc_actor_locks = KeyedLocks()
+        self._sc_stuck_since: Optional[float] = None  # shutdown: records pending since
         self._sc_last_pass: dict[str, Any] = {}
         self._sc_last_reconcile: dict[str, Any] = {}
 
@@ -94,11 +102,13 @@ class DurableServeController(_compat.ServeController):
             else None
         )
         self._sc_rehydrate_s = time.perf_counter() - started
+        # Everything the shutdown hook needs exists before Serve's __init__ starts the
+        # control loop (which, on a restart mid-shutdown, resumes the shutdown at once).
+        self._sc_metrics = ControllerMetrics()
+        self._sc_reaper = Reaper(self._sc_registry, gcs, self._sc_metrics, self._sc_faults)
 
         await super().__init__(**kwargs)  # configures the controller logger
 
-        self._sc_metrics = ControllerMetrics()
-        self._sc_reaper = Reaper(self._sc_registry, gcs, self._sc_metrics, self._sc_faults)
         self._sc_metrics.set_records(self._sc_registry.counts_by_scope(), len(set_aside))
         self._sc_reconcile_task = asyncio.get_running_loop().create_task(self._sc_reconcile_loop())
         logger.info(
@@ -115,8 +125,21 @@ class DurableServeController(_compat.ServeController):
     # --- registration -----------------------------------------------------------------
 
     async def _register_shutdown_cleanup_actor(self, actor_handle: Any) -> None:
-        """Upstream entry point, made durable. Registrations are Serve-wide."""
-        await self.serve_cleanup_register(actor_handle)
+        """Upstream entry point, made durable. Serve-wide, and only if the actor is not
+        registered yet (a router re-registering its actor never changes an owner).
+
+        Ray's own callers (routers, at start-up) never saw this fail upstream, so when
+        GCS cannot take the record the actor is kept the upstream way, in memory, and
+        still killed at shutdown by this controller process.
+        """
+        try:
+            await self.serve_cleanup_register(actor_handle, ensure_only=True)
+        except PersistenceError as e:
+            logger.error(
+                f"serve_cleanup: {e} Keeping it in memory only, as plain Serve would: it is "
+                "killed at shutdown unless this controller dies first."
+            )
+            super()._register_shutdown_cleanup_actor(actor_handle)
 
     async def serve_cleanup_register(
         self,
@@ -124,21 +147,32 @@ class DurableServeController(_compat.ServeController):
         scope: str = records.SCOPE_SERVE,
         app: str = "",
         deployment: str = "",
+        ensure_only: bool = False,
     ) -> Record:
-        """Durably register ``actor``; returns the stored record. Idempotent."""
+        """Durably register ``actor``; returns the stored record. Idempotent.
+
+        ``ensure_only``: if the actor is registered under any owner, keep that.
+        Calls for the same actor run one at a time (a per-actor lock), so a call never
+        returns a record that a concurrent, failing call is about to take back.
+        """
         if not isinstance(actor, _compat.ActorHandle):
             raise TypeError(
                 f"expected a Ray ActorHandle, got {type(actor).__name__}; pass the handle "
                 "returned by MyActor.remote() or ray.get_actor()."
             )
         actor_id = _compat.actor_id_hex(actor)
-        existing = self._sc_registry.get(actor_id)
-        if existing is not None and (existing.scope, existing.app, existing.deployment) == (
-            scope,
-            app,
-            deployment,
-        ):
-            return existing
+
+        def settled() -> Optional[Record]:
+            existing = self._sc_registry.get(actor_id)
+            if existing is not None and (
+                ensure_only or (existing.scope, existing.app, existing.deployment) == (scope, app, deployment)
+            ):
+                return existing
+            return None
+
+        done = None if self._sc_actor_locks.busy(actor_id) else settled()
+        if done is not None:
+            return done  # the common repeat: no lock, no GCS
         self._sc_check_owner(scope, app, deployment)
         if actor_id == self._sc_own_id:
             raise SystemActorError("the Serve controller cannot be registered for cleanup.")
@@ -157,10 +191,14 @@ class DurableServeController(_compat.ServeController):
                 deployment=deployment,
             )
 
-        record = make(name, namespace)
         self._sc_inflight += 1  # shutdown must not finish while this write may land
         try:
-            return await self._sc_store_checked(record, existing, make)
+            async with self._sc_actor_locks.hold(actor_id):
+                done = settled()
+                if done is not None:
+                    return done
+                existing = self._sc_registry.get(actor_id)
+                return await self._sc_store_checked(make(name, namespace), existing, make)
         finally:
             self._sc_inflight -= 1
 
@@ -182,6 +220,8 @@ class DurableServeController(_compat.ServeController):
             )
         self._sc_faults.maybe_crash("after_record_write")
         try:
+            if info is None:
+                info = await self._sc_await_known(actor_id)
             if isinstance(info, BaseException):
                 raise PersistenceError(
                     f"could not look up actor {actor_id} in the GCS actor table ({info!r}); "
@@ -215,6 +255,25 @@ class DurableServeController(_compat.ServeController):
             f"scope {_owner(record)})."
         )
         return record
+
+    async def _sc_await_known(self, actor_id: str) -> Any:
+        """The actor table entry of an actor GCS does not know yet, or None after a while.
+
+        Ray registers an anonymous actor with GCS asynchronously, so a handle can reach
+        us before GCS has heard of the actor.
+        """
+        deadline = time.monotonic() + UNKNOWN_ACTOR_WAIT_S
+        delay = 0.01
+        while time.monotonic() < deadline:
+            await asyncio.sleep(delay)
+            try:
+                info = await _compat.lookup_actor(self._sc_gcs, actor_id, LOOKUP_TIMEOUT_S)
+            except Exception as e:
+                return e
+            if info is not None:
+                return info
+            delay = min(delay * 2, 0.2)
+        return None
 
     def _sc_check_owner(self, scope: str, app: str, deployment: str) -> None:
         if scope not in records.SCOPES:
@@ -258,7 +317,8 @@ class DurableServeController(_compat.ServeController):
         """Remove the record without killing the actor. False if it was not registered."""
         if not isinstance(actor_id, str):
             raise TypeError(f"expected an actor id (hex str), got {type(actor_id).__name__}")
-        async with self._sc_pass_lock:  # never race a pass that may be killing it
+        actor_id = actor_id.lower()
+        async with self._sc_actor_locks.hold(actor_id), self._sc_pass_lock:
             removed = await self._sc_registry.remove(actor_id)
         if removed:
             logger.info(f"serve_cleanup: unregistered actor {actor_id} (not killed).")
@@ -322,10 +382,13 @@ class DurableServeController(_compat.ServeController):
         """Registrations whose owner is gone or whose actor is dead; killed unless dry_run."""
         orphans = {r.actor_id: r for r in self._sc_orphans()}
         rest = [r for r in self._sc_registry.records() if r.actor_id not in orphans]
-        infos = await asyncio.gather(
-            *(_compat.lookup_actor(self._sc_gcs, r.actor_id, LOOKUP_TIMEOUT_S) for r in rest),
-            return_exceptions=True,
-        )
+        limit = asyncio.Semaphore(64)
+
+        async def lookup(actor_id: str) -> Any:
+            async with limit:
+                return await _compat.lookup_actor(self._sc_gcs, actor_id, LOOKUP_TIMEOUT_S)
+
+        infos = await asyncio.gather(*(lookup(r.actor_id) for r in rest), return_exceptions=True)
         dead = [
             r for r, info in zip(rest, infos)
             if not isinstance(info, BaseException) and (info is None or info.dead)
@@ -342,8 +405,15 @@ class DurableServeController(_compat.ServeController):
 
     async def _sc_pass(self, todo: list[Record], reason: Reason) -> list[Outcome]:
         async with self._sc_pass_lock:
+            # While we waited, a record may have been unregistered or moved to another
+            # owner: act only on what is still registered as it was (the reaper checks
+            # again right before each kill).
+            current = [r for r in todo if self._sc_registry.get(r.actor_id) is r]
+            outcomes_by_id: dict[str, Outcome] = {r.actor_id: Outcome.SUPERSEDED for r in todo}
             started = time.perf_counter()
-            outcomes = await self._sc_reaper.reap_all(todo, reason)
+            for r, outcome in zip(current, await self._sc_reaper.reap_all(current, reason)):
+                outcomes_by_id[r.actor_id] = outcome
+            outcomes = [outcomes_by_id[r.actor_id] for r in todo]
             elapsed = time.perf_counter() - started
         counts = {o: outcomes.count(o) for o in Outcome}
         self._sc_last_pass = {
@@ -356,7 +426,8 @@ class DurableServeController(_compat.ServeController):
         logger.info(
             f"serve_cleanup: {reason.value} pass over {len(todo)} registration(s) in "
             f"{elapsed * 1000:.0f} ms: {counts[Outcome.KILLED]} killed, "
-            f"{counts[Outcome.ALREADY_DEAD]} already dead, {counts[Outcome.PENDING]} pending."
+            f"{counts[Outcome.ALREADY_DEAD]} already dead, {counts[Outcome.PENDING]} pending"
+            + (f", {counts[Outcome.SUPERSEDED]} changed meanwhile (skipped)." if counts[Outcome.SUPERSEDED] else ".")
         )
         return outcomes
 
@@ -367,6 +438,21 @@ class DurableServeController(_compat.ServeController):
 
     def _kill_registered_cleanup_actors(self) -> None:
         if len(self._sc_registry) == 0 and self._sc_inflight == 0:
+            super()._kill_registered_cleanup_actors()  # any kept in memory (GCS was down)
+            return
+        now = time.monotonic()
+        self._sc_stuck_since = self._sc_stuck_since or now
+        stuck = now - self._sc_stuck_since > SHUTDOWN_GRACE_S
+        if stuck and len(self._sc_registry) and not self._sc_pass_lock.locked():
+            left = self._sc_registry.records()
+            logger.error(
+                f"serve_cleanup: giving up on {len(left)} registration(s) after "
+                f"{SHUTDOWN_GRACE_S:.0f}s of shutdown: "
+                + ", ".join(f"{r.display_name} ({r.actor_id})" for r in left[:20])
+                + ". Their records stay in the KV: the next durable controller retries "
+                "them at its shutdown; `serve-cleanup list` shows them."
+            )
+            super()._kill_registered_cleanup_actors()
             return
         idle = self._sc_shutdown_task is None or self._sc_shutdown_task.done()
         if idle and time.monotonic() >= self._sc_next_shutdown_pass_at:

@@ -47,6 +47,7 @@ class Outcome(enum.Enum):
     KILLED = "killed"  # we killed it and saw it dead; record removed
     ALREADY_DEAD = "already dead"  # it was dead before we looked; record removed
     PENDING = "pending"  # kill issued (or not possible yet); record kept for a retry
+    SUPERSEDED = "superseded"  # unregistered or moved to another owner meanwhile: untouched
 
 
 class Reaper:
@@ -98,6 +99,8 @@ class Reaper:
         handle = self._handle_for(record)
         if handle is None:
             return Outcome.PENDING
+        if self._registry.get(record.actor_id) is not record:
+            return Outcome.SUPERSEDED  # changed while we looked it up; no await until the kill
         ray.kill(handle, no_restart=True)
         if self._faults is not None:
             self._faults.maybe_crash("after_kill_before_delete")

@@ -101,3 +101,16 @@ def test_cli_help():
         [sys.executable, "-m", "serve_cleanup.cli", "--help"], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0 and "list" in out.stdout and "gc" in out.stdout
+
+
+def test_cli_unregister(durable_serve, actors):
+    aux = actors()
+    serve_cleanup.register(aux)
+    out = run_cli("unregister", aux._actor_id.hex().upper())  # ids are case-insensitive
+    assert out.returncode == 0, out.stderr
+    assert "Unregistered" in out.stdout
+    assert serve_cleanup.list_registrations() == []
+    again = run_cli("unregister", aux._actor_id.hex())
+    assert again.returncode == 0 and "was not registered" in again.stdout
+    serve.shutdown()
+    assert actor_state(aux._actor_id.hex()) == "ALIVE"

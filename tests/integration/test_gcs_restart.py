@@ -7,6 +7,7 @@ process is then killed and started again through the head node's own handle on i
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -34,7 +35,10 @@ def _free_port() -> int:
 @pytest.fixture
 def redis_address(tmp_path):
     if REDIS is None:
-        pytest.fail("redis-server is not installed (apt-get install redis-server; .ci/run does)")
+        message = "redis-server is not installed (apt-get install redis-server; .ci/run does)"
+        if os.environ.get("CI"):
+            pytest.fail(message)  # CI must run it
+        pytest.skip(message)
     port = _free_port()
     proc = subprocess.Popen(
         [REDIS, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",

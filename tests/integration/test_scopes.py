@@ -14,6 +14,7 @@ from ray_helpers import (
     Aux,
     actor_state,
     assert_stays,
+    controller_handle,
     kill_controller_and_wait_restart,
     kv_record_keys,
     wait_dead,
@@ -85,8 +86,24 @@ def test_delete_app_kills_its_app_and_deployment_actors_only(two_apps):
     for h in doomed:
         wait_dead(h, 15)
     print(f"\nowner deletion -> kill: {time.monotonic() - started:.2f}s after serve.delete returned")
-    assert all(actor_state(h._actor_id.hex()) == "ALIVE" for h in others)
     wait_for(lambda: len(kv_record_keys()) == 3, 10, "the dead app's records to go")
+    assert_stays(
+        lambda: all(actor_state(h._actor_id.hex()) == "ALIVE" for h in others),
+        2.0,
+        "the other app's actors alive",
+    )
+
+
+def test_upstream_reregistration_keeps_the_owner(two_apps):
+    """A router re-registering its actor through the upstream method (serve scope) must
+    not turn a deployment-scoped registration into a Serve-wide one."""
+    a, _ = two_apps
+    worker = _get(f"{a}-worker")
+    ray.get(controller_handle()._register_shutdown_cleanup_actor.remote(worker))
+    (record,) = [r for r in serve_cleanup.list_registrations() if r.actor_id == worker._actor_id.hex()]
+    assert (record.scope, record.app, record.deployment) == ("deployment", "app-a", "Worker")
+    serve.delete("app-a")
+    wait_dead(worker, 15)
 
 
 def test_redeploy_without_deployment_kills_only_its_actors(two_apps):
