@@ -49,30 +49,12 @@ from ray.serve._private.constants import (  # noqa: E402
     SERVE_NAMESPACE,
     SERVE_PROXY_NAME,
 )
-from ray.serve._private.controller import ServeController  # noqa: E402
+from ray.serve._private.controller import ServeController  # noqa: E402, F401 (re-export)
 from ray.serve._private.default_impl import get_controller_impl  # noqa: E402
 from ray.serve._private.storage.kv_store import (  # noqa: E402
-    SERVE_INTERNAL_KV_NAMESPACE,
+    SERVE_INTERNAL_KV_NAMESPACE,  # noqa: F401 (re-export)
     get_storage_key,
 )
-
-__all__ = [
-    "ActorHandle",
-    "ActorInfo",
-    "GcsClient",
-    "SERVE_CONTROLLER_NAME",
-    "SERVE_INTERNAL_KV_NAMESPACE",
-    "SERVE_NAMESPACE",
-    "ServeController",
-    "controller_logger",
-    "durable_controller_factory",
-    "handle_from_bytes",
-    "handle_to_bytes",
-    "is_serve_system_actor",
-    "make_controller_actor_class",
-    "parse_actor_table_entry",
-    "serve_kv_key_prefix",
-]
 
 # Serve's controller logger: records logged here land in the controller log users read.
 controller_logger = logging.getLogger(SERVE_LOGGER_NAME)

@@ -14,14 +14,14 @@ from typing import Any, Optional
 import ray
 
 from serve_cleanup import _compat, records
-from serve_cleanup.controller import DurableServeController
 from serve_cleanup.errors import ControllerUnavailableError, NotDurableControllerError
 from serve_cleanup.records import Record
 from serve_cleanup.registry import Registry, SetAside
 from serve_cleanup.store import GcsRecordStore
 
 DEFAULT_TIMEOUT_S = 60.0
-_MARKER_METHOD = DurableServeController.serve_cleanup_status.__name__
+# A method only the durable controller (and its subclasses) has; see controller.py.
+_MARKER_METHOD = "serve_cleanup_status"
 
 
 def _connect() -> None:
@@ -68,6 +68,10 @@ def start(**serve_start_kwargs: Any) -> None:
             "Serve apps) and then serve_cleanup.start(), and redeploy; or start Serve with "
             "serve_cleanup.start() / `serve-cleanup start` before `serve deploy`/`serve run`."
         )
+    # Imported here, not at module level: replicas and routers that only register
+    # need not load Serve's controller module.
+    from serve_cleanup.controller import DurableServeController
+
     with _compat.durable_controller_factory(DurableServeController):
         serve.start(**serve_start_kwargs)
 

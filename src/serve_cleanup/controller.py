@@ -163,7 +163,10 @@ class DurableServeController(RegistrationMixin, _compat.ServeController):
         )
 
     def _sc_orphans(self) -> list[Record]:
-        live_apps, live_deployments = _compat.live_owners(self, self._sc_registry.owner_apps())
+        apps = self._sc_registry.owner_apps()
+        if not apps:
+            return []  # only Serve-wide records: nothing to look up on this tick
+        live_apps, live_deployments = _compat.live_owners(self, apps)
         return self._sc_registry.orphans(live_apps, live_deployments)
 
     async def _sc_reconcile_loop(self) -> None:
@@ -279,7 +282,3 @@ class DurableServeController(RegistrationMixin, _compat.ServeController):
         except _CleanupPending:
             pass  # the reap pass runs on the loop; Serve calls shutdown() again next tick
 
-
-def controller_actor_class(controller_options: Any = None) -> Any:
-    """The durable controller as a Ray actor class, with Ray's own controller options."""
-    return _compat.make_controller_actor_class(DurableServeController, controller_options)
