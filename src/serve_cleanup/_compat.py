@@ -10,13 +10,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
 import ray
 from packaging.version import Version
 
 from serve_cleanup.errors import UnsupportedRayVersionError
+from serve_cleanup.ports import ActorInfo
 
 SUPPORTED_RAY = ">=2.60.0,<2.61"
 _MIN, _MAX = Version("2.60.0"), Version("2.61")
@@ -125,22 +125,6 @@ def handle_has_method(handle: ActorHandle, method: str) -> bool:
 
 
 # --- the GCS actor table --------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ActorInfo:
-    """What the GCS actor table says about one actor id."""
-
-    actor_id: str
-    name: str
-    namespace: str
-    state: str  # DEPENDENCIES_UNREADY, PENDING_CREATION, ALIVE, RESTARTING, DEAD
-    node_id: str
-    num_restarts: int = 0
-
-    @property
-    def dead(self) -> bool:
-        return self.state == "DEAD"
 
 
 def parse_actor_table_entry(entry: Any) -> ActorInfo:

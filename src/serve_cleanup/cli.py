@@ -125,7 +125,7 @@ def status(address: str, as_json: bool) -> None:
         "controller": kind,
         "records": len(records),
         "records_by_scope": by_scope,
-        "set_aside": [vars(s) for s in set_aside],
+        "set_aside": [s.to_dict() for s in set_aside],
         "controller_status": controller,
     }
     if as_json:
