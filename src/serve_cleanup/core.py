@@ -123,6 +123,7 @@ class CleanupCore:
         self.retract: dict[str, Optional[Record]] = {}
         self._sweep: collections.deque[tuple[float, str]] = collections.deque()
         self._shutdown = _Shutdown()
+        self.closed = False  # shutdown let the controller exit: no more registrations
         self.stats = _Stats()
 
     # --- start ------------------------------------------------------------------------
@@ -179,9 +180,11 @@ class CleanupCore:
         self._check_request(reg)
         if not self.loaded:
             await self._wait_loaded()
+        self._check_open()
         self.inflight += 1  # shutdown must not finish while this call may still write
         try:
             async with self.locks.hold(reg.actor_id):
+                self._check_open()
                 existing = self.registry.get(reg.actor_id)
                 if existing is not None and reg.matches(existing):
                     if reg.actor_id in self.verified:
@@ -190,6 +193,13 @@ class CleanupCore:
                 return await self._store_checked(reg, existing)
         finally:
             self.inflight -= 1
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise RegistrationError(
+                "Serve has finished shutting down and this controller is exiting; nothing "
+                "was registered. Start Serve again and register then."
+            )
 
     def _check_request(self, reg: Registration) -> None:
         scope, app, deployment = reg.scope, reg.app, reg.deployment
@@ -488,6 +498,7 @@ class CleanupCore:
         the controller may exit. False: a pass is under way (started here if needed)."""
         s = self._shutdown
         if self.loaded and not len(self.registry) and not self.inflight and not self.retract:
+            self.closed = True
             return True
         now = self.clock.monotonic()
         s.stuck_since = s.stuck_since or now
@@ -505,6 +516,7 @@ class CleanupCore:
                     + ". Their records stay in the KV for the next durable controller; "
                     "`serve-cleanup list` shows them."
                 )
+            self.closed = True
             return True
         work = not self.loaded or len(self.registry) or self.retract  # else: in-flight calls only
         if idle and work and now >= s.next_pass_at:

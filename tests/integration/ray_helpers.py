@@ -145,6 +145,14 @@ def crash_plain_controller_and_wait() -> None:
     wait_for(lambda: ray.get(ctrl.check_alive.remote(), timeout=10) is None, 60, "restart")
 
 
+def _plant_record(record: records.Record) -> None:
+    """Write a record straight into the KV (as a controller that is gone left it)."""
+    _compat.driver_gcs_client().internal_kv_put(
+        (_compat.serve_kv_key_prefix() + record.key).encode(), records.encode(record), True,
+        _compat.SERVE_INTERNAL_KV_NAMESPACE,
+    )
+
+
 def _purge_records() -> None:
     store = GcsRecordStore(_compat.driver_gcs_client())
     gcs = _compat.driver_gcs_client()

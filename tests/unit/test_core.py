@@ -16,7 +16,13 @@ import pytest
 from fakes import Crash, Gate, World
 from serve_cleanup import records as rec
 from serve_cleanup.core import Config
-from serve_cleanup.errors import DeadActorError, OwnerNotFoundError, PersistenceError, SystemActorError
+from serve_cleanup.errors import (
+    DeadActorError,
+    OwnerNotFoundError,
+    PersistenceError,
+    RegistrationError,
+    SystemActorError,
+)
 from serve_cleanup.ports import ServeState
 from serve_cleanup.reaper import Outcome, Reason
 
@@ -408,3 +414,16 @@ async def test_outcomes_of_a_pass_keep_order():
     w.table.die(regs[1].actor_id)
     outcomes = await core.run_pass(core.registry.records(), Reason.GC)
     assert outcomes == [Outcome.KILLED, Outcome.ALREADY_DEAD, Outcome.KILLED]
+
+
+async def test_no_registration_is_accepted_once_shutdown_let_the_controller_exit():
+    """Closes the window between the final shutdown check and the process exit: a call
+    arriving then is refused, so it can leave no record behind."""
+    w = World()
+    core = w.core()
+    w.owners.serve_state = ServeState.SHUTTING_DOWN
+    assert core.shutdown_step() is True
+    a = w.actor()
+    with pytest.raises(RegistrationError, match="finished shutting down"):
+        await core.register(a)
+    assert stored(w) == set()
