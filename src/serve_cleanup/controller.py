@@ -32,7 +32,8 @@ from typing import Any
 import ray
 
 from serve_cleanup import _compat
-from serve_cleanup.core import CleanupCore, Config, Registration
+from serve_cleanup.admission import Registration
+from serve_cleanup.core import CleanupCore, Config
 from serve_cleanup.errors import PersistenceError
 from serve_cleanup.faults import CrashPoints
 from serve_cleanup.metrics import ControllerMetrics

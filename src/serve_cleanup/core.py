@@ -26,19 +26,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from serve_cleanup import admission
 from serve_cleanup import records as rec
 from serve_cleanup._keyed_lock import KeyedLocks
-from serve_cleanup.errors import (
-    DeadActorError,
-    OwnerNotFoundError,
-    PersistenceError,
-    RegistrationError,
-    SystemActorError,
-)
+from serve_cleanup.admission import Registration
+from serve_cleanup.errors import PersistenceError, RegistrationError
 from serve_cleanup.ports import ActorInfo, ActorTable, Clock, Killer, Metrics, Owners, ServeState
 from serve_cleanup.reaper import DONE, Outcome, Reaper, Reason
 from serve_cleanup.records import Record
-from serve_cleanup.registry import Registry, owner_alive
+from serve_cleanup.registry import Registry
 from serve_cleanup.store import RecordStore
 
 
@@ -51,24 +47,6 @@ class Config:
     shutdown_retry_s: float = 1.0  # pause between shutdown passes that left records
     shutdown_grace_s: float = 20.0  # then shutdown gives up on what is left (records stay)
     load_wait_s: float = 10.0  # a registration waits this long for the records to be read
-
-
-@dataclass(frozen=True)
-class Registration:
-    """One register call, as the adapter extracted it from the actor handle."""
-
-    actor_id: str
-    name: str  # as the handle carries it ("" if none); the actor table may correct it
-    namespace: str
-    handle: bytes
-    scope: str = rec.SCOPE_SERVE
-    app: str = ""
-    deployment: str = ""
-    ensure_only: bool = False  # keep any existing registration (the upstream entry point)
-
-    def matches(self, record: Record) -> bool:
-        return self.ensure_only or (record.scope, record.app, record.deployment) == (
-            self.scope, self.app, self.deployment)
 
 
 @dataclass
@@ -177,7 +155,7 @@ class CleanupCore:
         if (existing is not None and reg.matches(existing) and reg.actor_id in self.verified
                 and not self.locks.busy(reg.actor_id)):
             return existing  # the common repeat: no lock, no GCS
-        self._check_request(reg)
+        admission.check_request(reg, self._owners, self._is_system, self._own_id)
         if not self.loaded:
             await self._wait_loaded()
         self._check_open()
@@ -199,41 +177,6 @@ class CleanupCore:
             raise RegistrationError(
                 "Serve has finished shutting down and this controller is exiting; nothing "
                 "was registered. Start Serve again and register then."
-            )
-
-    def _check_request(self, reg: Registration) -> None:
-        scope, app, deployment = reg.scope, reg.app, reg.deployment
-        if scope not in rec.SCOPES:
-            raise ValueError(f"unknown scope {scope!r}; use one of {rec.SCOPES}.")
-        if scope == rec.SCOPE_SERVE and (app or deployment):
-            raise ValueError("scope 'serve' takes no app or deployment.")
-        if scope != rec.SCOPE_SERVE and (not app or (scope == rec.SCOPE_DEPLOYMENT) != bool(deployment)):
-            raise ValueError(
-                f"scope {scope!r} needs app=" + (" and deployment=." if scope == "deployment" else ".")
-            )
-        if reg.actor_id == self._own_id:
-            raise SystemActorError("the Serve controller cannot be registered for cleanup.")
-        self._refuse_system(reg.actor_id, reg.name, reg.namespace)
-        if scope == rec.SCOPE_SERVE:
-            return
-        live_apps, live_deployments = self._owners.live({app})
-        if app not in live_apps:
-            raise OwnerNotFoundError(
-                f"application {app!r} does not exist, so nothing could delete it; deploy it "
-                "first or register with scope='serve'."
-            )
-        if scope == rec.SCOPE_DEPLOYMENT and (app, deployment) not in live_deployments:
-            raise OwnerNotFoundError(
-                f"deployment {deployment!r} of application {app!r} does not exist; "
-                f"deployments of {app!r}: {sorted(d for a, d in live_deployments if a == app)}."
-            )
-
-    def _refuse_system(self, actor_id: str, name: str, namespace: str) -> None:
-        if self._is_system(name, namespace):
-            raise SystemActorError(
-                f"actor {actor_id} ({namespace}/{name}) is one of Serve's own actors "
-                "(controller, proxy, replica or deployment actor); Serve manages its "
-                "lifecycle. Register the auxiliary actors your code creates instead."
             )
 
     async def _wait_loaded(self) -> None:
@@ -259,23 +202,6 @@ class CleanupCore:
             info = await self._table.lookup(actor_id)
         return info
 
-    def _refusal(self, actor_id: str, label: str, info: Any) -> Optional[Exception]:
-        if isinstance(info, BaseException):
-            return PersistenceError(
-                f"could not look up actor {actor_id} in the GCS actor table ({info!r}); it "
-                "is not registered. Retry once GCS is reachable."
-            )
-        if info is None or info.dead:
-            return DeadActorError(
-                f"actor {actor_id} ({label}) is {'dead' if info else 'unknown to this cluster'}; "
-                "nothing was registered. Register a live actor."
-            )
-        try:
-            self._refuse_system(actor_id, info.name, info.namespace)
-        except SystemActorError as e:
-            return e
-        return None
-
     async def _verify_existing(self, record: Record) -> Record:
         """A record read from the KV, registered again: check the actor before saying yes
         (its first registration may have been refused and cut short by a crash)."""
@@ -283,7 +209,7 @@ class CleanupCore:
             info: Any = await self._lookup_known(record.actor_id)
         except Exception as e:
             info = e
-        refusal = self._refusal(record.actor_id, record.display_name, info)
+        refusal = admission.refusal(record.actor_id, record.display_name, info, self._is_system)
         if refusal is None:
             self.verified.add(record.actor_id)
             return record
@@ -316,7 +242,7 @@ class CleanupCore:
             info: Any = await lookup
         except Exception as e:
             info = e
-        refusal = self._refusal(reg.actor_id, record.display_name, info)
+        refusal = admission.refusal(reg.actor_id, record.display_name, info, self._is_system)
         if refusal is not None:
             self._crash("after_refusal_decided")
             await self._take_back(reg.actor_id, previous)
@@ -339,7 +265,7 @@ class CleanupCore:
         self._metrics.registered(reg.scope)
         self._log.info(
             f"serve_cleanup: registered {record.display_name} (actor {reg.actor_id}, "
-            f"scope {_owner(record)})."
+            f"scope {record.owner_label})."
         )
         return record
 
@@ -549,13 +475,3 @@ class CleanupCore:
             "last_reconcile": dict(self.stats.last_reconcile),
         }
 
-
-def _owner(record: Record) -> str:
-    if record.scope == rec.SCOPE_SERVE:
-        return "serve"
-    if record.scope == rec.SCOPE_APP:
-        return f"app {record.app!r}"
-    return f"deployment {record.app!r}/{record.deployment!r}"
-
-
-__all__ = ["CleanupCore", "Config", "Registration", "owner_alive"]

@@ -79,6 +79,14 @@ class Record:
     def display_name(self) -> str:
         return f"{self.namespace}/{self.name}" if self.name else f"<anonymous {self.actor_id[:12]}>"
 
+    @property
+    def owner_label(self) -> str:
+        if self.scope == SCOPE_SERVE:
+            return "serve"
+        if self.scope == SCOPE_APP:
+            return f"app {self.app!r}"
+        return f"deployment {self.app!r}/{self.deployment!r}"
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form (the handle bytes left out)."""
         d = dataclasses.asdict(self)

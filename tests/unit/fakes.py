@@ -13,7 +13,8 @@ import asyncio
 from typing import Callable, Optional
 
 from serve_cleanup import records as rec
-from serve_cleanup.core import CleanupCore, Config, Registration
+from serve_cleanup.admission import Registration
+from serve_cleanup.core import CleanupCore, Config
 from serve_cleanup.ports import ActorInfo, Clock, ServeState
 from serve_cleanup.records import Record
 from serve_cleanup.store import InMemoryRecordStore
