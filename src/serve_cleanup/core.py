@@ -32,7 +32,7 @@ from serve_cleanup._keyed_lock import KeyedLocks
 from serve_cleanup.admission import Registration
 from serve_cleanup.errors import PersistenceError, RegistrationError
 from serve_cleanup.ports import ActorInfo, ActorTable, Clock, Killer, Metrics, Owners, ServeState
-from serve_cleanup.reaper import DONE, Outcome, Reaper, Reason
+from serve_cleanup.reaper import DONE, UNKNOWN_GRACE_S, Outcome, Reaper, Reason
 from serve_cleanup.records import Record
 from serve_cleanup.registry import Registry
 from serve_cleanup.store import RecordStore
@@ -99,7 +99,9 @@ class CleanupCore:
         # Take-backs whose KV write failed: actor id -> the record the KV should hold (None:
         # none). Memory already shows it; the reconcile loop and shutdown retry the write.
         self.retract: dict[str, Optional[Record]] = {}
+        # The liveness sweep's queue, in the order records fall due; each id at most once.
         self._sweep: collections.deque[tuple[float, str]] = collections.deque()
+        self._queued: set[str] = set()
         self._shutdown = _Shutdown()
         self.closed = False  # shutdown let the controller exit: no more registrations
         self.stats = _Stats()
@@ -132,7 +134,8 @@ class CleanupCore:
         n, set_aside = self.registry.load_from(found, on_record=lambda i: self._crash("mid_rehydrate"))
         self.stats.rehydrate_s = time.perf_counter() - started
         self.verified = set()
-        self._sweep = collections.deque((0.0, r.actor_id) for r in self.registry.records())
+        self._sweep = collections.deque((0.0, actor_id) for actor_id in self.registry.ids())
+        self._queued = set(self.registry.ids())
         self.loaded = True
         self._log.info(
             f"serve_cleanup: rehydrated {n} registration(s) in {self.stats.rehydrate_s * 1000:.1f} ms."
@@ -261,7 +264,7 @@ class CleanupCore:
                     f"KV ({e!r}); it is not registered. Retry once GCS is reachable."
                 ) from None
         self.verified.add(reg.actor_id)
-        self._sweep.append((self.clock.monotonic() + self.config.liveness_interval_s, reg.actor_id))
+        self._enqueue(reg.actor_id)
         self._metrics.registered(reg.scope)
         self._log.info(
             f"serve_cleanup: registered {record.display_name} (actor {reg.actor_id}, "
@@ -351,6 +354,11 @@ class CleanupCore:
             await self.run_pass(orphans, Reason.OWNER_DELETED)
         await self.sweep()
 
+    def _enqueue(self, actor_id: str) -> None:
+        if actor_id not in self._queued:
+            self._queued.add(actor_id)
+            self._sweep.append((self.clock.monotonic() + self.config.liveness_interval_s, actor_id))
+
     async def sweep(self) -> int:
         """Look up the actors of up to ``sweep_per_tick`` records that are due, dropping
         records whose actor is gone. Returns how many were looked up."""
@@ -358,11 +366,12 @@ class CleanupCore:
         batch: list[Record] = []
         while self._sweep and len(batch) < self.config.sweep_per_tick and self._sweep[0][0] <= now:
             _, actor_id = self._sweep.popleft()
+            self._queued.discard(actor_id)
             record = self.registry.get(actor_id)
             if record is None:
                 continue  # removed meanwhile
             if self.locks.busy(actor_id) or not self.reaper.due(actor_id):
-                self._sweep.append((now + self.config.liveness_interval_s, actor_id))
+                self._enqueue(actor_id)
                 continue
             batch.append(record)
         results = await asyncio.gather(*(self.reaper.check(r) for r in batch), return_exceptions=True)
@@ -371,7 +380,7 @@ class CleanupCore:
                 continue
             if isinstance(info, ActorInfo):
                 self.verified.add(record.actor_id)
-            self._sweep.append((self.clock.monotonic() + self.config.liveness_interval_s, record.actor_id))
+            self._enqueue(record.actor_id)
         if batch:
             self.publish_counts()
         return len(batch)
@@ -390,7 +399,7 @@ class CleanupCore:
         dead = [
             r for r, info in zip(rest, infos)
             if (isinstance(info, ActorInfo) and info.dead)
-            or (info is None and self.clock.time() - r.registered_at > 5.0)
+            or (info is None and self.clock.time() - r.registered_at > UNKNOWN_GRACE_S)
         ]
         found = [(r, "owner deleted") for r in orphans.values()] + [(r, "actor dead") for r in dead]
         result = [{**r.to_dict(), "why": why} for r, why in found]

@@ -427,3 +427,15 @@ async def test_no_registration_is_accepted_once_shutdown_let_the_controller_exit
     with pytest.raises(RegistrationError, match="finished shutting down"):
         await core.register(a)
     assert stored(w) == set()
+
+
+async def test_sweep_looks_each_record_up_once_per_interval_however_often_it_moved():
+    w = World()
+    w.owners.deploy("a", "D")
+    core = w.core()
+    x = w.actor()
+    for scope in ("serve", "app", "serve", "app"):  # moves re-enqueue the same id
+        await core.register(type(x)(**{**x.__dict__, "scope": scope, "app": "a" if scope == "app" else ""}))
+    before = w.table.lookups
+    await w.ticks(core, 20)  # 10 s at 0.5 s a tick, 1 s liveness interval
+    assert 8 <= w.table.lookups - before <= 11
