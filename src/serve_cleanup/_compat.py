@@ -148,6 +148,12 @@ async def lookup_actor(gcs: GcsClient, actor_id: str, timeout_s: float) -> Optio
     return None
 
 
+async def all_actors(gcs: GcsClient, timeout_s: float) -> dict[str, ActorInfo]:
+    """The whole actor table in one read, by actor id."""
+    found = await gcs.async_get_all_actor_info(timeout=timeout_s)
+    return {info.actor_id: info for info in map(parse_actor_table_entry, found.values())}
+
+
 def lookup_actor_sync(gcs: GcsClient, actor_id: str, timeout_s: float) -> Optional[ActorInfo]:
     """Blocking twin of :func:`lookup_actor`, for drivers and the CLI."""
     import asyncio

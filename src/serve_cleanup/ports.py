@@ -49,6 +49,10 @@ class ActorTable(Protocol):
         """The table entry of ``actor_id``; None if the table does not know it. Raises on
         a failed lookup (GCS unreachable)."""
 
+    async def snapshot(self) -> dict[str, ActorInfo]:
+        """Every entry of the table, by actor id, in one read (for passes over many
+        records). Raises on a failed read."""
+
 
 class Killer(Protocol):
     async def kill(self, record: Record) -> bool:

@@ -29,6 +29,9 @@ class GcsActorTable:
     async def lookup(self, actor_id: str) -> Optional[ActorInfo]:
         return await _compat.lookup_actor(self._gcs, actor_id, self._timeout)
 
+    async def snapshot(self) -> dict[str, ActorInfo]:
+        return await _compat.all_actors(self._gcs, self._timeout * 6)
+
 
 class RayKiller:
     """``ray.kill(no_restart=True)`` through a handle to exactly the recorded actor id:

@@ -33,6 +33,7 @@ from serve_cleanup.registry import Registry
 CONFIRM_DEATH_S = 5.0
 UNKNOWN_GRACE_S = 5.0  # an actor the table does not know is gone once its record is this old
 MAX_CONCURRENT = 64
+BULK_MIN = 32  # a pass over this many records reads the actor table once, not per record
 BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 60.0
 
@@ -117,10 +118,18 @@ class Reaper:
     # --- reaping ----------------------------------------------------------------------
 
     async def reap_all(self, records: list[Record], reason: Reason) -> list[Outcome]:
-        """Outcomes in the order of ``records``."""
-        return list(await asyncio.gather(*(self.reap(r, reason) for r in records)))
+        """Outcomes in the order of ``records``. Over many records the actor table is read
+        once: ``DEAD`` is final, so a snapshot's dead (or long unknown) actors need no
+        lookup of their own; the live ones are looked up again right before their kill."""
+        snapshot: Optional[dict[str, ActorInfo]] = None
+        if len(records) >= BULK_MIN:
+            try:
+                snapshot = await self._table.snapshot()
+            except Exception as e:
+                self._log.warning(f"serve_cleanup: reading the actor table failed ({e!r}); looking actors up one by one.")
+        return list(await asyncio.gather(*(self.reap(r, reason, snapshot) for r in records)))
 
-    async def reap(self, record: Record, reason: Reason) -> Outcome:
+    async def reap(self, record: Record, reason: Reason, snapshot: Optional[dict[str, ActorInfo]] = None) -> Outcome:
         """Never raises. A record whose actor is busy (a registration or unregistration of
         it in flight) is skipped: ``PENDING``, no backoff."""
         if self._locks.busy(record.actor_id):
@@ -129,7 +138,7 @@ class Reaper:
             if self._registry.get(record.actor_id) is not record:
                 return Outcome.SUPERSEDED
             try:
-                outcome = await self._reap(record, reason)
+                outcome = await self._reap(record, reason, snapshot)
             except Exception as e:  # GCS hiccup, kill RPC failure, ...
                 return self._failed(record, reason, repr(e))
         if outcome in DONE:
@@ -173,8 +182,11 @@ class Reaper:
         )
         return True
 
-    async def _reap(self, record: Record, reason: Reason) -> Outcome:
-        info = await self._table.lookup(record.actor_id)
+    async def _reap(self, record: Record, reason: Reason, snapshot: Optional[dict[str, ActorInfo]]) -> Outcome:
+        info = snapshot.get(record.actor_id) if snapshot is not None else None
+        if info is None or not info.dead:
+            if not (snapshot is not None and info is None and self._gone(record, None)):
+                info = await self._table.lookup(record.actor_id)
         if self._system(record, info):
             await self._registry.remove(record.actor_id)
             return Outcome.DROPPED
@@ -182,7 +194,7 @@ class Reaper:
             return self._failed(record, reason, "the actor table does not know it yet")
         if info is None or info.dead:
             await self._registry.remove(record.actor_id)
-            self._log.info(
+            self._log.debug(
                 f"serve_cleanup: {record.display_name} (actor {record.actor_id}) was "
                 f"already dead; record removed (reason: {reason.value})."
             )

@@ -136,6 +136,7 @@ class FakeActorTable:
         self.gate: Optional[Gate] = None
         self.fail_lookups = 0
         self.lookups = 0
+        self.snapshots = 0
 
     def add(self, actor_id: str, name: str = "", namespace: str = "", known_in: float = 0.0) -> None:
         self.actors[actor_id] = ActorInfo(actor_id, name, namespace if name else "", "ALIVE")
@@ -148,6 +149,11 @@ class FakeActorTable:
     def alive(self, actor_id: str) -> bool:
         info = self.actors.get(actor_id)
         return info is not None and not info.dead
+
+    async def snapshot(self) -> dict[str, ActorInfo]:
+        self.snapshots += 1
+        await asyncio.sleep(0)
+        return {a: i for a, i in self.actors.items() if self.clock.now >= self.known_at.get(a, 0.0)}
 
     async def lookup(self, actor_id: str) -> Optional[ActorInfo]:
         self.lookups += 1

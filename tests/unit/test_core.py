@@ -439,3 +439,22 @@ async def test_sweep_looks_each_record_up_once_per_interval_however_often_it_mov
     before = w.table.lookups
     await w.ticks(core, 20)  # 10 s at 0.5 s a tick, 1 s liveness interval
     assert 8 <= w.table.lookups - before <= 11
+
+
+async def test_shutdown_over_many_dead_records_reads_the_table_once_and_kills_the_live():
+    w = World()
+    core = w.core()
+    regs = [w.actor() for _ in range(200)]
+    for r in regs:
+        await core.register(r)
+    for r in regs[:190]:
+        w.table.die(r.actor_id)
+    for r in regs[190:195]:
+        w.table.actors.pop(r.actor_id)  # long gone from the table
+    await w.clock.sleep(10)
+    lookups = w.table.lookups
+    w.owners.serve_state = ServeState.SHUTTING_DOWN
+    await w.shutdown(core)
+    assert stored(w) == set() and w.table.snapshots >= 1
+    assert sorted(w.killer.kills) == sorted(r.actor_id for r in regs[195:])
+    assert w.table.lookups - lookups <= 5 * 3  # only the live ones: a lookup, then polls
