@@ -63,11 +63,11 @@ class Registry:
         set_aside: dict[str, SetAside] = {}
         for raw_key, value in found.items():
             raw_key = bytes(raw_key)
-            key = raw_key.decode("utf-8", "backslashreplace")
             try:
                 try:
-                    raw_key.decode("utf-8")
+                    key = raw_key.decode("utf-8")
                 except UnicodeDecodeError as e:
+                    key = raw_key.decode("utf-8", "backslashreplace")
                     raise RecordDecodeError(f"key is not UTF-8 ({e.reason} at byte {e.start})") from None
                 record = rec.decode(value)
                 if record.key != key:
