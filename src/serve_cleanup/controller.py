@@ -26,6 +26,7 @@ New remote methods are prefixed ``serve_cleanup_``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from typing import Any
 
@@ -63,17 +64,21 @@ class _CleanupPending(Exception):
     """Registered actors remain; Serve's shutdown must not finish yet."""
 
 
-def _registration(actor: Any, **kwargs: Any) -> Registration:
+async def _register(core: CleanupCore, actor: Any, **owner: Any) -> Record:
+    """The handle to a ``Registration``; serialized only when the core needs to write."""
     if not isinstance(actor, _compat.ActorHandle):
         raise TypeError(
             f"expected a Ray ActorHandle, got {type(actor).__name__}; pass the handle "
             "returned by MyActor.remote() or ray.get_actor()."
         )
+    reg = Registration(actor_id=_compat.actor_id_hex(actor), name="", namespace="", handle=b"", **owner)
+    done = core.settled(reg)  # the common repeat (every router re-registers its actor)
+    if done is not None:
+        return done
     handle = _compat.handle_to_bytes(actor)
     name, namespace = _compat.handle_name_namespace(handle)
-    return Registration(
-        actor_id=_compat.actor_id_hex(actor), name=name, namespace=namespace if name else "",
-        handle=handle, **kwargs,
+    return await core.register(
+        dataclasses.replace(reg, name=name, namespace=namespace if name else "", handle=handle)
     )
 
 
@@ -112,7 +117,7 @@ class ServeController(_compat.ServeController):
         killed at shutdown by this controller process.
         """
         try:
-            await self._sc_core.register(_registration(actor_handle, ensure_only=True))
+            await _register(self._sc_core, actor_handle, ensure_only=True)
         except PersistenceError as e:
             logger.error(
                 f"serve_cleanup: {e} Keeping it in memory only, as plain Serve would: it is "
@@ -125,8 +130,8 @@ class ServeController(_compat.ServeController):
         ensure_only: bool = False,
     ) -> Record:
         """Durably register ``actor``; returns the stored record. Idempotent."""
-        return await self._sc_core.register(
-            _registration(actor, scope=scope, app=app, deployment=deployment, ensure_only=ensure_only)
+        return await _register(
+            self._sc_core, actor, scope=scope, app=app, deployment=deployment, ensure_only=ensure_only
         )
 
     async def serve_cleanup_unregister(self, actor_id: str) -> bool:

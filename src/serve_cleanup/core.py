@@ -154,10 +154,9 @@ class CleanupCore:
     async def register(self, reg: Registration) -> Record:
         """Durably register; returns the stored record. Raises ``RegistrationError`` (or
         ``ValueError`` for bad arguments) and then leaves no record behind."""
-        existing = self.registry.get(reg.actor_id)
-        if (existing is not None and reg.matches(existing) and reg.actor_id in self.verified
-                and not self.locks.busy(reg.actor_id)):
-            return existing  # the common repeat: no lock, no GCS
+        existing = self.settled(reg)
+        if existing is not None:
+            return existing
         admission.check_request(reg, self._owners, self._is_system, self._own_id)
         if not self.loaded:
             await self._wait_loaded()
@@ -174,6 +173,17 @@ class CleanupCore:
                 return await self._store_checked(reg, existing)
         finally:
             self.inflight -= 1
+
+    def settled(self, reg: Registration) -> Optional[Record]:
+        """The record a repeated registration gets back with no lock and no GCS call: one
+        this process verified, with a matching owner, and no other call for it under way.
+        Only ``actor_id`` and the owner fields of ``reg`` are read, so the adapter can ask
+        before it serializes the handle."""
+        existing = self.registry.get(reg.actor_id)
+        if (existing is not None and reg.matches(existing) and reg.actor_id in self.verified
+                and not self.locks.busy(reg.actor_id)):
+            return existing
+        return None
 
     def _check_open(self) -> None:
         if self.closed:
