@@ -229,25 +229,31 @@ async def test_defect_4_inflight_anonymous_registration_survives_concurrent_pass
 
 @pytest.mark.parametrize("first", ["pass", "move"])
 async def test_defect_4_move_racing_orphan_pass_never_kills_a_registered_actor(first):
+    """A registration moved from a deleted app to scope 'serve' while the orphan pass
+    that will kill it is looking the actor up: either the move wins (the actor lives,
+    registered Serve-wide) or the pass does (the move is refused). Never both."""
     w = World()
     w.owners.deploy("old", "D")
     core = w.core()
     a = w.actor("n")
     await core.register(type(a)(**{**a.__dict__, "scope": "app", "app": "old"}))
     w.owners.delete_app("old")
-    gate = w.table.gate = Gate()
+    gate = w.table.gate = Gate()  # holds the first lookup only
     if first == "pass":
         reaping = asyncio.ensure_future(core.tick())
-        await asyncio.sleep(0)
+        while gate.waiting == 0:
+            await asyncio.sleep(0)
+        w.table.gate = None
         moving = asyncio.ensure_future(core.register(a))  # scope serve, the default
     else:
         moving = asyncio.ensure_future(core.register(a))
-        await asyncio.sleep(0)
+        while gate.waiting == 0:
+            await asyncio.sleep(0)
+        w.table.gate = None
         reaping = asyncio.ensure_future(core.tick())
-    for _ in range(3):
+    for _ in range(20):
         await asyncio.sleep(0)
     gate.open()
-    w.table.gate = None
     await reaping
     try:
         record = await moving
