@@ -42,7 +42,7 @@ from serve_cleanup.store import RecordStore
 class Config:
     reconcile_interval_s: float = 0.5  # owner reconcile and liveness sweep, per tick
     liveness_interval_s: float = 1.0  # each record's actor is looked up at most this often
-    sweep_per_tick: int = 64  # lookups per tick at most (bounds the idle cost)
+    sweep_per_tick: int = 16  # lookups per tick at most: 32 a second bounds the idle cost
     unknown_actor_wait_s: float = 2.0  # a registration waits this long for GCS to learn of its actor
     shutdown_retry_s: float = 1.0  # pause between shutdown passes that left records
     shutdown_grace_s: float = 20.0  # then shutdown gives up on what is left (records stay)
