@@ -464,3 +464,14 @@ async def test_shutdown_over_many_dead_records_reads_the_table_once_and_kills_th
     assert stored(w) == set() and w.table.snapshots >= 1
     assert sorted(w.killer.kills) == sorted(r.actor_id for r in regs[195:])
     assert w.table.lookups - lookups <= 5 * 3  # only the live ones: a lookup, then polls
+
+
+async def test_registrations_are_summed_up_in_the_log_not_one_info_line_each(caplog):
+    w = World()
+    core = w.core()
+    with caplog.at_level(logging.INFO, logger="serve_cleanup"):
+        for _ in range(5):
+            await core.register(w.actor())
+        assert "registered" not in caplog.text
+        await w.ticks(core, 1)
+    assert "5 new registration(s) accepted" in caplog.text and "serve=5" in caplog.text
