@@ -106,6 +106,7 @@ class DurableServeController(RegistrationMixin, _compat.ServeController):
         self._sc_reaper = Reaper(self._sc_registry, gcs, self._sc_metrics, self._sc_faults)
 
         await super().__init__(**kwargs)  # configures the controller logger
+        _compat.resume_interrupted_shutdown(self)  # Ray < 2.56 only; see _compat
 
         self._sc_metrics.set_records(self._sc_registry.counts_by_scope(), len(set_aside))
         self._sc_reconcile_task = asyncio.get_running_loop().create_task(self._sc_reconcile_loop())
@@ -277,6 +278,7 @@ class DurableServeController(RegistrationMixin, _compat.ServeController):
         raise _CleanupPending()
 
     def shutdown(self) -> None:
+        _compat.persist_shutdown_flag(self)  # Ray < 2.56 only; see _compat
         try:
             super().shutdown()
         except _CleanupPending:
