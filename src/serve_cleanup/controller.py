@@ -100,6 +100,7 @@ class ServeController(_compat.ServeController):
         )
         self._sc_core.load()  # never raises; before Serve's control loop starts
         await super().__init__(**kwargs)  # configures the controller logger
+        _compat.resume_interrupted_shutdown(self)  # Ray < 2.56 only; see _compat
         self._sc_reconcile_task = asyncio.get_running_loop().create_task(self._sc_core.run())
         logger.info(
             f"serve_cleanup: durable controller started with {len(self._sc_core.registry)} "
@@ -160,6 +161,7 @@ class ServeController(_compat.ServeController):
         super()._kill_registered_cleanup_actors()  # any kept in memory (GCS was down)
 
     def shutdown(self) -> None:
+        _compat.persist_shutdown_flag(self)  # Ray < 2.56 only; see _compat
         try:
             super().shutdown()
         except _CleanupPending:

@@ -6,6 +6,7 @@ installed package.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Callable, Optional
 
@@ -74,8 +75,11 @@ def run_demo(num_cpus: int = 2) -> int:
         step += 1
         click.secho(f"[{step}/{STEPS}] {msg}", bold=True)
 
-    say("Starting a local Ray cluster (embedded, no dashboard)...")
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    # address="local" starts a new cluster even where RAY_ADDRESS names another one
+    # (KubeRay pods set it): the demo never touches a cluster it did not start.
+    ignored = f"; RAY_ADDRESS={os.environ['RAY_ADDRESS']} is ignored" if os.environ.get("RAY_ADDRESS") else ""
+    say(f"Starting a new local Ray cluster (embedded, no dashboard{ignored})...")
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     try:
         return _run(say, started)
     finally:
