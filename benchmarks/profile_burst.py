@@ -101,6 +101,41 @@ def _short(frame: str) -> str:
     return f"{m.group('func')} ({tail})"
 
 
+# Where a sample's time belongs: the first category (in this order) any of whose markers
+# appears in the sample's stack. Markers are function names as py-spy prints them.
+CATEGORIES = [
+    ("Serve control loop", ("ServeController.run_control_loop",)),
+    ("handle argument deserialization", ("_actor_handle_deserializer", "Worker.deserialize_objects")),
+    ("logging (logger.info)", ("Logger.info", "Logger._log", "Logger.handle")),
+    ("metrics (Counter.inc, gauges)", ("Counter.inc", "Metric._record", "Gauge.set", "set_records")),
+    ("GCS KV put (call + record encode)", ("GcsRecordStore.put", "Registry.add", "records.py")),
+    ("GCS actor lookup (call + parse)", ("lookup_actor", "parse_actor_table_entry")),
+    ("handle bytes + proto parse", ("handle_to_bytes", "handle_name_namespace", "_serialization_helper")),
+    ("per-actor lock", ("KeyedLocks", "_AsyncGeneratorContextManager")),
+    ("future plumbing (GCS futures -> asyncio)", ("wrap_future", "_chain_future", "_set_concurrent_future_state",
+                                                  "Future.set_result", "incremented_fut")),
+    ("registration logic (serve_cleanup)", ("serve_cleanup/",)),
+    ("task dispatch (run_coroutine_threadsafe, result serialization)", (
+        "run_coroutine_threadsafe", "ensure_future", "SerializationContext.serialize", "Future.result",
+        "actor_method_executor", "Future.__init__")),
+]
+
+
+def categorize(path: Path) -> collections.Counter:
+    out: collections.Counter = collections.Counter()
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        for name, markers in CATEGORIES:
+            if any(m in stack for m in markers):
+                out[name] += int(count)
+                break
+        else:
+            out["other"] += int(count)
+    return out
+
+
 def parse_raw(path: Path) -> tuple[int, collections.Counter, collections.Counter, collections.Counter]:
     """Total samples; self samples per frame; inclusive samples per frame; per thread."""
     total = 0
@@ -183,6 +218,7 @@ def profile_kind(kind: str, registrants: int, per: int, out: Path, pyspy: str) -
         result.update({
             "samples": total, "rate_hz": RATE_HZ, "window_s": sampled_s,
             "threads": dict(threads.most_common()),
+            "categories": categorize(raw).most_common(),
             "self_top": self_c.most_common(40), "inclusive_top": incl.most_common(80),
         })
     else:
@@ -204,7 +240,8 @@ def main(argv=None) -> int:
     p.add_argument("--registrants", type=int, default=8)
     p.add_argument("--per-registrant", type=int, default=250)
     p.add_argument("--address", default=None)
-    p.add_argument("--out", default="/tmp/serve-cleanup-profile")
+    p.add_argument("--out", default="/tmp/serve-cleanup-profile", help="raw stacks and profile.json go here")
+    p.add_argument("--json", default=None, help="also write the summary here (e.g. docs/benchmarks-profile.json)")
     args = p.parse_args(argv)
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     out = Path(args.out)
@@ -228,6 +265,8 @@ def main(argv=None) -> int:
         finally:
             ray.shutdown()
     (out / "profile.json").write_text(json.dumps(results, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
     for kind, r in results.items():
         print(f"\n== {kind}: {r['registrations']} registrations, {r['per_s']:.0f}/s, "
               f"process CPU {r['cpu_ms_per_registration']:.3f} ms per registration")
@@ -242,6 +281,9 @@ def main(argv=None) -> int:
               + ", ".join(f"{k} {v:.3f}" for k, v in c["thread_cpu_ms_per_registration"].items()))
         print(f"  py-spy: {r['samples']} samples at {r['rate_hz']} Hz over {r['window_s']:.1f}s; "
               f"threads {r['threads']}")
+        print("  by category (ms per registration of GIL-holding Python time, % of samples):")
+        for name, c in r["categories"]:
+            print(f"    {c * per_sample_ms / n:7.4f}  {100 * c / r['samples']:5.1f}%  {name}")
         print("  self time (ms per registration, % of sampled):")
         for frame, c in r["self_top"][:25]:
             print(f"    {c * per_sample_ms / n:7.4f}  {100 * c / r['samples']:5.1f}%  {frame}")
