@@ -10,13 +10,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
 import ray
 from packaging.version import Version
 
 from serve_cleanup.errors import UnsupportedRayVersionError
+from serve_cleanup.ports import ActorInfo
 
 SUPPORTED_RAY = ">=2.60.0,<2.61"
 _MIN, _MAX = Version("2.60.0"), Version("2.61")
@@ -127,22 +127,6 @@ def handle_has_method(handle: ActorHandle, method: str) -> bool:
 # --- the GCS actor table --------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ActorInfo:
-    """What the GCS actor table says about one actor id."""
-
-    actor_id: str
-    name: str
-    namespace: str
-    state: str  # DEPENDENCIES_UNREADY, PENDING_CREATION, ALIVE, RESTARTING, DEAD
-    node_id: str
-    num_restarts: int = 0
-
-    @property
-    def dead(self) -> bool:
-        return self.state == "DEAD"
-
-
 def parse_actor_table_entry(entry: Any) -> ActorInfo:
     return ActorInfo(
         actor_id=entry.actor_id.hex(),
@@ -162,6 +146,12 @@ async def lookup_actor(gcs: GcsClient, actor_id: str, timeout_s: float) -> Optio
     for entry in found.values():
         return parse_actor_table_entry(entry)
     return None
+
+
+async def all_actors(gcs: GcsClient, timeout_s: float) -> dict[str, ActorInfo]:
+    """The whole actor table in one read, by actor id."""
+    found = await gcs.async_get_all_actor_info(timeout=timeout_s)
+    return {info.actor_id: info for info in map(parse_actor_table_entry, found.values())}
 
 
 def lookup_actor_sync(gcs: GcsClient, actor_id: str, timeout_s: float) -> Optional[ActorInfo]:

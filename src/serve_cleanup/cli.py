@@ -125,7 +125,7 @@ def status(address: str, as_json: bool) -> None:
         "controller": kind,
         "records": len(records),
         "records_by_scope": by_scope,
-        "set_aside": [vars(s) for s in set_aside],
+        "set_aside": [s.to_dict() for s in set_aside],
         "controller_status": controller,
     }
     if as_json:
@@ -213,6 +213,42 @@ def unregister(address: str, actor_id: str) -> None:
         click.echo(f"Unregistered {actor_id.lower()}; the actor was not killed.")
     else:
         click.echo(f"{actor_id.lower()} was not registered; nothing to do.")
+
+
+@cli.command(help=(
+    "Delete records straight from the GCS KV while Serve is down: those of ACTOR_IDS, "
+    "the set-aside (unreadable) entries, or all. Refuses while a Serve controller runs."
+))
+@_address_option
+@click.argument("actor_ids", nargs=-1)
+@click.option("--set-aside", "set_aside", is_flag=True, help="Delete the entries set aside as unreadable.")
+@click.option("--all", "everything", is_flag=True, help="Delete every record and set-aside entry.")
+@click.option("--dry-run", is_flag=True, help="Only show what would be deleted.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+def purge(address: str, actor_ids: tuple, set_aside: bool, everything: bool, dry_run: bool, yes: bool) -> None:
+    from serve_cleanup import _table, admin
+
+    if not (actor_ids or set_aside or everything):
+        raise click.UsageError("name ACTOR_IDS, --set-aside or --all.")
+    _connect(address)
+    plan = admin.purge_plan(actor_ids, set_aside=set_aside, everything=everything)
+    missing = {a.strip().lower() for a in actor_ids} - {p.actor_id for p in plan}
+    for actor_id in sorted(missing):
+        click.echo(f"{actor_id}: no record; nothing to delete.", err=True)
+    if not plan:
+        click.echo("Nothing to delete.")
+        return
+    click.echo(_table.render(("KEY", "WHAT"), [(p.key, p.what) for p in plan]))
+    if dry_run:
+        click.echo(f"{len(plan)} entr{'y' if len(plan) == 1 else 'ies'} would be deleted (dry run).")
+        return
+    if not yes:
+        click.confirm(f"Delete {len(plan)} entr{'y' if len(plan) == 1 else 'ies'}? The actors are not killed.", abort=True)
+    try:
+        deleted = admin.purge(plan)
+    except admin.ControllerRunningError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"Deleted {deleted} entr{'y' if deleted == 1 else 'ies'}; no actor was killed.")
 
 
 @cli.command(help="Run the demo on a local embedded Ray: kill the controller, shut down, show nothing leaked.")

@@ -52,3 +52,8 @@ class ControllerUnavailableError(ServeCleanupError, TimeoutError):
 
 class NotDurableControllerError(ServeCleanupError):
     """A plain Ray Serve controller runs where the durable one is needed."""
+
+
+class ControllerRunningError(ServeCleanupError):
+    """A Serve controller runs, so the KV must not be edited behind its back
+    (``serve-cleanup purge``)."""

@@ -5,8 +5,12 @@
     Comma-separated points at which the controller process exits hard (``os._exit``),
     right after a persistence step, so Ray restarts it:
 
-    ``after_record_write``        a registration's record is in the KV, the call has not
-                                  returned (the caller's call is retried by Ray);
+    ``after_record_write``        a registration's record is in the KV, the actor not yet
+                                  checked; the call has not returned (Ray retries it);
+    ``after_refusal_decided``     a registration was refused after its write, the record
+                                  not yet taken back;
+    ``after_lookup_before_drop``  the liveness sweep found a record's actor gone, the
+                                  record not yet deleted;
     ``after_kill_before_delete``  a registered actor was killed, its record not yet deleted;
     ``mid_rehydrate``             the controller is starting and has read some records.
 ``SERVE_CLEANUP_CRASH_PROBABILITY``
@@ -26,7 +30,13 @@ import os
 import random
 from typing import Optional
 
-POINTS = ("after_record_write", "after_kill_before_delete", "mid_rehydrate")
+POINTS = (
+    "after_record_write",
+    "after_refusal_decided",
+    "after_kill_before_delete",
+    "after_lookup_before_drop",
+    "mid_rehydrate",
+)
 MARKER_PREFIX = "serve-cleanup-fault-"
 
 
@@ -34,9 +44,12 @@ def _configured() -> frozenset[str]:
     raw = os.environ.get("SERVE_CLEANUP_CRASH_POINTS", "")
     points = frozenset(p.strip() for p in raw.split(",") if p.strip())
     unknown = points - set(POINTS)
-    if unknown:
-        raise ValueError(f"unknown SERVE_CLEANUP_CRASH_POINTS {sorted(unknown)}; known: {POINTS}")
-    return points
+    if unknown:  # never raise here: it runs in the controller's constructor
+        logging.getLogger(__name__).error(
+            f"serve_cleanup: ignoring unknown SERVE_CLEANUP_CRASH_POINTS {sorted(unknown)}; "
+            f"known: {POINTS}"
+        )
+    return points & set(POINTS)
 
 
 class CrashPoints:
@@ -44,7 +57,10 @@ class CrashPoints:
 
     def __init__(self, gcs: Optional[object] = None, logger: Optional[logging.Logger] = None) -> None:
         self._points = _configured()
-        self._probability = float(os.environ.get("SERVE_CLEANUP_CRASH_PROBABILITY", "1.0"))
+        try:
+            self._probability = float(os.environ.get("SERVE_CLEANUP_CRASH_PROBABILITY", "1.0"))
+        except ValueError:
+            self._probability = 1.0
         self._repeat = os.environ.get("SERVE_CLEANUP_CRASH_REPEAT", "0") == "1"
         self._gcs = gcs
         self._logger = logger or logging.getLogger(__name__)

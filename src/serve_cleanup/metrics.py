@@ -13,17 +13,23 @@ serve_cleanup_kills_total                       counter  reason (shutdown, owner
 serve_cleanup_kill_failures_total               counter  reason
 serve_cleanup_reconcile_duration_s              gauge
 ==============================================  =======  ===================================
+
+A failed kill is retried with per-record backoff, so ``kill_failures_total`` grows by a
+few a minute per stuck actor, not by two a second.
 """
 
 from __future__ import annotations
 
 from ray.util import metrics as ray_metrics
 
+from serve_cleanup.ports import Metrics
 
 
-class ControllerMetrics:
+class ControllerMetrics(Metrics):
+    """The core's ``Metrics`` port, exported through ``ray.util.metrics``."""
+
     def __init__(self) -> None:
-        self.records = ray_metrics.Gauge(
+        self.records_gauge = ray_metrics.Gauge(
             "serve_cleanup_records", "Durable cleanup registrations, by scope.", tag_keys=("scope",)
         )
         self.set_aside = ray_metrics.Gauge(
@@ -40,11 +46,23 @@ class ControllerMetrics:
             "Kill or record-delete attempts that failed and will be retried.",
             tag_keys=("reason",),
         )
-        self.reconcile_duration = ray_metrics.Gauge(
+        self.reconcile_gauge = ray_metrics.Gauge(
             "serve_cleanup_reconcile_duration_s", "Time of the last owner reconcile pass."
         )
 
-    def set_records(self, counts: dict[str, int], set_aside: int) -> None:
+    def registered(self, scope: str) -> None:
+        self.registrations.inc(tags={"scope": scope})
+
+    def killed(self, reason: str) -> None:
+        self.kills.inc(tags={"reason": reason})
+
+    def kill_failed(self, reason: str) -> None:
+        self.kill_failures.inc(tags={"reason": reason})
+
+    def records(self, counts: dict[str, int], set_aside: int) -> None:
         for scope, n in counts.items():
-            self.records.set(n, tags={"scope": scope})
+            self.records_gauge.set(n, tags={"scope": scope})
         self.set_aside.set(set_aside)
+
+    def reconcile_duration(self, seconds: float) -> None:
+        self.reconcile_gauge.set(seconds)

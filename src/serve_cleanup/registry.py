@@ -7,11 +7,14 @@ succeeded, so memory never claims something the KV does not hold:
 * ``remove`` deletes the record, then forgets it (a failed delete raises; still kept,
   so a later pass retries);
 * ``load`` rebuilds the map from the store on every controller start. Entries that do
-  not decode are *set aside*: logged, left untouched in the KV, reported, never fatal.
+  not decode (a key that is not UTF-8, a value that is not a record of a known schema,
+  a record under another actor's key) are *set aside*: left untouched in the KV,
+  reported, never fatal. Only a failed scan (the store unreachable) raises.
 """
 
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -26,9 +29,13 @@ from serve_cleanup.store import RecordStore
 class SetAside:
     """A KV entry under our prefix that could not be read as a record."""
 
-    key: str
+    key: str  # printable (undecodable bytes shown as \\x escapes)
     reason: str
     size: int
+    raw_key: bytes = b""  # the key as stored, below the store's prefix (to delete it)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"key": self.key, "reason": self.reason, "size": self.size}
 
 
 class Registry:
@@ -47,17 +54,42 @@ class Registry:
 
         ``on_record(n)`` is called after the n-th record is read (crash-point tests).
         """
+        return self.load_from(self._store.scan(rec.KEY_PREFIX), on_record)
+
+    def load_from(
+        self, found: dict[bytes, bytes], on_record: Optional[Callable[[int], None]] = None
+    ) -> tuple[int, list[SetAside]]:
+        """``load`` from a scan's result (the controller scans off its event loop)."""
+        paused = gc.isenabled()
+        gc.disable()  # 100,000 records are 100,000 long-lived objects: no GC passes over them
+        try:
+            return self._load_from(found, on_record)
+        finally:
+            if paused:
+                gc.enable()
+
+    def _load_from(
+        self, found: dict[bytes, bytes], on_record: Optional[Callable[[int], None]]
+    ) -> tuple[int, list[SetAside]]:
         loaded: dict[str, Record] = {}
         set_aside: dict[str, SetAside] = {}
-        for key, value in self._store.scan(rec.KEY_PREFIX).items():
+        for raw_key, value in found.items():
+            raw_key = bytes(raw_key)
             try:
+                try:
+                    key = raw_key.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    key = raw_key.decode("utf-8", "backslashreplace")
+                    raise RecordDecodeError(f"key is not UTF-8 ({e.reason} at byte {e.start})") from None
                 record = rec.decode(value)
                 if record.key != key:
                     raise RecordDecodeError(
                         f"record for actor {record.actor_id} is stored under another key"
                     )
-            except RecordDecodeError as e:
-                set_aside[key] = SetAside(key=key, reason=str(e), size=len(value))
+            except Exception as e:  # never fatal, whatever the bytes
+                set_aside[key] = SetAside(
+                    key=key, reason=str(e) or type(e).__name__, size=len(value), raw_key=raw_key
+                )
                 continue
             loaded[record.actor_id] = record
             if on_record is not None:
@@ -80,6 +112,9 @@ class Registry:
 
     def records(self) -> list[Record]:
         return list(self._records.values())
+
+    def ids(self) -> list[str]:
+        return list(self._records)
 
     def counts_by_scope(self) -> dict[str, int]:
         counts = {scope: 0 for scope in rec.SCOPES}
@@ -164,6 +199,14 @@ class Registry:
         """
         await self._store.delete(rec.record_key(actor_id))
         return self._forget(actor_id)
+
+    def set_memory(self, actor_id: str, record: Optional[Record]) -> None:
+        """Make memory hold ``record`` (None: nothing) for ``actor_id`` *without* touching
+        the store: for a take-back whose write failed and is retried. Memory then claims
+        less than the KV holds, never more."""
+        self._forget(actor_id)
+        if record is not None:
+            self._remember(record)
 
     def _remember(self, record: Record) -> None:
         self._records[record.actor_id] = record

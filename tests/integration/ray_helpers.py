@@ -65,7 +65,9 @@ def wait_dead(handle, timeout_s: float = 30.0) -> None:
 
 
 def kv_record_keys() -> list[str]:
-    return sorted(GcsRecordStore(_compat.driver_gcs_client()).scan(records.KEY_PREFIX))
+    """Record keys in the KV (undecodable bytes shown as backslash escapes)."""
+    found = GcsRecordStore(_compat.driver_gcs_client()).scan(records.KEY_PREFIX)
+    return sorted(k.decode("utf-8", "backslashreplace") for k in found)
 
 
 def controller_handle():
@@ -143,12 +145,20 @@ def crash_plain_controller_and_wait() -> None:
     wait_for(lambda: ray.get(ctrl.check_alive.remote(), timeout=10) is None, 60, "restart")
 
 
+def _plant_record(record: records.Record) -> None:
+    """Write a record straight into the KV (as a controller that is gone left it)."""
+    _compat.driver_gcs_client().internal_kv_put(
+        (_compat.serve_kv_key_prefix() + record.key).encode(), records.encode(record), True,
+        _compat.SERVE_INTERNAL_KV_NAMESPACE,
+    )
+
+
 def _purge_records() -> None:
     store = GcsRecordStore(_compat.driver_gcs_client())
     gcs = _compat.driver_gcs_client()
     for key in store.scan(records.KEY_PREFIX):
         gcs.internal_kv_del(
-            (_compat.serve_kv_key_prefix() + key).encode(), False, _compat.SERVE_INTERNAL_KV_NAMESPACE
+            _compat.serve_kv_key_prefix().encode() + key, False, _compat.SERVE_INTERNAL_KV_NAMESPACE
         )
 
 

@@ -98,9 +98,10 @@ def test_corrupt_and_future_records_are_set_aside(durable_serve, actors):
     wait_for(lambda: sorted(kv_record_keys()) == sorted([garbage, future]), 10, "only bad entries left")
 
 
-def test_refused_move_keeps_the_previous_registration(durable_serve, actors):
+def test_refused_move_keeps_the_previous_registration(slow_reconcile_serve, actors):
     """Re-registering a (now dead) actor under another owner is refused, and the
-    registration it had stays as it was."""
+    registration it had stays as it was (until the liveness sweep, which this fixture
+    slows down, drops it)."""
     serve.run(Idle.bind(), name="owner-app", route_prefix=None)
     aux = actors()
     serve_cleanup.register(aux)

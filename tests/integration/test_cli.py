@@ -11,7 +11,7 @@ import ray
 from ray import serve
 
 import serve_cleanup
-from ray_helpers import actor_state, controller_handle, run_cli, wait_dead, wait_for
+from ray_helpers import actor_state, controller_handle, kv_record_keys, run_cli, wait_dead, wait_for
 from serve_cleanup import client
 
 pytestmark = pytest.mark.ray
@@ -114,3 +114,29 @@ def test_cli_unregister(durable_serve, actors):
     assert again.returncode == 0 and "was not registered" in again.stdout
     serve.shutdown()
     assert actor_state(aux._actor_id.hex()) == "ALIVE"
+
+
+def test_purge_removes_leftovers_only_while_serve_is_down(durable_serve, actors):
+    """Issue 9, defect 6: records a shutdown gave up on (or set-aside entries) can be
+    removed without starting a durable Serve; never behind a running controller's back."""
+    import ray_helpers
+
+    left, kept = actors(), actors()
+    serve_cleanup.register(left)
+    serve_cleanup.register(kept)
+    refused = run_cli("purge", "--yes", left._actor_id.hex())
+    assert refused.returncode != 0 and "is running" in refused.stderr
+    # Leave records behind the way a shutdown that gave up does: Serve gone, records kept.
+    saved = {r.actor_id: r for r in serve_cleanup.list_registrations()}
+    serve.shutdown()
+    wait_dead(left)
+    ray_helpers._plant_record(saved[left._actor_id.hex()])
+    ray_helpers._plant_record(saved[kept._actor_id.hex()])
+    dry = run_cli("purge", "--dry-run", left._actor_id.hex())
+    assert dry.returncode == 0 and "would be deleted" in dry.stdout
+    assert len(kv_record_keys()) == 2
+    done = run_cli("purge", "--yes", left._actor_id.hex())
+    assert done.returncode == 0, done.stderr
+    assert kv_record_keys() == [saved[kept._actor_id.hex()].key]
+    assert run_cli("purge", "--yes", "--all").returncode == 0
+    assert kv_record_keys() == []

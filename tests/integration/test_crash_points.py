@@ -8,6 +8,7 @@ marker it leaves proves the crash happened.
 from __future__ import annotations
 
 import pytest
+import ray
 from ray import serve
 
 import serve_cleanup
@@ -103,3 +104,27 @@ def test_crash_mid_rehydrate(crash_at, actors):
     for a in registered:
         wait_dead(a)
     assert kv_record_keys() == []
+
+
+@pytest.mark.parametrize("crash_at", ["after_record_write", "after_refusal_decided"], indirect=True)
+def test_refusal_of_a_dead_actor_survives_a_crash(crash_at, actors):
+    """Issue 9, defect 2: the record is written before the actor is checked; a crash
+    before the take-back used to leave it, and Ray's retry of the call then got the
+    stored record back as success."""
+    aux = actors()
+    ray.kill(aux, no_restart=True)
+    wait_dead(aux)
+    with pytest.raises(serve_cleanup.DeadActorError):
+        serve_cleanup.register(aux)  # crashes once; the retried call is refused again
+    assert _crashed(crash_at) and _restarts() == 1
+    assert kv_record_keys() == []
+
+
+@pytest.mark.parametrize("crash_at", ["after_lookup_before_drop"], indirect=True)
+def test_crash_while_dropping_a_dead_actors_record(crash_at, actors):
+    aux = actors()
+    serve_cleanup.register(aux)
+    ray.kill(aux, no_restart=True)  # the liveness sweep finds it dead and crashes
+    wait_for(lambda: _crashed(crash_at), 30, "the injected crash")
+    wait_for(lambda: kv_record_keys() == [], 30, "the restarted controller to drop the record")
+    assert _restarts() == 1

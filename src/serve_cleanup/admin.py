@@ -1,0 +1,65 @@
+"""Operator actions straight on the GCS KV, for when no Serve controller runs.
+
+Records left behind by a shutdown that gave up (an actor that could not be killed within
+the grace), or set aside as unreadable, wait in the KV for the next durable controller.
+``purge`` removes them without starting Serve. It refuses while a Serve controller runs:
+the durable one holds the records in memory and must be asked instead
+(``serve-cleanup unregister``, ``gc``), and any controller may turn into one that reads
+them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+from serve_cleanup import _compat
+from serve_cleanup.errors import ControllerRunningError
+from serve_cleanup.registry import Registry
+from serve_cleanup.store import GcsRecordStore
+
+
+@dataclass(frozen=True)
+class PurgeItem:
+    key: str  # printable
+    raw_key: bytes
+    what: str  # "record" or "set aside"
+    actor_id: str = ""
+
+
+def purge_plan(actor_ids: Iterable[str] = (), *, set_aside: bool = False, everything: bool = False) -> list[PurgeItem]:
+    """What ``purge`` would delete: the records of ``actor_ids`` (hex), the set-aside
+    entries if ``set_aside``, or every entry under the prefix if ``everything``."""
+    wanted = {a.strip().lower() for a in actor_ids}
+    registry = Registry(GcsRecordStore(_compat.driver_gcs_client()))
+    registry.load()
+    plan = [
+        PurgeItem(r.key, r.key.encode(), "record", r.actor_id)
+        for r in registry.records()
+        if everything or r.actor_id in wanted
+    ]
+    if set_aside or everything:
+        plan += [PurgeItem(s.key, s.raw_key, "set aside") for s in registry.set_aside()]
+    return plan
+
+
+def purge(plan: list[PurgeItem], controller_kind: Optional[str] = None) -> int:
+    """Delete the planned entries. Refuses while a Serve controller runs."""
+    from serve_cleanup import client
+
+    kind = controller_kind or client.controller_kind()
+    if kind != "none":
+        raise ControllerRunningError(
+            f"a {kind} Serve controller is running; purge edits the KV only while Serve is "
+            "down. With the durable controller use `serve-cleanup unregister <actor id>` or "
+            "`serve-cleanup gc`; or run `serve shutdown` first."
+        )
+    gcs = _compat.driver_gcs_client()
+    prefix = _compat.serve_kv_key_prefix().encode()
+    deleted = 0
+    for item in plan:
+        deleted += gcs.internal_kv_del(prefix + item.raw_key, False, _compat.SERVE_INTERNAL_KV_NAMESPACE)
+    return deleted
+
+
+__all__ = ["ControllerRunningError", "PurgeItem", "purge", "purge_plan"]

@@ -1,0 +1,92 @@
+"""Which registrations are accepted: argument, owner and actor checks. No Ray imports.
+
+``check_request`` runs before anything is written; ``refusal`` decides on the actor-table
+entry that the write raced with (or that a record read at start is verified against).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from serve_cleanup import records as rec
+from serve_cleanup.errors import DeadActorError, OwnerNotFoundError, PersistenceError, SystemActorError
+from serve_cleanup.ports import Owners
+from serve_cleanup.records import Record
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One register call, as the adapter extracted it from the actor handle."""
+
+    actor_id: str
+    name: str  # as the handle carries it ("" if none); the actor table may correct it
+    namespace: str
+    handle: bytes
+    scope: str = rec.SCOPE_SERVE
+    app: str = ""
+    deployment: str = ""
+    ensure_only: bool = False  # keep any existing registration (the upstream entry point)
+
+    def matches(self, record: Record) -> bool:
+        return self.ensure_only or (record.scope, record.app, record.deployment) == (
+            self.scope, self.app, self.deployment)
+
+
+def check_request(reg: Registration, owners: Owners, is_system: Callable[[str, str], bool], own_id: str) -> None:
+    """Refuse before anything is written: bad arguments, a missing owner, the controller
+    itself, or a handle that names one of Serve's own actors."""
+    scope, app, deployment = reg.scope, reg.app, reg.deployment
+    if scope not in rec.SCOPES:
+        raise ValueError(f"unknown scope {scope!r}; use one of {rec.SCOPES}.")
+    if scope == rec.SCOPE_SERVE and (app or deployment):
+        raise ValueError("scope 'serve' takes no app or deployment.")
+    if scope != rec.SCOPE_SERVE and (not app or (scope == rec.SCOPE_DEPLOYMENT) != bool(deployment)):
+        raise ValueError(
+            f"scope {scope!r} needs app=" + (" and deployment=." if scope == "deployment" else ".")
+        )
+    if reg.actor_id == own_id:
+        raise SystemActorError("the Serve controller cannot be registered for cleanup.")
+    refuse_system(reg.actor_id, reg.name, reg.namespace, is_system)
+    if scope == rec.SCOPE_SERVE:
+        return
+    live_apps, live_deployments = owners.live({app})
+    if app not in live_apps:
+        raise OwnerNotFoundError(
+            f"application {app!r} does not exist, so nothing could delete it; deploy it "
+            "first or register with scope='serve'."
+        )
+    if scope == rec.SCOPE_DEPLOYMENT and (app, deployment) not in live_deployments:
+        raise OwnerNotFoundError(
+            f"deployment {deployment!r} of application {app!r} does not exist; "
+            f"deployments of {app!r}: {sorted(d for a, d in live_deployments if a == app)}."
+        )
+
+
+def refuse_system(actor_id: str, name: str, namespace: str, is_system: Callable[[str, str], bool]) -> None:
+    if is_system(name, namespace):
+        raise SystemActorError(
+            f"actor {actor_id} ({namespace}/{name}) is one of Serve's own actors "
+            "(controller, proxy, replica or deployment actor); Serve manages its "
+            "lifecycle. Register the auxiliary actors your code creates instead."
+        )
+
+
+def refusal(actor_id: str, label: str, info: Any, is_system: Callable[[str, str], bool]) -> Optional[Exception]:
+    """The error to refuse with, given the actor-table lookup's result (an ``ActorInfo``,
+    None for an actor the table does not know, or the lookup's exception); None: accept."""
+    if isinstance(info, BaseException):
+        return PersistenceError(
+            f"could not look up actor {actor_id} in the GCS actor table ({info!r}); it "
+            "is not registered. Retry once GCS is reachable."
+        )
+    if info is None or info.dead:
+        return DeadActorError(
+            f"actor {actor_id} ({label}) is {'dead' if info else 'unknown to this cluster'}; "
+            "nothing was registered. Register a live actor."
+        )
+    try:
+        refuse_system(actor_id, info.name, info.namespace, is_system)
+    except SystemActorError as e:
+        return e
+    return None

@@ -1,0 +1,71 @@
+"""Issue 9 on a real cluster: what used to break the promise at the edges.
+
+* an undecodable key under the record prefix killed the controller for good (defect 1);
+* the record of a dead actor under a live owner was never dropped (defect 3).
+"""
+
+from __future__ import annotations
+
+import pytest
+from ray import serve
+
+import serve_cleanup
+from ray_helpers import (
+    kill_controller_and_wait_restart,
+    kv_record_keys,
+    run_cli,
+    wait_dead,
+    wait_for,
+)
+from serve_cleanup import _compat, records
+
+pytestmark = pytest.mark.ray
+
+
+@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0})
+class Idle:
+    def __call__(self) -> str:
+        return "ok"
+
+
+def _plant_raw(suffix: bytes, value: bytes) -> bytes:
+    key = _compat.serve_kv_key_prefix().encode() + records.KEY_PREFIX.encode() + suffix
+    _compat.driver_gcs_client().internal_kv_put(key, value, True, _compat.SERVE_INTERNAL_KV_NAMESPACE)
+    return key
+
+
+def test_non_utf8_key_is_set_aside_and_serve_keeps_working(durable_serve, actors):
+    good = actors()
+    serve_cleanup.register(good)
+    _plant_raw(b"\xff\xfe\x00", b"\xc1 random bytes")
+    status = kill_controller_and_wait_restart()  # used to raise UnicodeDecodeError in __init__
+    assert status["records"] == 1
+    (bad,) = status["set_aside"]
+    assert "\\xff" in bad["key"] and "UTF-8" in bad["reason"]
+    listed = run_cli("list")
+    assert listed.returncode == 0, listed.stderr
+    assert good._actor_id.hex() in listed.stdout
+    shown = run_cli("status")
+    assert shown.returncode == 0 and "set aside:       1" in shown.stdout, shown.stdout + shown.stderr
+    serve.shutdown()
+    wait_dead(good)
+    assert len(kv_record_keys()) == 1  # set aside: untouched, for `serve-cleanup purge`
+
+
+@pytest.mark.parametrize("scope", ["serve", "deployment"])
+def test_dead_actor_record_under_live_owner_is_dropped(durable_serve, actors, scope):
+    serve.run(Idle.bind(), name="live-app", route_prefix=None)
+    aux = actors()
+    owner = {"scope": "deployment", "app": "live-app", "deployment": "Idle"} if scope == "deployment" else {}
+    serve_cleanup.register(aux, **owner)
+    ray_kill(aux)
+    # Bound: two reconcile intervals (0.5 s) + the liveness interval (1 s) + lookups.
+    wait_for(lambda: kv_record_keys() == [], 5, "the dead actor's record to be dropped")
+    assert serve.status().applications["live-app"].status == "RUNNING"
+
+
+def ray_kill(handle) -> None:
+    import ray
+
+    ray.kill(handle, no_restart=True)
+    wait_dead(handle)
