@@ -236,20 +236,3 @@ def durable_controller_factory(cls: type) -> Iterator[None]:
             yield
         finally:
             _serve_private_api.get_controller_impl = original
-
-
-# --- the whole GCS actor table at once --------------------------------------------------
-
-
-async def all_actor_states(gcs: GcsClient, timeout_s: float) -> dict[str, str]:
-    """State name per actor id (hex) of every actor the GCS actor table holds.
-
-    One RPC (``GetAllActorInfo`` with no filter) whatever the number of ids asked about,
-    instead of one lookup per id; its cost grows with the actors the cluster knows
-    (live ones, and dead ones until GCS evicts them), not with the records we hold. An
-    id missing from the result is unknown to GCS: never created here, or dead long
-    enough to have been evicted (``lookup_actor`` returns None for it).
-    """
-    found = await gcs.async_get_all_actor_info(timeout=timeout_s)
-    state_name = gcs_pb2.ActorTableData.ActorState.Name
-    return {actor_id.hex(): state_name(entry.state) for actor_id, entry in found.items()}

@@ -240,10 +240,10 @@ def actor_states(actor_ids: list[str]) -> dict[str, str]:
     async def all_() -> list[str]:
         if len(actor_ids) >= bulk_from:
             try:
-                table = await _compat.all_actor_states(gcs, 30.0)
+                table = await _compat.all_actors(gcs, 30.0)
             except Exception:
                 return ["UNKNOWN"] * len(actor_ids)
-            return [table.get(a, "DEAD") for a in actor_ids]
+            return [table[a].state if a in table else "DEAD" for a in actor_ids]
         return list(await asyncio.gather(*(one(a) for a in actor_ids)))
 
     return dict(zip(actor_ids, asyncio.run(all_())))
