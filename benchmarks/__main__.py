@@ -18,6 +18,8 @@ from pathlib import Path
 
 import ray
 
+import serve_cleanup
+
 from benchmarks import cases, report, targets
 from benchmarks.harness import connect, log, purge_records, stop_serve
 
@@ -36,6 +38,10 @@ SECTIONS = {
 }
 
 
+# --quick without --only: the issue-11 targets at tiny sizes (the smoke test; ~1 min).
+QUICK_SECTIONS = ("floor", "scale", "owners", "shutdown")
+
+
 def _git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -52,10 +58,16 @@ def main(argv=None) -> int:
     p.add_argument("--only", default=None,
                    help="comma-separated sections: " + ", ".join(SECTIONS))
     p.add_argument("--baseline", default=None, help="an earlier benchmarks.json to compare with")
+    p.add_argument("--commit", default=None,
+                   help="label the sections with this commit (default: git HEAD here), e.g. when "
+                        "PYTHONPATH points at another checkout's src")
     p.add_argument("--address", default=None, help="use this running cluster instead of a local one")
     p.add_argument("--out", default="docs", help="where benchmarks.md and the plots go")
     args = p.parse_args(argv)
-    names = list(SECTIONS) if not args.only else [n.strip() for n in args.only.split(",") if n.strip()]
+    if args.only:
+        names = [n.strip() for n in args.only.split(",") if n.strip()]
+    else:
+        names = list(QUICK_SECTIONS if args.quick else SECTIONS)
     unknown = [n for n in names if n not in SECTIONS]
     if unknown:
         p.error(f"unknown section(s) {unknown}; known: {list(SECTIONS)}")
@@ -77,8 +89,9 @@ def main(argv=None) -> int:
             t0 = time.monotonic()
             results[name] = SECTIONS[name][1](sizes, tsizes)
             results["sections"][name] = {
-                "commit": _git_commit(), "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                "commit": args.commit or _git_commit(), "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                 "seconds": round(time.monotonic() - t0, 1), "quick": args.quick,
+                "serve_cleanup": str(Path(serve_cleanup.__file__).parent),
             }
     finally:
         try:
@@ -89,6 +102,8 @@ def main(argv=None) -> int:
     results["sizes"] = dataclasses.asdict(sizes)
     results["target_sizes"] = dataclasses.asdict(tsizes)
     results["restart_records"] = sizes.record_counts[-1]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    previous.write_text(json.dumps(results, indent=2))  # before the report, which may fail
     baseline = json.loads(Path(args.baseline).read_text()) if args.baseline else None
     command = "python -m benchmarks" + (" --quick" if args.quick else "")
     md = report.write(results, out_dir, command, args.quick, baseline)

@@ -161,6 +161,7 @@ def floor_and_burst(sizes: TargetSizes) -> dict:
     repeat = {PLAIN: Samples(), DURABLE: Samples()}
     puts = Samples()
     burst = {PLAIN: [], DURABLE: []}
+    controller_code = "?"
     for rnd in range(sizes.rounds):
         for kind in ((PLAIN, DURABLE) if rnd % 2 == 0 else (DURABLE, PLAIN)):
             start_serve(kind)
@@ -187,6 +188,9 @@ def floor_and_burst(sizes: TargetSizes) -> dict:
             burst[kind].append({"per_s": n / took, "cpu_ms": busy / n * 1000,
                                 "cpu_ms_minus_idle": (busy - idle * took) / n * 1000,
                                 "idle_cores": idle})
+            if kind == DURABLE:  # which controller code ran (CleanupCore's status has "loaded")
+                status = ray.get(ctrl.serve_cleanup_status.remote())
+                controller_code = "CleanupCore" if "loaded" in status else "pre-core"
             stop_serve()
             purge_records()
             kill_actors(fresh + [a for g in groups for a in g])
@@ -198,6 +202,7 @@ def floor_and_burst(sizes: TargetSizes) -> dict:
         return sorted(x[k] for x in xs)[len(xs) // 2]
 
     out = {
+        "controller_code": controller_code,
         "n_new": len(new[PLAIN].values), "n_repeat": len(repeat[PLAIN].values), "n_puts": len(puts.values),
         "put_p50": puts.ms(),
         "burst_registrations": sizes.burst_registrants * sizes.burst_per_registrant,
