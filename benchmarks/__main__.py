@@ -58,6 +58,8 @@ def main(argv=None) -> int:
     p.add_argument("--only", default=None,
                    help="comma-separated sections: " + ", ".join(SECTIONS))
     p.add_argument("--baseline", default=None, help="an earlier benchmarks.json to compare with")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: rewrite the report from OUT/benchmarks.json")
     p.add_argument("--commit", default=None,
                    help="label the sections with this commit (default: git HEAD here), e.g. when "
                         "PYTHONPATH points at another checkout's src")
@@ -76,6 +78,12 @@ def main(argv=None) -> int:
     out_dir = Path(args.out)
     results: dict = {}
     previous = out_dir / "benchmarks.json"
+    if args.report_only:
+        results = json.loads(previous.read_text())
+        baseline = json.loads(Path(args.baseline).read_text()) if args.baseline else None
+        md = report.write(results, out_dir, "python -m benchmarks", False, baseline)
+        print(md.read_text())
+        return 0
     if args.only and previous.exists():
         results = json.loads(previous.read_text())  # merge: keep the sections not re-run
     results.setdefault("sections", {})
