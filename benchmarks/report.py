@@ -266,6 +266,9 @@ def write(results: dict, out_dir: Path, command: str, smoke: bool, baseline: dic
             "| step | p50 ms |", "|---|---:|",
             *[f"| {k} | {v:.3f} |" for k, v in results["breakdown"].items()], "",
         ]
+    analysis = out_dir / "benchmarks-analysis.md"  # hand-written: where the time goes
+    if analysis.exists():
+        lines += [analysis.read_text().rstrip(), ""]
     lines += _extra_tables(out_dir)
     if scal:
         lines += [

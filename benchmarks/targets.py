@@ -72,13 +72,14 @@ class TargetSizes:
     owner_settle_s: float = 5.0
     owner_window_s: float = 12.0
     owner_reps: int = 2
+    settle_s: float = 1.0        # pause before reading a controller's memory or idle CPU
 
 
 QUICK = TargetSizes(rounds=1, new_per_round=10, repeat_per_round=10, puts_per_round=10,
                     burst_registrants=2, burst_per_registrant=3, scale_records=300,
                     scale_base_records=10, scale_samples=5, shutdown_wait_s=30.0,
-                    owner_apps=2, owner_deployments=2, owner_settle_s=0.5, owner_window_s=1.0,
-                    owner_reps=1)
+                    owner_apps=2, owner_deployments=2, owner_settle_s=0.2, owner_window_s=0.5,
+                    owner_reps=1, settle_s=0.1)
 
 NEVER_RESOURCE = "serve_cleanup_bench_never"
 
@@ -177,9 +178,9 @@ def floor_and_burst(sizes: TargetSizes) -> dict:
                 repeat[kind].add(_register(ctrl, fresh[0]))  # registered while warming up
             for x in kv_put_samples(sizes.puts_per_round):
                 puts.add(x)
-            time.sleep(0.5)
+            time.sleep(sizes.settle_s / 2)
             c0, t0 = cpu_s(proc), time.perf_counter()
-            time.sleep(1.0)
+            time.sleep(sizes.settle_s)
             idle = (cpu_s(proc) - c0) / (time.perf_counter() - t0)
             c0 = cpu_s(proc)
             took = _burst(ctrl, groups)
@@ -250,7 +251,7 @@ def scale(sizes: TargetSizes) -> dict:
         seeded_s = time.perf_counter() - started
         kill_controller_and_wait()  # the restarted controller rehydrates all n
         ctrl = controller()
-        time.sleep(1.0)  # let the new process settle before reading its memory
+        time.sleep(sizes.settle_s)  # let the new process settle before reading its memory
         status = ray.get(ctrl.serve_cleanup_status.remote())
         proc = controller_process()
         row = {"records_at_start": status["records"], "rehydrate_ms": status["rehydrate_ms"],
