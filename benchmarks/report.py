@@ -165,24 +165,44 @@ def _targets_table(results: dict, baseline: dict | None) -> list[str]:
     return lines
 
 
+def _by_thread_role(cpu: dict[str, float]) -> dict[str, float]:
+    """Thread names (``comm``) to roles: the controller's main thread carries the process
+    title (``ray::ServeController`` or the subclass's name), the event-loop thread the
+    title it had when it was created (``ray::IDLE``)."""
+    out: dict[str, float] = {}
+    for name, v in cpu.items():
+        if name == "ray::IDLE":
+            role = "event loop (`ray::IDLE`)"
+        elif name.startswith("ray::"):
+            role = "main: task receipt (`ray::<class>`)"
+        else:
+            role = f"`{name}`"
+        out[role] = out.get(role, 0.0) + v
+    return out
+
+
 def _extra_tables(out_dir: Path) -> list[str]:
     """Figures from ``python -m benchmarks.profile_burst --out`` / ``benchmarks.micro --json``."""
     lines: list[str] = []
-    prof = out_dir / "benchmarks-profile.json"
-    if prof.exists():
+    for fname, label in (("benchmarks-profile-before.json", "before: the pre-core controller (d5fdad3)"),
+                         ("benchmarks-profile.json", "after: the CleanupCore controller")):
+        prof = out_dir / fname
+        if not prof.exists():
+            continue
         data = json.loads(prof.read_text())
-        lines += ["## Where the controller's CPU goes in a burst (py-spy)", "",
-                  "`python -m benchmarks.profile_burst --out docs`: one burst per kind without the profiler "
-                  "(process and per-thread CPU from psutil / `/proc`), then one with `py-spy record --gil` "
-                  "attached (Python time holding the GIL, sampled at 250 Hz). ms per new registration.", "",
+        lines += [f"## Where the controller's CPU goes in a burst (py-spy), {label}", "",
+                  "`python -m benchmarks.profile_burst --json docs/" + fname + "`: 8 registrant threads, "
+                  "every call a new registration; one burst per kind without the profiler "
+                  "(process and per-thread CPU from psutil and `/proc/<pid>/task/*/comm`), then one "
+                  "with `py-spy record --gil --nonblocking` attached (Python time holding the GIL, "
+                  "250 Hz). ms per new registration.", "",
                   "| | " + " | ".join(data) + " |", "|---|" + "---:|" * len(data)]
         kinds = list(data)
         lines.append("| throughput (no profiler) | " + " | ".join(f"{data[k]['clean']['per_s']:.0f}/s" for k in kinds) + " |")
         lines.append("| process CPU | " + " | ".join(f"{data[k]['clean']['cpu_ms_per_registration']:.3f}" for k in kinds) + " |")
-        threads = sorted({t for k in kinds for t in data[k]["clean"]["thread_cpu_ms_per_registration"]})
-        for t in threads:
-            lines.append(f"| thread `{t}` | " + " | ".join(
-                f"{data[k]['clean']['thread_cpu_ms_per_registration'].get(t, 0.0):.3f}" for k in kinds) + " |")
+        per_kind = {k: _by_thread_role(data[k]["clean"]["thread_cpu_ms_per_registration"]) for k in kinds}
+        for t in sorted({t for k in kinds for t in per_kind[k]}):
+            lines.append(f"| thread {t} | " + " | ".join(f"{per_kind[k].get(t, 0.0):.3f}" for k in kinds) + " |")
         cats = [c for c, _ in data[kinds[-1]].get("categories", [])]
         for c in cats:
             vals = []
