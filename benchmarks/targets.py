@@ -163,6 +163,7 @@ def floor_and_burst(sizes: TargetSizes) -> dict:
     puts = Samples()
     burst = {PLAIN: [], DURABLE: []}
     controller_code = "?"
+    per_round = {PLAIN: [], DURABLE: []}  # new-registration p50 of each round (drift check)
     for rnd in range(sizes.rounds):
         for kind in ((PLAIN, DURABLE) if rnd % 2 == 0 else (DURABLE, PLAIN)):
             start_serve(kind)
@@ -172,8 +173,11 @@ def floor_and_burst(sizes: TargetSizes) -> dict:
             groups = [pending_actors(sizes.burst_per_registrant) for _ in range(sizes.burst_registrants)]
             for a in fresh[:3]:  # warm the path
                 _register(ctrl, a)
+            this_round = Samples()
             for a in fresh[4:]:
-                new[kind].add(_register(ctrl, a))
+                this_round.add(_register(ctrl, a))
+            new[kind].values.extend(this_round.values)
+            per_round[kind].append(this_round.ms())
             for _ in range(sizes.repeat_per_round):
                 repeat[kind].add(_register(ctrl, fresh[0]))  # registered while warming up
             for x in kv_put_samples(sizes.puts_per_round):
@@ -195,7 +199,7 @@ def floor_and_burst(sizes: TargetSizes) -> dict:
             stop_serve()
             purge_records()
             kill_actors(fresh + [a for g in groups for a in g])
-            log(f"floor/burst round {rnd + 1}/{sizes.rounds} {kind}: new p50 {new[kind].ms():.2f} ms, "
+            log(f"floor/burst round {rnd + 1}/{sizes.rounds} {kind}: new p50 {per_round[kind][-1]:.2f} ms, "
                 f"repeat p50 {repeat[kind].ms():.2f} ms, put p50 {puts.ms():.2f} ms, burst "
                 f"{burst[kind][-1]['per_s']:.0f}/s at {burst[kind][-1]['cpu_ms']:.2f} ms CPU each")
 
@@ -211,7 +215,7 @@ def floor_and_burst(sizes: TargetSizes) -> dict:
     }
     for kind in (PLAIN, DURABLE):
         out[kind] = {
-            "new_p50": new[kind].ms(), "new_p99": new[kind].ms("p99"),
+            "new_p50": new[kind].ms(), "new_p99": new[kind].ms("p99"), "new_p50_by_round": per_round[kind],
             "repeat_p50": repeat[kind].ms(), "repeat_p99": repeat[kind].ms("p99"),
             "burst_per_s": med(burst[kind], "per_s"), "burst_cpu_ms": med(burst[kind], "cpu_ms"),
             "burst_cpu_ms_minus_idle": med(burst[kind], "cpu_ms_minus_idle"),
