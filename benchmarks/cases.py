@@ -37,13 +37,13 @@ class Sizes:
     per_registrant: int = 5
     concurrent_reps: int = 3
     restart_reps: int = 5
-    shutdown_ks: tuple = (0, 10, 20, 40)
-    shutdown_reps: int = 3
+    shutdown_ks: tuple = (0, 20, 40)
+    shutdown_reps: int = 2
 
 
 SMOKE = Sizes(rounds=1, pool=2, passes=3, record_counts=(10, 50), scaling_samples=10,
               concurrent=2, per_registrant=2, concurrent_reps=1, restart_reps=1,
-              shutdown_ks=(0, 2), shutdown_reps=1)
+              shutdown_ks=(1,), shutdown_reps=1)
 
 
 def _register(ctrl, actor) -> float:

@@ -418,10 +418,16 @@ def read_kv() -> tuple[list[Record], list[SetAside]]:
 
 
 def actor_states(actor_ids: list[str]) -> dict[str, str]:
-    """Actor table state per id: ALIVE, RESTARTING, ..., DEAD, or UNKNOWN on error."""
+    """Actor table state per id: ALIVE, RESTARTING, ..., DEAD, or UNKNOWN on error.
+
+    Many ids: one read of the whole actor table (``serve-cleanup list`` over 100,000
+    records stays one RPC); an id the table does not hold is DEAD, as with a single
+    lookup. Few ids: one lookup each, concurrently.
+    """
     import asyncio
 
     gcs = _compat.driver_gcs_client()
+    bulk_from = 64  # below this, per-id lookups cost less than reading the whole table
 
     async def one(actor_id: str) -> str:
         try:
@@ -431,6 +437,12 @@ def actor_states(actor_ids: list[str]) -> dict[str, str]:
         return "DEAD" if info is None else info.state
 
     async def all_() -> list[str]:
+        if len(actor_ids) >= bulk_from:
+            try:
+                table = await _compat.all_actors(gcs, 30.0)
+            except Exception:
+                return ["UNKNOWN"] * len(actor_ids)
+            return [table[a].state if a in table else "DEAD" for a in actor_ids]
         return list(await asyncio.gather(*(one(a) for a in actor_ids)))
 
     return dict(zip(actor_ids, asyncio.run(all_())))

@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def test_benchmarks_smoke(ray_cluster, tmp_path):
     _teardown_serve()
     out = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--smoke", "--address",
+        [sys.executable, "-m", "benchmarks", "--quick", "--address",
          ray.get_runtime_context().gcs_address, "--out", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
