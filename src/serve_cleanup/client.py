@@ -70,7 +70,7 @@ def start(**serve_start_kwargs: Any) -> None:
         )
     # Imported here, not at module level: replicas and routers that only register
     # need not load Serve's controller module.
-    from serve_cleanup.controller import DurableServeController
+    from serve_cleanup.controller import ServeController as DurableServeController
 
     with _compat.durable_controller_factory(DurableServeController):
         serve.start(**serve_start_kwargs)
