@@ -7,7 +7,14 @@
 """
 
 from serve_cleanup._compat import SUPPORTED_RAY
-from serve_cleanup.client import gc, list_registrations, register, start, unregister
+from serve_cleanup.client import (
+    controller_kind,
+    gc,
+    list_registrations,
+    register,
+    start,
+    unregister,
+)
 from serve_cleanup.errors import (
     ControllerUnavailableError,
     DeadActorError,
@@ -39,6 +46,7 @@ __all__ = [
     "SystemActorError",
     "UnknownSchemaVersionError",
     "UnsupportedRayVersionError",
+    "controller_kind",
     "gc",
     "list_registrations",
     "register",
