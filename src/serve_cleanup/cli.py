@@ -92,7 +92,8 @@ def start(
         except ServeCleanupError as e:
             raise click.ClickException(str(e)) from None
     for w in caught:
-        click.echo(f"Warning: {w.message}", err=True)
+        if str(w.message).startswith("serve_cleanup"):
+            click.echo(f"Warning: {w.message}", err=True)
     if outcome == "already running":
         click.echo("Serve is already running with the durable controller; nothing to do.")
     else:

@@ -19,6 +19,7 @@ from typing import Iterator
 
 import pytest
 import ray
+from ray._private.authentication_test_utils import reset_auth_token_state
 
 import serve_cleanup
 from ray_helpers import TEST_NAMESPACE, stop_ray, wait_dead, wait_for
@@ -91,8 +92,10 @@ def head() -> Iterator[None]:
             "--dashboard-agent-listen-port=52385", "--disable-usage-stats",
             timeout=180,
         )
-        # This driver sends the cluster's token only with RAY_AUTH_MODE=token, too.
+        # This driver sends the cluster's token only in token mode, too; Ray caches the
+        # mode (and the token) per process, so refresh them as Ray's own tests do.
         os.environ["RAY_AUTH_MODE"] = "token"
+        reset_auth_token_state()
         ray.init(address=GCS, namespace=TEST_NAMESPACE, log_to_driver=False)
         yield
     finally:
@@ -101,9 +104,18 @@ def head() -> Iterator[None]:
             os.environ.pop("RAY_AUTH_MODE", None)
         else:
             os.environ["RAY_AUTH_MODE"] = saved_auth_mode
+        reset_auth_token_state()
         run(os.path.join(BIN, "ray"), "stop", timeout=120, check=False)
         sc_cli("disable", check=False)
         assert _startup.pth_state() == "off"
+
+
+@pytest.fixture(autouse=True)
+def no_serve_before(head) -> None:
+    """Each test starts without Serve, even after another one failed halfway."""
+    if client.find_controller() is not None:
+        serve_cli("shutdown", "-y", "-a", DASHBOARD, check=False)
+        wait_serve_gone()
 
 
 def helper_handle(name: str):
@@ -166,8 +178,9 @@ def test_serve_deploy_gives_the_durable_controller_every_time(head, tmp_path):
     serve_cli("deploy", write_config(tmp_path, helper2), "-a", DASHBOARD)
     wait_for(lambda: helper_handle(helper2), 90, "the second helper")
     assert kind() == "durable"
+    aux2 = helper_handle(helper2)
     serve_cli("shutdown", "-y", "-a", DASHBOARD)
-    wait_dead(helper_handle(helper2), 60)
+    wait_dead(aux2, 60)
     wait_serve_gone()
 
 
@@ -221,19 +234,27 @@ def test_serve_run_and_serve_start_give_the_durable_controller(head):
 
 
 def test_java_start_path_controller_avatar(head):
-    """Java's Serve.start creates the controller through ServeControllerAvatar, in a
-    worker process of this environment: it gets the durable controller too."""
-    from ray.serve._private.controller_avatar import ServeControllerAvatar
+    """Java's Serve.start creates ServeControllerAvatar by module and class name (a
+    cross-language actor); the avatar, in a Python worker of this environment, creates the
+    controller. Done here the way Java does it, from a function descriptor, so the worker
+    imports the avatar's module itself (a Python-created avatar would carry the driver's
+    unpatched globals by value)."""
+    from ray._raylet import Language, PythonFunctionDescriptor
+    from ray.actor import ActorClass
 
-    avatar = ServeControllerAvatar.options(namespace="serve").remote(http_proxy_port=HTTP_PORT)
+    avatar_class = ActorClass._ray_from_function_descriptor(
+        Language.PYTHON,
+        PythonFunctionDescriptor("ray.serve._private.controller_avatar", "__init__", "ServeControllerAvatar"),
+        {"namespace": "serve"},
+    )
+    avatar = avatar_class.remote(HTTP_PORT)
     try:
-        ray.get(avatar.check_alive.remote(), timeout=60)
         wait_for(lambda: kind() != "none", 60, "the controller created by the avatar")
         assert kind() == "durable"
     finally:
         ray.kill(avatar)
-    serve_cli("shutdown", "-y", "-a", DASHBOARD)
-    wait_serve_gone()
+        serve_cli("shutdown", "-y", "-a", DASHBOARD)
+        wait_serve_gone()
 
 
 DRIVER = """

@@ -45,8 +45,11 @@ def test_plain_controller_created_in_between_is_not_reported_durable(no_serve, m
     calls = {"n": 0}
 
     def first_look_sees_nothing(handle=None):
-        calls["n"] += 1
-        return "none" if handle is None and calls["n"] == 1 else real(handle)
+        if handle is None:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                return "none"
+        return real(handle)
 
     monkeypatch.setattr(client, "controller_kind", first_look_sees_nothing)
     with pytest.raises(serve_cleanup.NotDurableControllerError, match="another process"):
