@@ -104,17 +104,24 @@ class _Hook:
 
     serve_cleanup_hook = True  # how install() recognises an installed hook
 
+    def __init__(self) -> None:
+        self._busy: set = set()  # names being looked up: another delegating finder may call back
+
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
-        if fullname not in TARGETS:
+        if fullname not in TARGETS or fullname in self._busy:
             return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                break
-        else:
-            return None
+        self._busy.add(fullname)
+        try:
+            for finder in sys.meta_path:
+                if finder is self or not hasattr(finder, "find_spec"):
+                    continue
+                spec = finder.find_spec(fullname, path, target)
+                if spec is not None:
+                    break
+            else:
+                return None
+        finally:
+            self._busy.discard(fullname)
         loader = spec.loader
         if loader is None or not hasattr(loader, "exec_module"):
             return spec

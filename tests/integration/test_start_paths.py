@@ -198,7 +198,8 @@ def test_multi_app_class_names_match_plain_serve(head, tmp_path):
     expected = {"ServeController", "ProxyActor", "ServeReplica:app1:Registrant", "ServeReplica:app2:Registrant"}
     wait_for(lambda: serve_class_names() == expected, 90, f"class names {expected}")
     assert kind() == "durable"
-    helpers = [helper_handle("multi-1"), helper_handle("multi-2")]
+    # A replica is ALIVE in the actor table before its constructor (which registers) ran.
+    helpers = [wait_for(lambda n=n: helper_handle(n), 60, n) for n in ("multi-1", "multi-2")]
     serve_cli("shutdown", "-y", "-a", DASHBOARD)
     wait_for(lambda: serve_class_names() == set(), 60, "no ALIVE actor in namespace serve")
     for h in helpers:
@@ -233,28 +234,32 @@ def test_serve_run_and_serve_start_give_the_durable_controller(head):
     wait_serve_gone()
 
 
-def test_java_start_path_controller_avatar(head):
-    """Java's Serve.start creates ServeControllerAvatar by module and class name (a
-    cross-language actor); the avatar, in a Python worker of this environment, creates the
-    controller. Done here the way Java does it, from a function descriptor, so the worker
-    imports the avatar's module itself (a Python-created avatar would carry the driver's
-    unpatched globals by value)."""
-    from ray._raylet import Language, PythonFunctionDescriptor
-    from ray.actor import ActorClass
+AVATAR = """
+import ray
+from ray.job_config import JobConfig
+from ray.serve._private.controller_avatar import ServeControllerAvatar
+ray.init(address="{gcs}", job_config=JobConfig(code_search_path=["{here}"]), log_to_driver=False)
+avatar = ServeControllerAvatar.options(namespace="serve").remote({port})
+ray.get(avatar.check_alive.remote(), timeout=60)
+print("AVATAR UP")
+"""
 
-    avatar_class = ActorClass._ray_from_function_descriptor(
-        Language.PYTHON,
-        PythonFunctionDescriptor("ray.serve._private.controller_avatar", "__init__", "ServeControllerAvatar"),
-        {"namespace": "serve"},
+
+def test_java_start_path_controller_avatar(head):
+    """Java's Serve.start creates ServeControllerAvatar, which creates the controller in a
+    Python worker. A Java job has a code search path, so its workers import Python classes
+    from local code by module and class name; this driver does the same (with the hook
+    switched off in the driver itself, so only the worker can make the controller
+    durable)."""
+    out = run(
+        sys.executable, "-c", AVATAR.format(gcs=GCS, here=HERE, port=HTTP_PORT),
+        SERVE_CLEANUP_ENABLE="0", timeout=120,
     )
-    avatar = avatar_class.remote(HTTP_PORT)
-    try:
-        wait_for(lambda: kind() != "none", 60, "the controller created by the avatar")
-        assert kind() == "durable"
-    finally:
-        ray.kill(avatar)
-        serve_cli("shutdown", "-y", "-a", DASHBOARD)
-        wait_serve_gone()
+    assert "AVATAR UP" in out.stdout, out.stdout + out.stderr
+    wait_for(lambda: kind() != "none", 60, "the controller created by the avatar")
+    assert kind() == "durable"
+    serve_cli("shutdown", "-y", "-a", DASHBOARD)
+    wait_serve_gone()
 
 
 DRIVER = """
