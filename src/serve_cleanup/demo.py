@@ -9,6 +9,7 @@ Module-level actor and deployment classes so Ray workers import them from the pa
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -17,7 +18,7 @@ import click
 import ray
 from ray import serve
 
-from serve_cleanup import _compat, client
+from serve_cleanup import _compat, _startup, client
 
 DEMO_NAMESPACE = "serve-cleanup-demo"
 SHARED_NAME = "demo-prefix-cache"
@@ -127,6 +128,19 @@ def _play(r: Round, start: Callable[[], None], durable: bool) -> None:
     r.seconds = time.monotonic() - began
 
 
+def _plain_serve_start() -> None:
+    """Ray's own serve.start(), even where `serve-cleanup enable` is on."""
+    saved = os.environ.get(_startup.ENV_ENABLE)
+    os.environ[_startup.ENV_ENABLE] = "0"
+    try:
+        serve.start()
+    finally:
+        if saved is None:
+            os.environ.pop(_startup.ENV_ENABLE)
+        else:
+            os.environ[_startup.ENV_ENABLE] = saved
+
+
 def run_demo(num_cpus: int = 2) -> int:
     started = time.monotonic()
     step = 0
@@ -141,7 +155,7 @@ def run_demo(num_cpus: int = 2) -> int:
     plain, durable = Round("plain Ray Serve"), Round("serve_cleanup")
     try:
         say("Plain Ray Serve (serve.start): deploy, kill the controller, serve.shutdown()")
-        _play(plain, serve.start, durable=False)
+        _play(plain, _plain_serve_start, durable=False)
         say("The same steps with the durable controller (serve_cleanup.start)")
         _play(durable, client.start, durable=True)
     finally:
