@@ -248,6 +248,19 @@ def serve_done_recovering(controller: Any) -> bool:
     return controller.done_recovering_event.is_set()
 
 
+def serve_shutdown_in_progress(gcs: GcsClient) -> bool:
+    """Serve's own "shutdown in progress" flag in the KV (set by ``graceful_shutdown``,
+    deleted right before the controller exits), read from outside the controller."""
+    from ray.serve._private import controller as serve_controller
+
+    key = getattr(serve_controller, "SHUTDOWN_IN_PROGRESS_KEY", None)
+    if key is None:  # a Ray without the flag
+        return False
+    full = (serve_kv_key_prefix() + key).encode()
+    found = gcs.internal_kv_multi_get([full], SERVE_INTERNAL_KV_NAMESPACE, timeout=10)
+    return full in found
+
+
 def serve_shutting_down(controller: Any) -> bool:
     return bool(getattr(controller, "_shutting_down", False))
 

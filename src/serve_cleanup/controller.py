@@ -82,6 +82,10 @@ async def _register(core: CleanupCore, actor: Any, **owner: Any) -> Record:
     )
 
 
+# Named ServeController so the actor table shows the class name plain Serve has
+# (`ray list actors --filter class_name=ServeController`, Ray's own tests, monitoring).
+# Ray takes the name from the class's __name__. Durable and plain are told apart by the
+# handle's method table (client.controller_kind).
 class ServeController(_compat.ServeController):
     async def __init__(self, **kwargs: Any) -> None:
         gcs = _compat.GcsClient(address=ray.get_runtime_context().gcs_address)
@@ -168,4 +172,5 @@ class ServeController(_compat.ServeController):
             pass  # the pass runs on the loop; Serve calls shutdown() again next tick
 
 
-DurableServeController = ServeController  # the name this class had before 0.2
+# The earlier name of this class, kept for code that imports it.
+DurableServeController = ServeController
