@@ -31,6 +31,7 @@ from serve_cleanup.client import (
     unregister_async,
 )
 from serve_cleanup.errors import (
+    ControllerRunningError,
     ControllerUnavailableError,
     DeadActorError,
     NotDurableControllerError,
@@ -53,6 +54,7 @@ except PackageNotFoundError:  # imported from a source tree that was never insta
 __all__ = [
     "SUPPORTED_RAY",
     "ControllerKind",
+    "ControllerRunningError",
     "ControllerUnavailableError",
     "DeadActorError",
     "NotDurableControllerError",

@@ -276,7 +276,7 @@ def gc(address: str, dry_run: bool, as_json: bool) -> None:
         click.echo(f"{len(found)} registration(s) would be collected (dry run).")
         return
     outcomes = [d.get("outcome") for d in found]
-    collected = sum(1 for o in outcomes if o in ("killed", "already dead"))
+    collected = sum(1 for o in outcomes if o in ("killed", "already dead", "dropped"))
     pending, skipped = outcomes.count("pending"), outcomes.count("superseded")
     click.echo(
         f"{collected} registration(s) collected, {pending} pending (retried by gc or shutdown)"
@@ -318,6 +318,11 @@ def purge(address: str, actor_ids: tuple, set_aside: bool, everything: bool, dry
     if not (actor_ids or set_aside or everything):
         raise click.UsageError("name ACTOR_IDS, --set-aside or --all.")
     _connect(address)
+    from serve_cleanup import client
+
+    kind = client.controller_kind()
+    if kind != "none" and not dry_run:
+        raise click.ClickException(str(admin.ControllerRunningError.for_kind(kind)))
     plan = admin.purge_plan(actor_ids, set_aside=set_aside, everything=everything)
     missing = {a.strip().lower() for a in actor_ids} - {p.actor_id for p in plan}
     for actor_id in sorted(missing):
@@ -328,11 +333,13 @@ def purge(address: str, actor_ids: tuple, set_aside: bool, everything: bool, dry
     click.echo(_table.render(("KEY", "WHAT"), [(p.key, p.what) for p in plan]))
     if dry_run:
         click.echo(f"{len(plan)} entr{'y' if len(plan) == 1 else 'ies'} would be deleted (dry run).")
+        if kind != "none":
+            click.echo(f"Note: {admin.ControllerRunningError.for_kind(kind)}", err=True)
         return
     if not yes:
         click.confirm(f"Delete {len(plan)} entr{'y' if len(plan) == 1 else 'ies'}? The actors are not killed.", abort=True)
     try:
-        deleted = admin.purge(plan)
+        deleted = admin.purge(plan)  # checks again: Serve may have started meanwhile
     except admin.ControllerRunningError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"Deleted {deleted} entr{'y' if deleted == 1 else 'ies'}; no actor was killed.")

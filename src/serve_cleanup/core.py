@@ -186,7 +186,7 @@ class CleanupCore:
         before it serializes the handle."""
         existing = self.registry.get(reg.actor_id)
         if (existing is not None and reg.matches(existing) and reg.actor_id in self.verified
-                and not self.locks.busy(reg.actor_id)):
+                and not self.locks.busy(reg.actor_id) and not self.closed):
             return existing
         return None
 

@@ -475,3 +475,15 @@ async def test_registrations_are_summed_up_in_the_log_not_one_info_line_each(cap
         assert "registered" not in caplog.text
         await w.ticks(core, 1)
     assert "5 new registration(s) accepted" in caplog.text and "serve=5" in caplog.text
+
+
+async def test_after_a_shutdown_give_up_even_a_repeat_is_refused():
+    w = World(Config(shutdown_grace_s=1.0))
+    core = w.core()
+    a = w.actor()
+    await core.register(a)
+    w.killer.undying.add(a.actor_id)
+    w.owners.serve_state = ServeState.SHUTTING_DOWN
+    await w.shutdown(core)  # gives up; the record stays
+    with pytest.raises(RegistrationError, match="finished shutting down"):
+        await core.register(a)
