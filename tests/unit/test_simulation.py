@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import random
+from typing import Optional
 
 import pytest
 
 from fakes import Crash, World
 from serve_cleanup.core import Config
-from serve_cleanup.errors import RegistrationError
+from serve_cleanup.errors import OwnerNotFoundError, RegistrationError
 from serve_cleanup.ports import ServeState
 
 STEPS = 60
@@ -30,10 +31,12 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("seed", range(metafunc.config.getoption("--sim-seeds")))
 
 
-async def _call(w: World, op, attempts: int = 20):
+async def _call(w: World, op, attempts: int = 20, retried: Optional[list] = None):
     """Run ``op(core)`` on the current core. A process that crashed mid-call never
     answers, whatever it was doing: the caller's call is retried on the restarted one."""
-    for _ in range(attempts):
+    for attempt in range(attempts):
+        if attempt and retried is not None:
+            retried.append(attempt)
         core = w.current
         try:
             result = await op(core)
@@ -65,11 +68,17 @@ async def test_simulation(seed):
     unregistered: dict[str, int] = {}  # last unregister that completed
     unregistered_true: dict[str, tuple[int, int]] = {}  # ... said it removed a record (and kills so far)
     died_on_its_own: set[str] = set()
+    ambiguous: set[str] = set()
     tasks = []
 
     async def register(reg, step):
+        retried: list = []
         try:
-            await _call(w, lambda core: core.register(reg))
+            await _call(w, lambda core: core.register(reg), retried=retried)
+        except OwnerNotFoundError:
+            if retried:  # see docs/architecture.md, Limits: the first attempt's record
+                ambiguous.add(reg.actor_id)  # may have been reaped with its owner
+            return
         except (RegistrationError, ValueError):
             return
         returned[reg.actor_id] = next(order)
@@ -130,7 +139,7 @@ async def test_simulation(seed):
         assert not w.table.alive(actor_id), f"seed {seed}: registered actor {actor_id} leaked"
     # I3: only actors that were registered were killed; unregistered ones were left alone.
     for actor_id in w.killer.kills:
-        assert actor_id in returned, f"seed {seed}: killed {actor_id}, never registered"
+        assert actor_id in returned or actor_id in ambiguous, f"seed {seed}: killed {actor_id}, never registered"
     for actor_id, (n, kills_before) in unregistered_true.items():
         if returned.get(actor_id, -1) < n:
             assert actor_id not in w.killer.kills[kills_before:], (
