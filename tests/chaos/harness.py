@@ -148,7 +148,7 @@ class Config:
 # the failures are further checks (see FAILURES); the others describe what happened.
 COUNTS = (
     "registrations", "failed_calls", "refused_dead", "kills", "injected", "restarts",
-    "owned_registrations", "gc_calls", "set_aside_planted", "set_aside_seen",
+    "owned_registrations", "gc_calls", "set_aside_planted", "set_aside_seen", "shutdown_retries",
 )
 FAILURES = (
     "leaked", "wrongly_killed", "records_left", "crash_loops",
@@ -173,6 +173,7 @@ class RoundResult:
     gc_calls: int = 0
     set_aside_planted: int = 0
     set_aside_seen: int = -1  # the controller's status just before shutdown (-1: no answer)
+    shutdown_retries: int = 0  # serve.shutdown() calls that did not reach the controller
     leaked: list = field(default_factory=list)
     wrongly_killed: list = field(default_factory=list)
     records_left: int = 0
@@ -197,7 +198,8 @@ class RoundResult:
             f"{self.registrations} registered ({self.owned_registrations} app-scoped), "
             f"{self.failed_calls} failed, {self.refused_dead} dead refused, {self.kills} kills "
             f"({self.injected} injected), {self.restarts} restarts, {self.gc_calls} gc, "
-            f"set aside {self.set_aside_seen}/{self.set_aside_planted}; "
+            f"set aside {self.set_aside_seen}/{self.set_aside_planted}"
+            f"{f', {self.shutdown_retries} shutdown retries' if self.shutdown_retries else ''}; "
             f"leaked {len(self.leaked)}, wrongly killed {len(self.wrongly_killed)}, "
             f"records left {self.records_left}, crash loops {self.crash_loops}"
             + "".join(f", {k} {v}" for k, v in self.failures().items() if k not in FAILURES[:4])
@@ -264,6 +266,7 @@ class Totals:
             f"app_scoped={c['owned_registrations']} refused_dead={c['refused_dead']} "
             f"gc_calls={c['gc_calls']} early_shutdowns={self.early_shutdowns} "
             f"kills_in_shutdown={self.kills_in_shutdown} set_aside_planted={c['set_aside_planted']} "
+            f"shutdown_retries={c['shutdown_retries']} "
             f"dead_accepted={c['dead_accepted']} orphans_alive={c['orphans_alive']} "
             f"stale_records={c['stale_records']} set_aside_touched={c['set_aside_touched']} "
             f"set_aside_unreported={c['set_aside_unreported']} errors={c['errors']} "
@@ -630,7 +633,7 @@ def _round(rng, plan: _Plan, cfg: Config, res: RoundResult, tag: str, ledger: An
     shutdown_started.set()
     t_shutdown = time.monotonic()
     res.phases["register"] = t_shutdown - started
-    shutdown = threading.Thread(target=serve.shutdown)
+    shutdown = threading.Thread(target=_shut_down, args=(res, cfg))
     threads.append(shutdown)
     shutdown.start()
     in_shutdown = 0
@@ -676,6 +679,26 @@ def _round(rng, plan: _Plan, cfg: Config, res: RoundResult, tag: str, ledger: An
         for line in _controller_log_lines(res.leaked + res.wrongly_killed + res.dead_accepted
                                           + res.orphans_alive + res.stale_records):
             log(f"  controller log: {line}")
+
+
+def _shut_down(res: RoundResult, cfg: Config) -> None:
+    """``serve.shutdown()``, repeated until the controller has taken it. Serve 2.60's
+    ``serve.shutdown()`` returns without doing anything ("Nothing to shut down") when the
+    cached controller does not answer ``check_alive`` within 5 s, e.g. while Ray restarts
+    it; a user would call it again, and so does the harness (``shutdown_retries``)."""
+    serve.shutdown()
+    deadline = time.monotonic() + cfg.timeout_s
+    while time.monotonic() < deadline:
+        ctrl = client.find_controller()
+        if ctrl is None:
+            return
+        try:
+            if ray.get(ctrl.serve_cleanup_status.remote(), timeout=10)["shutting_down"]:
+                return
+        except Exception:
+            continue  # restarting, or exiting: look again
+        res.shutdown_retries += 1
+        serve.shutdown()
 
 
 def _settle(cfg: Config, res: RoundResult, returned: dict[str, str], self_killed: list[str],
