@@ -219,7 +219,7 @@ class Totals:
     failed_rounds: list = field(default_factory=list)  # (round number, seed, failures)
     counts: dict = field(default_factory=lambda: {k: 0 for k in COUNTS + FAILURES})
     early_shutdowns: int = 0
-    kills_in_shutdown: int = 0
+    kills_in_shutdown: int = 0  # rounds that drew a kill during shutdown
     leaked: list = field(default_factory=list)
     wrongly_killed: list = field(default_factory=list)
 
