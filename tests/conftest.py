@@ -21,13 +21,28 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--chaos-seed", type=int, default=20261127, help="seed of the chaos harness")
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    ignored = f"; RAY_ADDRESS={os.environ['RAY_ADDRESS']!r} is ignored" if os.environ.get("RAY_ADDRESS") else ""
+    return (
+        f"ray {ray.__version__}: the Ray tests start their own local cluster "
+        f"(ray.init(address='local')){ignored}, and shut Serve and it down at the end"
+    )
+
+
 def start_local_ray() -> None:
-    """The local test cluster: 2 CPUs, no dashboard (the facts note's setup)."""
+    """The local test cluster: 2 CPUs, no dashboard (the facts note's setup).
+
+    ``address="local"`` always starts a new cluster, also where ``RAY_ADDRESS`` names
+    another one (KubeRay pods set it): the tests never touch a cluster they did not start.
+    """
     # Replicas unpickle deployment classes defined in test modules by reference; the
     # raylet (and so every worker) inherits this path from the driver.
     paths = [os.path.join(_HERE, d) for d in ("integration", "chaos")]
     os.environ["PYTHONPATH"] = os.pathsep.join(paths + [p for p in [os.environ.get("PYTHONPATH")] if p])
-    ray.init(num_cpus=2, include_dashboard=False, namespace=TEST_NAMESPACE, log_to_driver=False)
+    ray.init(
+        address="local", num_cpus=2, include_dashboard=False, namespace=TEST_NAMESPACE,
+        log_to_driver=False,
+    )
 
 
 def stop_ray() -> None:

@@ -3,6 +3,41 @@
 A Ray upgrade should be one diff to this module plus a run of the test suite. Nothing
 else in the package imports from ``ray._private``, ``ray._raylet``, ``ray.core`` or
 ``ray.serve._private``.
+
+Supported: ``ray[serve]>=2.54.0,<2.61`` (2.54.0 is the first release with Serve's
+``_register_shutdown_cleanup_actor``). What differs between those releases, read from
+the published wheels (2.54.0, 2.55.0, 2.56.0, 2.57.0, 2.60.0) and used below:
+
+========================================  =======  =========================================
+difference                                since    what this module does about it
+========================================  =======  =========================================
+controller-managed deployment actors      2.55     their name prefix is a Serve system-actor
+(``SERVE_DEPLOYMENT_ACTOR_PREFIX``)                prefix only where it exists
+``default_impl.get_controller_impl(        2.56     called without arguments before 2.56
+controller_options=)``; ``serve.start(              (Serve then ignores ``controller_options``)
+controller_options=)``
+``SHUTDOWN_IN_PROGRESS_KEY``: a restarted  2.56     before 2.56 the durable controller keeps
+controller resumes an interrupted                  its own flag (``persist_shutdown_flag``,
+``serve.shutdown()``                               ``resume_interrupted_shutdown``)
+``DeploymentStateManager.get_deployment_  2.56     ``get_deployment_infos()`` before 2.56
+ids()``
+``serve/_private/controller.py`` imports  2.57     nothing (Serve needs ``jinja2``, which
+``jinja2`` (via ``haproxy.py``)                    ``ray[serve]`` declares only from 2.60)
+========================================  =======  =========================================
+
+Unchanged across the range: the four ``ServeController`` methods and attributes the
+durable controller overrides or reads (``shutdown``, ``graceful_shutdown``,
+``_register_shutdown_cleanup_actor``, ``_kill_registered_cleanup_actors``,
+``done_recovering_event``, ``_shutting_down``, ``kv_store``), the ``GcsClient`` methods
+(``async_get_all_actor_info``, ``[async_]internal_kv_*``, same signatures),
+``ActorHandle._serialization_helper``/``_deserialization_helper``, the
+``core_worker_pb2.ActorHandle`` fields read here (``name``, ``ray_namespace``; 2.57 adds
+``actor_generator_backpressure_num_objects``), Serve's constants and KV key layout.
+
+Serve's controller module (``ray.serve._private.controller``, ``api``, ``default_impl``)
+is imported only when something needs it (the durable controller, ``start``): replicas
+and routers that only register do not pay for it. ``ServeController`` and
+``get_controller_impl`` are lazy attributes of this module.
 """
 
 from __future__ import annotations
@@ -18,14 +53,26 @@ from packaging.version import Version
 from serve_cleanup.errors import UnsupportedRayVersionError
 from serve_cleanup.ports import ActorInfo
 
-SUPPORTED_RAY = ">=2.60.0,<2.61"
-_MIN, _MAX = Version("2.60.0"), Version("2.61")
+SUPPORTED_RAY = ">=2.54.0,<2.61"
+_OLDEST, _NEWEST = (2, 54), (2, 60)  # minor releases, both included
+
+
+def _minor(version: str) -> tuple[int, int]:
+    release = Version(version).release
+    return (release[0], release[1] if len(release) > 1 else 0)
 
 
 def check_ray_version(version: str = ray.__version__) -> None:
-    """Fail with a clear message on a Ray we have not tested against."""
-    v = Version(version)
-    if not (_MIN <= v < _MAX):
+    """Fail with a clear message on a Ray we have not tested against.
+
+    Compared by minor release, so a pre-release of an unsupported minor (``2.61.0rc1``,
+    nightly ``3.0.0.dev0``) is refused too.
+    """
+    try:
+        minor = _minor(version)
+    except Exception:
+        minor = (0, 0)
+    if not (_OLDEST <= minor <= _NEWEST):
         raise UnsupportedRayVersionError(
             f"serve_cleanup supports ray[serve]{SUPPORTED_RAY}, but ray {version} is "
             f"installed. It subclasses Serve's controller, so other versions are not "
@@ -35,36 +82,53 @@ def check_ray_version(version: str = ray.__version__) -> None:
 
 check_ray_version()
 
+RAY_MINOR = _minor(ray.__version__)
+# Version-keyed facts (see the table in the module docstring).
+HAS_DEPLOYMENT_ACTORS = RAY_MINOR >= (2, 55)
+HAS_CONTROLLER_OPTIONS = RAY_MINOR >= (2, 56)
+SERVE_RESUMES_SHUTDOWN = RAY_MINOR >= (2, 56)
+HAS_GET_DEPLOYMENT_IDS = RAY_MINOR >= (2, 56)
+
 # These imports happen after the version check on purpose: on another Ray they may
-# fail with an unhelpful ImportError.
+# fail with an unhelpful ImportError. None of them loads Serve's controller module.
 from ray._raylet import GcsClient  # noqa: E402
 from ray.actor import ActorHandle  # noqa: E402
 from ray.core.generated import core_worker_pb2, gcs_pb2  # noqa: E402
-from ray.serve._private import api as _serve_private_api  # noqa: E402
+from ray.serve._private import constants as _serve_constants  # noqa: E402
 from ray.serve._private.common import REPLICA_ID_FULL_ID_STR_PREFIX  # noqa: E402
 from ray.serve._private.constants import (  # noqa: E402
     SERVE_CONTROLLER_NAME,
-    SERVE_DEPLOYMENT_ACTOR_PREFIX,
     SERVE_LOGGER_NAME,
     SERVE_NAMESPACE,
     SERVE_PROXY_NAME,
 )
-from ray.serve._private.controller import ServeController  # noqa: E402, F401 (re-export)
-from ray.serve._private.default_impl import get_controller_impl  # noqa: E402
 from ray.serve._private.storage.kv_store import (  # noqa: E402
     SERVE_INTERNAL_KV_NAMESPACE,  # noqa: F401 (re-export)
     get_storage_key,
 )
 
+
+def __getattr__(name: str) -> Any:
+    """``ServeController`` and ``get_controller_impl``, imported on first use (PEP 562)."""
+    if name == "ServeController":
+        from ray.serve._private.controller import ServeController
+
+        return ServeController
+    if name == "get_controller_impl":
+        from ray.serve._private.default_impl import get_controller_impl
+
+        return get_controller_impl
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # Serve's controller logger: records logged here land in the controller log users read.
 controller_logger = logging.getLogger(SERVE_LOGGER_NAME)
 
-_SYSTEM_NAME_PREFIXES = (
+_SYSTEM_NAME_PREFIXES: tuple[str, ...] = (
     SERVE_CONTROLLER_NAME,
     SERVE_PROXY_NAME,
     REPLICA_ID_FULL_ID_STR_PREFIX,
-    SERVE_DEPLOYMENT_ACTOR_PREFIX,
-)
+) + ((_serve_constants.SERVE_DEPLOYMENT_ACTOR_PREFIX,) if HAS_DEPLOYMENT_ACTORS else ())
 
 
 def is_serve_system_actor(name: str, namespace: str) -> bool:
@@ -174,9 +238,9 @@ def live_owners(controller: Any, apps: set[str]) -> tuple[set[str], set[tuple[st
     """
     asm = controller.application_state_manager
     live_apps = {a for a in apps if asm.does_app_exist(a)}
-    live_deployments = {
-        (d.app_name, d.name) for d in controller.deployment_state_manager.get_deployment_ids()
-    }
+    dsm = controller.deployment_state_manager
+    ids = dsm.get_deployment_ids() if HAS_GET_DEPLOYMENT_IDS else dsm.get_deployment_infos()
+    live_deployments = {(d.app_name, d.name) for d in ids}
     return live_apps, live_deployments
 
 
@@ -184,8 +248,84 @@ def serve_done_recovering(controller: Any) -> bool:
     return controller.done_recovering_event.is_set()
 
 
+def serve_shutdown_in_progress(gcs: GcsClient) -> bool:
+    """Serve's own "shutdown in progress" flag in the KV (set by ``graceful_shutdown``,
+    deleted right before the controller exits), read from outside the controller."""
+    from ray.serve._private import controller as serve_controller
+
+    key = getattr(serve_controller, "SHUTDOWN_IN_PROGRESS_KEY", None)
+    if key is None:  # a Ray without the flag
+        return False
+    full = (serve_kv_key_prefix() + key).encode()
+    found = gcs.internal_kv_multi_get([full], SERVE_INTERNAL_KV_NAMESPACE, timeout=10)
+    return full in found
+
+
 def serve_shutting_down(controller: Any) -> bool:
     return bool(getattr(controller, "_shutting_down", False))
+
+
+# --- resuming an interrupted serve.shutdown() before Ray 2.56 ---------------------------
+#
+# From 2.56 Serve persists SHUTDOWN_IN_PROGRESS_KEY when a shutdown starts, and a
+# restarted controller resumes the shutdown. Before 2.56 it does not: a controller that
+# crashed mid-shutdown comes back as a running Serve (with its checkpoints already
+# deleted), and only a retry of the caller's in-flight ``graceful_shutdown`` call (the
+# controller runs with max_task_retries=-1) starts the shutdown again. A caller that is
+# gone, or a ``graceful_shutdown(wait=False)``, leaves Serve running and the registered
+# actors alive. On those releases the durable controller keeps its own flag: written on
+# the first shutdown tick (before Serve deletes any checkpoint), read at the end of
+# ``__init__``. Its value is the controller's actor id, so only a restart of the same
+# actor resumes; a flag a dead controller left behind is deleted by the next one.
+
+SHUTDOWN_FLAG_KEY = "serve-cleanup-shutdown-in-progress"
+
+
+def persist_shutdown_flag(controller: Any) -> None:
+    """Call at the top of ``shutdown()``, on every tick. A no-op from Ray 2.56 and
+    while Serve is not shutting down. Never raises (retried on the next tick)."""
+    if SERVE_RESUMES_SHUTDOWN or not serve_shutting_down(controller):
+        return
+    if getattr(controller, "_sc_shutdown_flag_written", False):
+        return
+    try:
+        own_id = ray.get_runtime_context().get_actor_id()
+        controller.kv_store.put(SHUTDOWN_FLAG_KEY, own_id.encode())
+        controller._sc_shutdown_flag_written = True
+    except Exception as e:
+        controller_logger.warning(
+            f"serve_cleanup: could not persist the shutdown flag ({e!r}); retrying on the "
+            "next control-loop tick."
+        )
+
+
+def resume_interrupted_shutdown(controller: Any) -> bool:
+    """Call at the end of ``__init__`` (after Serve's own, before the first control-loop
+    tick). Before Ray 2.56: if this controller actor was shutting down when it crashed,
+    shut down again; True if so. A no-op from 2.56 (Serve does it). Never raises."""
+    if SERVE_RESUMES_SHUTDOWN:
+        return False
+    try:
+        own_id = ray.get_runtime_context().get_actor_id()
+        flag = controller.kv_store.get(SHUTDOWN_FLAG_KEY)
+        if flag is None:
+            return False
+        if flag.decode(errors="replace") != own_id:
+            controller.kv_store.delete(SHUTDOWN_FLAG_KEY)  # left by an earlier controller
+            return False
+    except Exception as e:
+        controller_logger.error(
+            f"serve_cleanup: could not read the shutdown flag ({e!r}); if this controller "
+            "was restarted in the middle of serve.shutdown(), call serve.shutdown() again."
+        )
+        return False
+    controller._shutting_down = True
+    controller._sc_shutdown_flag_written = True
+    controller_logger.warning(
+        "serve_cleanup: this controller was restarted in the middle of serve.shutdown(); "
+        f"resuming the shutdown (Ray {ray.__version__} does not do it by itself before 2.56)."
+    )
+    return True
 
 
 def replica_owner() -> Optional[tuple[str, str]]:
@@ -209,7 +349,12 @@ def make_controller_actor_class(cls: type, controller_options: Any = None) -> An
     The options come from ``get_controller_impl()``, so name, namespace, restart policy,
     head-node resource and concurrency stay exactly what this Ray version uses.
     """
-    upstream = get_controller_impl(controller_options=controller_options)
+    from ray.serve._private.default_impl import get_controller_impl
+
+    if HAS_CONTROLLER_OPTIONS:
+        upstream = get_controller_impl(controller_options=controller_options)
+    else:  # before 2.56: no argument (and Serve has no controller_options to pass)
+        upstream = get_controller_impl()
     return ray.remote(**upstream._default_options)(cls)
 
 
@@ -225,6 +370,8 @@ def durable_controller_factory(cls: type) -> Iterator[None]:
     validation, proxy readiness, the global client) runs unchanged. The controller
     process itself is never patched.
     """
+    from ray.serve._private import api as _serve_private_api
+
     with _factory_lock:
         original = _serve_private_api.get_controller_impl
 

@@ -49,11 +49,7 @@ def purge(plan: list[PurgeItem], controller_kind: Optional[str] = None) -> int:
 
     kind = controller_kind or client.controller_kind()
     if kind != "none":
-        raise ControllerRunningError(
-            f"a {kind} Serve controller is running; purge edits the KV only while Serve is "
-            "down. With the durable controller use `serve-cleanup unregister <actor id>` or "
-            "`serve-cleanup gc`; or run `serve shutdown` first."
-        )
+        raise ControllerRunningError.for_kind(kind)
     gcs = _compat.driver_gcs_client()
     prefix = _compat.serve_kv_key_prefix().encode()
     deleted = 0

@@ -37,7 +37,7 @@ def cli() -> None:
     pass
 
 
-@cli.command(help="Start Serve on the Ray cluster with the durable controller.")
+@cli.command(help="Start Serve on the Ray cluster with the durable controller (options as `serve start`).")
 @_address_option
 @click.option("--http-host", default=None, help="Host for HTTP proxies to listen on. Defaults to localhost.")
 @click.option("--http-port", default=None, type=int, help="Port for HTTP proxies to listen on. Defaults to 8000.")
@@ -46,36 +46,106 @@ def cli() -> None:
     help="Location of the proxies. Defaults to EveryNode.",
 )
 @click.option("--grpc-port", default=None, type=int, help="Port for gRPC proxies to listen on. Defaults to 9000.")
+@click.option(
+    "--grpc-servicer-functions", multiple=True,
+    help="Servicer function for adding the method handler to the gRPC server (repeatable). "
+    "Defaults to an empty list and no gRPC server is started.",
+)
+@click.option(
+    "--grpc-enable-reflection/--grpc-disable-reflection", default=None,
+    help="Enable the gRPC server reflection protocol on the gRPC server. Defaults to enabled.",
+)
 def start(
     address: str,
     http_host: Optional[str],
     http_port: Optional[int],
     proxy_location: Optional[str],
     grpc_port: Optional[int],
+    grpc_servicer_functions: tuple[str, ...],
+    grpc_enable_reflection: Optional[bool],
 ) -> None:
+    import warnings
+
     from serve_cleanup import client
     from serve_cleanup.errors import ServeCleanupError
 
     _connect(address)
-    kind = client.controller_kind()
     http = {k: v for k, v in {"host": http_host, "port": http_port}.items() if v is not None}
-    kwargs: dict = {}
-    if http:
-        kwargs["http_options"] = http
-    if proxy_location:
-        kwargs["proxy_location"] = proxy_location
-    if grpc_port is not None:
-        kwargs["grpc_options"] = {"port": grpc_port}
-    try:
-        client.start(**kwargs)
-    except ServeCleanupError as e:
-        raise click.ClickException(str(e)) from None
-    if kind == "durable":
+    grpc = {
+        k: v
+        for k, v in {
+            "port": grpc_port,
+            "grpc_servicer_functions": list(grpc_servicer_functions) or None,
+            "enable_reflection": grpc_enable_reflection,
+        }.items()
+        if v is not None
+    }
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            outcome = client.start_durable(
+                say=click.echo,
+                http_options=http or None,
+                grpc_options=grpc or None,
+                proxy_location=proxy_location,
+            )
+        except ServeCleanupError as e:
+            raise click.ClickException(str(e)) from None
+    for w in caught:
+        if str(w.message).startswith("serve_cleanup"):
+            click.echo(f"Warning: {w.message}", err=True)
+    if outcome == "already running":
         click.echo("Serve is already running with the durable controller; nothing to do.")
     else:
         click.echo("Started Serve with the durable controller.")
 
 
+@cli.command(help="Make every Serve controller this Python environment creates the durable one.")
+@click.option(
+    "--site-dir", default=None, type=click.Path(file_okay=False),
+    help="Directory to install the start-up hook in. Defaults to this environment's site-packages.",
+)
+def enable(site_dir: Optional[str]) -> None:
+    from serve_cleanup import _startup
+
+    path = _startup.pth_path(site_dir)
+    state = _startup.pth_state(site_dir)
+    if state == "foreign":
+        raise click.ClickException(f"{path} exists but was not written by serve-cleanup; remove it first.")
+    if not _startup.write_pth(site_dir):
+        click.echo(f"Already enabled: {path} is in place; nothing changed.")
+        return
+    click.echo(f"Enabled: wrote {path}.")
+    click.echo(
+        f"Every Serve controller created by {sys.executable} (and any Python of this "
+        "environment) is now the durable one: serve.start/serve.run, `serve run`/`serve start`, "
+        "`serve deploy` and KubeRay (the dashboard), Java's start path, and after every shutdown."
+    )
+    click.echo(
+        "Processes already running are not affected: start Ray after this (`ray stop`, then "
+        "`ray start --head ...`) so the dashboard picks it up."
+    )
+
+
+@cli.command(help="Undo `enable`: Serve controllers created from now on are Ray's own.")
+@click.option(
+    "--site-dir", default=None, type=click.Path(file_okay=False),
+    help="Directory the start-up hook was installed in. Defaults to this environment's site-packages.",
+)
+def disable(site_dir: Optional[str]) -> None:
+    from serve_cleanup import _startup
+
+    path = _startup.pth_path(site_dir)
+    if _startup.pth_state(site_dir) == "foreign":
+        raise click.ClickException(f"{path} was not written by serve-cleanup; left alone.")
+    if not _startup.remove_pth(site_dir):
+        click.echo(f"Already disabled: {path} does not exist; nothing changed.")
+        return
+    click.echo(f"Disabled: removed {path}.")
+    click.echo(
+        "A durable controller that runs keeps running (and Ray restarts it as one) until "
+        "Serve shuts down; restart Ray so running processes (the dashboard) drop the hook."
+    )
 
 
 @cli.command(name="list", help="List durable registrations (read from the GCS KV; works while the controller is down).")
@@ -114,6 +184,15 @@ def status(address: str, as_json: bool) -> None:
     from serve_cleanup import _table, client
     from serve_cleanup.errors import ServeCleanupError
 
+    from serve_cleanup import _startup
+
+    switch = {
+        "pth": _startup.pth_path(),
+        "installed": _startup.pth_state() == "on",
+        "env_off": not _startup.enabled_by_env(),
+        "strict": _startup.strict(),
+    }
+    switch["on"] = switch["installed"] and not switch["env_off"]
     _connect(address)
     kind = client.controller_kind()
     records, set_aside = client.read_kv()
@@ -127,6 +206,7 @@ def status(address: str, as_json: bool) -> None:
         except ServeCleanupError as e:
             controller = {"error": str(e)}
     out = {
+        "switch": switch,
         "controller": kind,
         "records": len(records),
         "records_by_scope": by_scope,
@@ -137,6 +217,13 @@ def status(address: str, as_json: bool) -> None:
         click.echo(json.dumps(out, indent=2))
         return
     names = {"durable": "durable (serve_cleanup)", "plain": "plain Ray Serve (registrations are NOT durable)", "none": "not running"}
+    if switch["on"]:
+        on = f"on ({switch['pth']}" + (", strict" if switch["strict"] else "") + ")"
+    elif switch["installed"]:
+        on = f"off in this shell: {_startup.ENV_ENABLE}=0 ({switch['pth']} is installed)"
+    else:
+        on = "off (run `serve-cleanup enable` to make every new controller durable)"
+    click.echo(f"switch:          {on}")
     click.echo(f"controller:      {names[kind]}")
     scopes = ", ".join(f"{k}={v}" for k, v in sorted(by_scope.items())) or "-"
     click.echo(f"records:         {len(records)} ({scopes})")
@@ -194,7 +281,7 @@ def gc(address: str, dry_run: bool, as_json: bool) -> None:
         click.echo(f"{len(found)} registration(s) would be collected (dry run).")
         return
     outcomes = [d.get("outcome") for d in found]
-    collected = sum(1 for o in outcomes if o in ("killed", "already dead"))
+    collected = sum(1 for o in outcomes if o in ("killed", "already dead", "dropped"))
     pending, skipped = outcomes.count("pending"), outcomes.count("superseded")
     click.echo(
         f"{collected} registration(s) collected, {pending} pending (retried by gc or shutdown)"
@@ -236,6 +323,11 @@ def purge(address: str, actor_ids: tuple, set_aside: bool, everything: bool, dry
     if not (actor_ids or set_aside or everything):
         raise click.UsageError("name ACTOR_IDS, --set-aside or --all.")
     _connect(address)
+    from serve_cleanup import client
+
+    kind = client.controller_kind()
+    if kind != "none" and not dry_run:
+        raise click.ClickException(str(admin.ControllerRunningError.for_kind(kind)))
     plan = admin.purge_plan(actor_ids, set_aside=set_aside, everything=everything)
     missing = {a.strip().lower() for a in actor_ids} - {p.actor_id for p in plan}
     for actor_id in sorted(missing):
@@ -246,11 +338,13 @@ def purge(address: str, actor_ids: tuple, set_aside: bool, everything: bool, dry
     click.echo(_table.render(("KEY", "WHAT"), [(p.key, p.what) for p in plan]))
     if dry_run:
         click.echo(f"{len(plan)} entr{'y' if len(plan) == 1 else 'ies'} would be deleted (dry run).")
+        if kind != "none":
+            click.echo(f"Note: {admin.ControllerRunningError.for_kind(kind)}", err=True)
         return
     if not yes:
         click.confirm(f"Delete {len(plan)} entr{'y' if len(plan) == 1 else 'ies'}? The actors are not killed.", abort=True)
     try:
-        deleted = admin.purge(plan)
+        deleted = admin.purge(plan)  # checks again: Serve may have started meanwhile
     except admin.ControllerRunningError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"Deleted {deleted} entr{'y' if deleted == 1 else 'ies'}; no actor was killed.")

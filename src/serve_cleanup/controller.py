@@ -82,6 +82,10 @@ async def _register(core: CleanupCore, actor: Any, **owner: Any) -> Record:
     )
 
 
+# Named ServeController so the actor table shows the class name plain Serve has
+# (`ray list actors --filter class_name=ServeController`, Ray's own tests, monitoring).
+# Ray takes the name from the class's __name__. Durable and plain are told apart by the
+# handle's method table (client.controller_kind).
 class ServeController(_compat.ServeController):
     async def __init__(self, **kwargs: Any) -> None:
         gcs = _compat.GcsClient(address=ray.get_runtime_context().gcs_address)
@@ -100,6 +104,7 @@ class ServeController(_compat.ServeController):
         )
         self._sc_core.load()  # never raises; before Serve's control loop starts
         await super().__init__(**kwargs)  # configures the controller logger
+        _compat.resume_interrupted_shutdown(self)  # Ray < 2.56 only; see _compat
         self._sc_reconcile_task = asyncio.get_running_loop().create_task(self._sc_core.run())
         logger.info(
             f"serve_cleanup: durable controller started with {len(self._sc_core.registry)} "
@@ -160,10 +165,12 @@ class ServeController(_compat.ServeController):
         super()._kill_registered_cleanup_actors()  # any kept in memory (GCS was down)
 
     def shutdown(self) -> None:
+        _compat.persist_shutdown_flag(self)  # Ray < 2.56 only; see _compat
         try:
             super().shutdown()
         except _CleanupPending:
             pass  # the pass runs on the loop; Serve calls shutdown() again next tick
 
 
-DurableServeController = ServeController  # the name this class had before 0.2
+# The earlier name of this class, kept for code that imports it.
+DurableServeController = ServeController

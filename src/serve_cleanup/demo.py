@@ -1,25 +1,30 @@
-"""``serve-cleanup demo``: the controller-restart leak, fixed, on a local embedded Ray.
+"""``serve-cleanup demo``: the controller-restart leak on plain Serve, then the same steps
+with the durable controller, side by side, on a local embedded Ray.
 
-Module-level actor and deployment classes so Ray workers import them from the
-installed package.
+Each replica registers helper actors through the upstream method
+``controller._register_shutdown_cleanup_actor`` (what Ray's own
+``PrefixCacheAffinityRouter`` does), so both rounds run identical application code.
+Module-level actor and deployment classes so Ray workers import them from the package.
 """
 
 from __future__ import annotations
 
+import os
 import time
-from typing import Callable, Optional
+from dataclasses import dataclass, field
+from typing import Callable
 
 import click
 import ray
 from ray import serve
 
-from serve_cleanup import _table, client
+from serve_cleanup import _compat, _startup, client
 
-CACHE_NAME = "demo-prefix-cache"
 DEMO_NAMESPACE = "serve-cleanup-demo"
+SHARED_NAME = "demo-prefix-cache"
 BYSTANDER_NAME = "demo-bystander"
 APP_NAME = "demo"
-STEPS = 7
+STEPS = 4
 
 
 @ray.remote(num_cpus=0)
@@ -33,36 +38,107 @@ class AuxActor:
 @serve.deployment(num_replicas=2, ray_actor_options={"num_cpus": 0})
 class DemoRouter:
     def __init__(self) -> None:
-        # Shared by every replica (get_if_exists): both register it, one record is kept.
-        cache = AuxActor.options(
-            name=CACHE_NAME, namespace=DEMO_NAMESPACE, lifetime="detached", get_if_exists=True
-        ).remote()
-        client.register(cache)
-        # One anonymous detached actor per replica, reached later through its handle.
-        self._stats = AuxActor.options(lifetime="detached").remote()
-        client.register(self._stats)
+        controller = ray.get_actor(_compat.SERVE_CONTROLLER_NAME, namespace=_compat.SERVE_NAMESPACE)
+        replica = serve.get_replica_context().replica_id.unique_id
+        # One helper shared by both replicas (get_if_exists) and one of each replica's own.
+        for name in (SHARED_NAME, f"demo-stats-{replica}"):
+            helper = AuxActor.options(
+                name=name, namespace=DEMO_NAMESPACE, lifetime="detached", get_if_exists=True
+            ).remote()
+            ray.get(controller._register_shutdown_cleanup_actor.remote(helper))
 
     def __call__(self) -> str:
         return "ok"
 
 
-def _wait(what: str, check: Callable[[], bool], timeout_s: float) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
-        if check():
-            return time.monotonic() - started
+@dataclass
+class Round:
+    title: str
+    helpers: int = 0
+    restarts: int = 0
+    records_after_restart: str = "-"
+    alive_after_shutdown: list[str] = field(default_factory=list)
+    bystander: str = "?"
+    seconds: float = 0.0
+
+
+def _wait(what: str, check: Callable[[], object], timeout_s: float = 60) -> object:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+        except Exception:
+            value = None
+        if value:
+            return value
         time.sleep(0.1)
     raise click.ClickException(f"timed out after {timeout_s:.0f}s waiting for {what}")
 
 
-def _state(actor_id: str) -> str:
-    return client.actor_states([actor_id])[actor_id]
+def _helpers() -> dict[str, str]:
+    """Name -> actor id of the demo's helper actors that are alive."""
+    found = {}
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        if entry["namespace"] == DEMO_NAMESPACE and entry["name"] != BYSTANDER_NAME:
+            found[entry["name"]] = ray.get_actor(entry["name"], namespace=DEMO_NAMESPACE)._actor_id.hex()
+    return found
 
 
-def _registration_table(records: list) -> str:
-    """The same table `serve-cleanup list` prints."""
-    states = client.actor_states([r.actor_id for r in records])
-    return _table.records_table([r.to_dict() for r in records], states)
+def _controller_restarts() -> tuple[int, bool]:
+    """(times Ray restarted the controller, whether it is ALIVE and answering)."""
+    controller = client.find_controller()
+    info = _compat.lookup_actor_sync(_compat.driver_gcs_client(), _compat.actor_id_hex(controller), 5.0)
+    alive = info is not None and info.state == "ALIVE" and ray.get(controller.check_alive.remote(), timeout=5) is None
+    return (info.num_restarts if info else 0), alive
+
+
+def _play(r: Round, start: Callable[[], None], durable: bool) -> None:
+    began = time.monotonic()
+    bystander = AuxActor.options(name=BYSTANDER_NAME, namespace=DEMO_NAMESPACE, lifetime="detached").remote()
+    ray.get(bystander.ping.remote())
+    start()
+    serve.run(DemoRouter.bind(), name=APP_NAME, route_prefix=None)
+    helpers = _wait("the replicas' helpers", lambda: (h := _helpers()) and len(h) == 3 and h)
+    r.helpers = len(helpers)
+    click.echo(f"      kind: {client.controller_kind()}; {r.helpers} helper actors registered by the replicas")
+
+    old, _ = _controller_restarts()
+    ray.kill(client.find_controller(), no_restart=False)
+    _wait("the restarted controller", lambda: _controller_restarts() == (old + 1, True))
+    r.restarts = old + 1
+    if durable:
+        r.records_after_restart = f"{len(client.list_registrations())} (GCS KV)"
+    else:
+        r.records_after_restart = "0 (kept in memory, lost)"
+    click.echo("      controller killed (ray.kill(controller, no_restart=False)); Ray restarted it")
+
+    serve.shutdown()
+    states = client.actor_states(list(helpers.values()))
+    if durable:  # kills are asynchronous: give them a moment, bounded
+        _wait("the helpers to die", lambda: all(s == "DEAD" for s in client.actor_states(list(helpers.values())).values()), 30)
+        states = client.actor_states(list(helpers.values()))
+    r.alive_after_shutdown = [n for n, i in helpers.items() if states[i] != "DEAD"]
+    r.bystander = client.actor_states([bystander._actor_id.hex()])[bystander._actor_id.hex()]
+    click.echo(f"      serve.shutdown(): {len(r.alive_after_shutdown)} of {r.helpers} helpers still alive")
+    for name in list(_helpers()) + [BYSTANDER_NAME]:  # the demo cleans up after itself
+        try:
+            ray.kill(ray.get_actor(name, namespace=DEMO_NAMESPACE), no_restart=True)
+        except ValueError:
+            pass
+    r.seconds = time.monotonic() - began
+
+
+def _plain_serve_start() -> None:
+    """Ray's own serve.start(), even where `serve-cleanup enable` is on."""
+    saved = os.environ.get(_startup.ENV_ENABLE)
+    os.environ[_startup.ENV_ENABLE] = "0"
+    try:
+        serve.start()
+    finally:
+        if saved is None:
+            os.environ.pop(_startup.ENV_ENABLE)
+        else:
+            os.environ[_startup.ENV_ENABLE] = saved
 
 
 def run_demo(num_cpus: int = 2) -> int:
@@ -74,10 +150,17 @@ def run_demo(num_cpus: int = 2) -> int:
         step += 1
         click.secho(f"[{step}/{STEPS}] {msg}", bold=True)
 
-    say("Starting a local Ray cluster (embedded, no dashboard)...")
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    # address="local" starts a new cluster even where RAY_ADDRESS names another one
+    # (KubeRay pods set it): the demo never touches a cluster it did not start.
+    ignored = f"; RAY_ADDRESS={os.environ['RAY_ADDRESS']} is ignored" if os.environ.get("RAY_ADDRESS") else ""
+    say(f"Starting a new local Ray cluster of its own (embedded, no dashboard{ignored})...")
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    plain, durable = Round("plain Ray Serve"), Round("serve_cleanup")
     try:
-        return _run(say, started)
+        say("Plain Ray Serve (serve.start): deploy, kill the controller, serve.shutdown()")
+        _play(plain, _plain_serve_start, durable=False)
+        say("The same steps with the durable controller (serve_cleanup.start)")
+        _play(durable, client.start, durable=True)
     finally:
         try:
             serve.shutdown()
@@ -85,70 +168,36 @@ def run_demo(num_cpus: int = 2) -> int:
             pass
         ray.shutdown()
 
-
-def _run(say: Callable[[str], None], started: float) -> int:
-    say("Starting Serve with the durable controller (serve_cleanup.start)...")
-    client.start()
-    click.echo(f"      controller kind: {client.controller_kind()}")
-
-    bystander = AuxActor.options(name=BYSTANDER_NAME, namespace=DEMO_NAMESPACE, lifetime="detached").remote()
-    ray.get(bystander.ping.remote())
-
-    say(f"Deploying app {APP_NAME!r}: 2 replicas, each registers a shared named cache and its own anonymous actor...")
-    serve.run(DemoRouter.bind(), name=APP_NAME, route_prefix=None)
-    before = client.list_registrations()
-    click.echo(_registration_table(before))
-    click.echo(f"      plus an unregistered bystander actor {DEMO_NAMESPACE}/{BYSTANDER_NAME}")
-
-    say("Killing the Serve controller (ray.kill(controller, no_restart=False))...")
-    controller = client.find_controller()
-    assert controller is not None
-    old_pid = ray.get(controller.serve_cleanup_status.remote())["pid"]
-    ray.kill(controller, no_restart=False)
-    restarted: dict[str, Optional[dict]] = {"status": None}
-
-    def answered_from_new_process() -> bool:
-        try:
-            status = ray.get(controller.serve_cleanup_status.remote(), timeout=5)
-        except Exception:
-            return False
-        restarted["status"] = status
-        return status["pid"] != old_pid
-
-    took = _wait("the restarted controller", answered_from_new_process, 60)
-    status = restarted["status"] or {}
-    click.echo(
-        f"      Ray restarted the controller in {took:.1f}s (pid {old_pid} -> {status.get('pid')}); "
-        f"it rehydrated {status.get('records')} registration(s) in {status.get('rehydrate_ms')} ms"
+    say("Side by side:")
+    rows = [
+        ("", plain.title, durable.title),
+        ("helper actors registered", str(plain.helpers), str(durable.helpers)),
+        ("controller restarts", str(plain.restarts), str(durable.restarts)),
+        ("registrations after restart", plain.records_after_restart, durable.records_after_restart),
+        ("helpers alive after shutdown", _leak(plain), _leak(durable)),
+        ("unregistered bystander", plain.bystander, durable.bystander),
+        ("wall time", f"{plain.seconds:.1f}s", f"{durable.seconds:.1f}s"),
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        click.echo("      " + "   ".join(c.ljust(w) for c, w in zip(r, widths)))
+    ok = (
+        plain.alive_after_shutdown  # the leak this package exists for is reproduced
+        and not durable.alive_after_shutdown
+        and durable.helpers == 3
+        and durable.bystander == "ALIVE"
     )
-
-    say("Registrations after the restart, as `serve-cleanup list` shows them (read from the GCS KV):")
-    after = client.list_registrations()
-    click.echo(_registration_table(after))
-    if {r.actor_id for r in after} != {r.actor_id for r in before}:
-        click.secho("FAIL: registrations were lost in the restart", fg="red")
-        return 1
-
-    say("serve.shutdown() ...")
-    t = time.monotonic()
-    serve.shutdown()
-    click.echo(f"      Serve shut down in {time.monotonic() - t:.1f}s")
-
-    say("Checking what is left:")
-    _wait("registered actors to die", lambda: all(_state(r.actor_id) == "DEAD" for r in after), 30)
-    click.echo(_registration_table(after))
-    bystander_state = _state(bystander._actor_id.hex())
-    click.echo(f"      bystander {DEMO_NAMESPACE}/{BYSTANDER_NAME}: {bystander_state}")
-    leaked = [r for r in after if _state(r.actor_id) != "DEAD"]
-    left = client.list_registrations()
-    ok = not leaked and bystander_state == "ALIVE" and not left
-    ray.kill(bystander)
-    verdict = "OK" if ok else "FAIL"
     click.secho(
-        f"{verdict}: {len(after)} registered actor(s), {len(leaked)} leaked, "
-        f"{0 if bystander_state == 'ALIVE' else 1} bystander(s) killed, {len(left)} record(s) "
-        f"left; demo took {time.monotonic() - started:.0f}s.",
+        (f"OK: plain Serve leaked {len(plain.alive_after_shutdown)} actor(s); serve_cleanup leaked 0 "
+         f"and killed no bystander. Demo took {time.monotonic() - started:.0f}s.")
+        if ok
+        else "FAIL: the durable round leaked or killed a bystander (or the plain round did not leak).",
         fg="green" if ok else "red",
         bold=True,
     )
     return 0 if ok else 1
+
+
+def _leak(r: Round) -> str:
+    n = len(r.alive_after_shutdown)
+    return f"{n} LEAKED" if n else "0"

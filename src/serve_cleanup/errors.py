@@ -57,3 +57,11 @@ class NotDurableControllerError(ServeCleanupError):
 class ControllerRunningError(ServeCleanupError):
     """A Serve controller runs, so the KV must not be edited behind its back
     (``serve-cleanup purge``)."""
+
+    @classmethod
+    def for_kind(cls, kind: str) -> "ControllerRunningError":
+        return cls(
+            f"a {kind} Serve controller is running; purge edits the KV only while Serve is "
+            "down. With the durable controller use `serve-cleanup unregister <actor id>` or "
+            "`serve-cleanup gc`; or run `serve shutdown` first."
+        )

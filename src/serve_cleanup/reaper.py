@@ -42,7 +42,6 @@ class Reason(enum.Enum):
     SHUTDOWN = "shutdown"
     OWNER_DELETED = "owner_deleted"
     GC = "gc"
-    DEAD = "actor_dead"  # the liveness sweep found the actor dead
 
 
 class Outcome(enum.Enum):
@@ -159,10 +158,10 @@ class Reaper:
                 self._crash("after_lookup_before_drop")
                 await self._registry.remove(record.actor_id)
                 self.forget(record.actor_id)
+                what = "dead" if info is None or info.dead else "one of Serve's own actors"
                 self._log.info(
                     f"serve_cleanup: {record.display_name} (actor {record.actor_id}) is "
-                    f"{'dead' if info is None or info.dead else 'one of Serve own actors'}; "
-                    "record removed."
+                    f"{what}; record removed."
                 )
                 return None
             return info
@@ -203,7 +202,8 @@ class Reaper:
             return self._failed(
                 record, reason,
                 "its stored handle is unusable and no actor with its id holds its name; "
-                "kill it by hand (ray.kill) or remove the record (serve-cleanup unregister)",
+                "kill it by hand (ray.kill), or remove the record (`serve-cleanup unregister`; "
+                "`serve-cleanup purge` while Serve is down)",
             )
         self._crash("after_kill_before_delete")
         self._log.info(

@@ -279,7 +279,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.address:
         ray.init(address=args.address, namespace=NAMESPACE, log_to_driver=False)
     else:
-        ray.init(num_cpus=2, include_dashboard=False, namespace=NAMESPACE, log_to_driver=False)
+        # address="local": a new cluster even where RAY_ADDRESS names another one.
+        ray.init(address="local", num_cpus=2, include_dashboard=False, namespace=NAMESPACE, log_to_driver=False)
     try:
         totals = run(args.rounds, args.seed, log=lambda m: print(m, flush=True))
     finally:

@@ -34,6 +34,7 @@ def _plant_raw(suffix: bytes, value: bytes) -> bytes:
     return key
 
 
+@pytest.mark.smoke
 def test_non_utf8_key_is_set_aside_and_serve_keeps_working(durable_serve, actors):
     good = actors()
     serve_cleanup.register(good)

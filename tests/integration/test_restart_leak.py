@@ -42,6 +42,7 @@ def _deploy_and_get_aux(name: str):
     return ray.get_actor(name, namespace=TEST_NAMESPACE)
 
 
+@pytest.mark.smoke
 def test_restart_then_shutdown_leaks_nothing(durable_serve, actors, unique):
     aux = _deploy_and_get_aux(f"aux-{unique}")
     bystander = actors(f"bystander-{unique}")
@@ -65,6 +66,7 @@ def test_restart_twice_then_shutdown(durable_serve, actors, unique):
     assert kv_record_keys() == []
 
 
+@pytest.mark.smoke
 def test_plain_serve_leaks_after_restart(plain_serve, unique):
     """Regression guard: the same scenario on upstream Serve leaks the actor.
 

@@ -19,6 +19,7 @@ class Hello:
         return "hello"
 
 
+@pytest.mark.smoke
 def test_start_is_idempotent_and_serve_run_uses_it(durable_serve):
     pid = controller_status()["pid"]
     serve_cleanup.start()
@@ -29,6 +30,7 @@ def test_start_is_idempotent_and_serve_run_uses_it(durable_serve):
     assert controller_status()["pid"] == pid
 
 
+@pytest.mark.smoke
 def test_start_refuses_when_plain_serve_runs(plain_serve):
     with pytest.raises(serve_cleanup.NotDurableControllerError, match="serve.shutdown"):
         serve_cleanup.start()
@@ -40,6 +42,7 @@ def test_register_refuses_plain_serve(plain_serve, actors):
         serve_cleanup.register(actors())
 
 
+@pytest.mark.smoke
 def test_cli_start_against_running_cluster(ray_cluster):
     serve.shutdown()
     out = run_cli("start")

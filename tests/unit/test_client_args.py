@@ -52,10 +52,28 @@ def test_resolve_owner_returns_a_consistent_owner_or_raises_value_error(scope, a
         assert (got_app, got_dep) == (app, deployment)
 
 
-@pytest.mark.parametrize("timeout", [0, -1, "soon", None, True])
+@pytest.mark.parametrize("timeout", [0, -1, "soon", None, True, float("inf"), float("-inf"), float("nan")])
 def test_bad_timeouts_are_refused(timeout):
-    with pytest.raises(ValueError, match="timeout_s"):
+    with pytest.raises(ValueError, match="timeout_s must be a finite positive number"):
         client._call_controller("serve_cleanup_status", timeout_s=timeout)
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), 0, "soon"])
+async def test_bad_timeouts_are_refused_by_the_async_calls(timeout):
+    with pytest.raises(ValueError, match="timeout_s must be a finite positive number"):
+        await client.collect_async(timeout_s=timeout)
+    with pytest.raises(ValueError, match="timeout_s must be a finite positive number"):
+        await client.unregister_async("00ff", timeout_s=timeout)
+
+
+async def test_async_calls_check_arguments_like_the_blocking_ones():
+    for bad in (42, None, object()):
+        with pytest.raises(TypeError, match="expected a Ray ActorHandle"):
+            await client.register_async(bad)
+        with pytest.raises(TypeError, match="expected a Ray ActorHandle"):
+            client.register(bad)
+        with pytest.raises(TypeError, match="expected a Ray ActorHandle or an actor id"):
+            await client.unregister_async(bad)
 
 
 def test_crash_points_are_off_by_default_and_never_fatal(monkeypatch, caplog):

@@ -5,7 +5,9 @@ import pytest
 from serve_cleanup import SUPPORTED_RAY, UnsupportedRayVersionError, _compat
 
 
-@pytest.mark.parametrize("version", ["2.59.9", "2.61.0", "3.0.0", "2.6.0"])
+@pytest.mark.parametrize(
+    "version", ["2.53.0", "2.53.9", "2.61.0", "2.61.0rc1", "2.61.0.dev0", "3.0.0.dev0", "2.6.0", "1.54.0", "garbage"]
+)
 def test_unsupported_ray_versions_are_refused(version):
     with pytest.raises(UnsupportedRayVersionError) as err:
         _compat.check_ray_version(version)
@@ -13,7 +15,7 @@ def test_unsupported_ray_versions_are_refused(version):
     assert isinstance(err.value, ImportError)
 
 
-@pytest.mark.parametrize("version", ["2.60.0", "2.60.1", "2.60.3"])
+@pytest.mark.parametrize("version", ["2.54.0", "2.55.0", "2.56.1", "2.57.0", "2.60.0", "2.60.3", "2.54.0rc1"])
 def test_supported_ray_versions_pass(version):
     _compat.check_ray_version(version)
 
@@ -22,7 +24,10 @@ def test_is_serve_system_actor():
     assert _compat.is_serve_system_actor("SERVE_CONTROLLER_ACTOR", "serve")
     assert _compat.is_serve_system_actor("SERVE_PROXY_ACTOR-abc", "serve")
     assert _compat.is_serve_system_actor("SERVE_REPLICA::app#dep#x", "serve")
-    assert _compat.is_serve_system_actor("SERVE_DEPLOYMENT_ACTOR::app::dep::v1::cache", "serve")
+    # Controller-managed deployment actors exist from Ray 2.55.
+    assert _compat.is_serve_system_actor(
+        "SERVE_DEPLOYMENT_ACTOR::app::dep::v1::cache", "serve"
+    ) == (_compat.RAY_MINOR >= (2, 55))
     assert not _compat.is_serve_system_actor("SERVE_REPLICA::app#dep#x", "other")
     assert not _compat.is_serve_system_actor("my-cache", "serve")
     assert not _compat.is_serve_system_actor("", "")
@@ -34,3 +39,59 @@ def test_reconcile_interval_is_validated(monkeypatch, raw, expected):
 
     monkeypatch.setenv("SERVE_CLEANUP_RECONCILE_INTERVAL_S", raw)
     assert controller._reconcile_interval() == expected
+
+
+def test_version_keyed_facts_match_the_installed_ray():
+    """The shims are keyed by version; check each key against what this Ray really has."""
+    import inspect
+
+    from ray.serve._private import constants, default_impl
+    from ray.serve._private import controller as serve_controller
+    from ray.serve._private.deployment_state import DeploymentStateManager
+
+    assert _compat.HAS_DEPLOYMENT_ACTORS == hasattr(constants, "SERVE_DEPLOYMENT_ACTOR_PREFIX")
+    assert _compat.HAS_CONTROLLER_OPTIONS == (
+        "controller_options" in inspect.signature(default_impl.get_controller_impl).parameters
+    )
+    assert _compat.SERVE_RESUMES_SHUTDOWN == hasattr(serve_controller, "SHUTDOWN_IN_PROGRESS_KEY")
+    assert _compat.HAS_GET_DEPLOYMENT_IDS == hasattr(DeploymentStateManager, "get_deployment_ids")
+
+
+def test_private_symbols_used_exist_on_the_installed_ray():
+    """Everything the package reaches in Ray's private modules, checked without a cluster."""
+    from ray._raylet import InnerGcsClient
+
+    for method in (
+        "async_get_all_actor_info", "async_internal_kv_get", "async_internal_kv_put",
+        "async_internal_kv_del", "async_internal_kv_keys", "async_internal_kv_multi_get",
+        "internal_kv_get", "internal_kv_put", "internal_kv_del", "internal_kv_keys",
+        "internal_kv_multi_get",
+    ):
+        assert hasattr(InnerGcsClient, method), method
+    controller = _compat.ServeController
+    for attr in ("shutdown", "graceful_shutdown", "_register_shutdown_cleanup_actor",
+                 "_kill_registered_cleanup_actors", "check_alive"):
+        assert callable(getattr(controller, attr)), attr
+    fields = {f.name for f in _compat.core_worker_pb2.ActorHandle.DESCRIPTOR.fields}
+    assert {"name", "ray_namespace"} <= fields
+    assert hasattr(_compat.ActorHandle, "_serialization_helper")
+    assert hasattr(_compat.ActorHandle, "_deserialization_helper")
+    assert _compat.serve_kv_key_prefix() == "ray-serve-serve-"
+
+
+def test_import_does_not_load_serve_controller_module_itself():
+    """serve_cleanup imports Serve's controller module only on first use. (On Ray < 2.60
+    ``import ray.serve`` loads it anyway; from 2.60 it does not.)"""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, serve_cleanup, ray;"
+        "from serve_cleanup import _compat;"
+        "loaded = 'ray.serve._private.controller' in sys.modules;"
+        "print('loaded' if loaded else 'not', _compat.RAY_MINOR >= (2, 60))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded, new_ray = out.stdout.split()
+    if new_ray == "True":
+        assert loaded == "not"

@@ -464,3 +464,26 @@ async def test_shutdown_over_many_dead_records_reads_the_table_once_and_kills_th
     assert stored(w) == set() and w.table.snapshots >= 1
     assert sorted(w.killer.kills) == sorted(r.actor_id for r in regs[195:])
     assert w.table.lookups - lookups <= 5 * 3  # only the live ones: a lookup, then polls
+
+
+async def test_registrations_are_summed_up_in_the_log_not_one_info_line_each(caplog):
+    w = World()
+    core = w.core()
+    with caplog.at_level(logging.INFO, logger="serve_cleanup"):
+        for _ in range(5):
+            await core.register(w.actor())
+        assert "registered" not in caplog.text
+        await w.ticks(core, 1)
+    assert "5 new registration(s) accepted" in caplog.text and "serve=5" in caplog.text
+
+
+async def test_after_a_shutdown_give_up_even_a_repeat_is_refused():
+    w = World(Config(shutdown_grace_s=1.0))
+    core = w.core()
+    a = w.actor()
+    await core.register(a)
+    w.killer.undying.add(a.actor_id)
+    w.owners.serve_state = ServeState.SHUTTING_DOWN
+    await w.shutdown(core)  # gives up; the record stays
+    with pytest.raises(RegistrationError, match="finished shutting down"):
+        await core.register(a)
