@@ -95,9 +95,10 @@ def main(argv=None) -> int:
         for name in names:
             log(f"{name}: {SECTIONS[name][0]} ...")
             t0 = time.monotonic()
+            commit = args.commit or _git_commit()  # the code this process imported
             results[name] = SECTIONS[name][1](sizes, tsizes)
             results["sections"][name] = {
-                "commit": args.commit or _git_commit(), "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                "commit": commit, "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                 "seconds": round(time.monotonic() - t0, 1), "quick": args.quick,
                 "serve_cleanup": str(Path(serve_cleanup.__file__).parent),
             }

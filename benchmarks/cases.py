@@ -37,7 +37,7 @@ class Sizes:
     per_registrant: int = 5
     concurrent_reps: int = 3
     restart_reps: int = 5
-    shutdown_ks: tuple = (0, 20, 40)
+    shutdown_ks: tuple = (0, 40)
     shutdown_reps: int = 2
 
 

@@ -117,6 +117,8 @@ def target_rows(results: dict) -> list[dict]:
             + (f"all gone after {gone:.1f} s" if gone is not None
                else f"{sh['left_at_end']:,} still stored after {sh['waited_s']:.0f} s"),
             gone if gone is not None else float("inf"), 10, fmt="{:.1f} s")
+        if gone is None:
+            rows[-1]["shown"] = f"> {sh['waited_s']:.0f} s"
     o = results.get("owners")
     if o:
         p, d = o[PLAIN], o[DURABLE]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import statistics
 import os
 import subprocess
 import sys
@@ -372,10 +373,10 @@ def owners(sizes: TargetSizes) -> dict:
             kill_actors(owned)
 
     def med(kind: str, k: str) -> float:
-        xs = sorted(r[k] for r in result[kind])
-        return xs[len(xs) // 2]
+        return statistics.median(r[k] for r in result[kind])
 
     return {
+        "by_rep": result,
         "apps": sizes.owner_apps, "deployments_per_app": sizes.owner_deployments,
         "reps": sizes.owner_reps, "window_s": sizes.owner_window_s,
         **{kind: {"idle_cores": med(kind, "idle_cores"), "loop_mean_ms": med(kind, "loop_mean_ms"),
