@@ -106,7 +106,6 @@ def test_crash_mid_rehydrate(crash_at, actors):
     assert kv_record_keys() == []
 
 
-@pytest.mark.smoke
 @pytest.mark.parametrize("crash_at", ["after_record_write", "after_refusal_decided"], indirect=True)
 def test_refusal_of_a_dead_actor_survives_a_crash(crash_at, actors):
     """Issue 9, defect 2: the record is written before the actor is checked; a crash

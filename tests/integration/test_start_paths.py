@@ -149,7 +149,6 @@ def serve_class_names() -> set[str]:
     return {a["class_name"] for a in actors}
 
 
-@pytest.mark.smoke
 def test_serve_deploy_gives_the_durable_controller_every_time(head, tmp_path):
     helper = f"deploy-{uuid.uuid4().hex[:6]}"
     serve_cli("deploy", write_config(tmp_path, helper), "-a", DASHBOARD)
