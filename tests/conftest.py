@@ -19,6 +19,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="rounds of the chaos harness (CI runs a few; a long run is e.g. 100)",
     )
     parser.addoption("--chaos-seed", type=int, default=20261127, help="seed of the chaos harness")
+    parser.addoption(
+        "--sim-seeds", type=int, default=40,
+        help="seeds of the core's simulation test (tests/unit/test_simulation.py); e.g. 2000 for a long run",
+    )
 
 
 def pytest_report_header(config: pytest.Config) -> str:

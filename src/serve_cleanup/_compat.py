@@ -138,10 +138,13 @@ def is_serve_system_actor(name: str, namespace: str) -> bool:
 
 
 def serve_kv_key_prefix() -> str:
-    """The prefix Serve's own ``RayInternalKVStore`` puts before every key.
+    """The fixed prefix before every key serve_cleanup stores (``ray-serve-serve-``).
 
-    Serve's controller always runs in namespace ``serve``, so its KV store namespace is
-    ``ray-serve-serve`` and a checkpoint key ``k`` is stored as ``ray-serve-serve-k``.
+    It is the prefix Serve's own ``RayInternalKVStore`` uses when the job that started
+    Serve runs in Ray namespace ``serve``. Serve's prefix is really
+    ``ray-serve-<namespace of that job>`` (checked on 2.54: a driver in namespace ``dbg``
+    gave a controller whose ``kv_store`` did not see a key written here), so serve_cleanup
+    never relies on the two being equal: it reads and writes its own keys only here.
     """
     return get_storage_key(f"ray-serve-{SERVE_NAMESPACE}", "")
 
@@ -279,6 +282,15 @@ def serve_shutting_down(controller: Any) -> bool:
 # actor resumes; a flag a dead controller left behind is deleted by the next one.
 
 SHUTDOWN_FLAG_KEY = "serve-cleanup-shutdown-in-progress"
+# Stored beside the records, under the fixed prefix the records use, through the GCS
+# client. Not through Serve's ``controller.kv_store``: its key prefix is
+# ``ray-serve-<namespace of the job that started Serve>``, which differs between
+# clusters and cannot be written from outside without knowing that job.
+_FLAG_TIMEOUT_S = 10.0
+
+
+def _shutdown_flag_key() -> bytes:
+    return (serve_kv_key_prefix() + SHUTDOWN_FLAG_KEY).encode()
 
 
 def persist_shutdown_flag(controller: Any) -> None:
@@ -290,7 +302,10 @@ def persist_shutdown_flag(controller: Any) -> None:
         return
     try:
         own_id = ray.get_runtime_context().get_actor_id()
-        controller.kv_store.put(SHUTDOWN_FLAG_KEY, own_id.encode())
+        controller.gcs_client.internal_kv_put(
+            _shutdown_flag_key(), own_id.encode(), True, SERVE_INTERNAL_KV_NAMESPACE,
+            timeout=_FLAG_TIMEOUT_S,
+        )
         controller._sc_shutdown_flag_written = True
     except Exception as e:
         controller_logger.warning(
@@ -307,11 +322,16 @@ def resume_interrupted_shutdown(controller: Any) -> bool:
         return False
     try:
         own_id = ray.get_runtime_context().get_actor_id()
-        flag = controller.kv_store.get(SHUTDOWN_FLAG_KEY)
+        gcs = controller.gcs_client
+        flag = gcs.internal_kv_get(
+            _shutdown_flag_key(), SERVE_INTERNAL_KV_NAMESPACE, timeout=_FLAG_TIMEOUT_S
+        )
         if flag is None:
             return False
-        if flag.decode(errors="replace") != own_id:
-            controller.kv_store.delete(SHUTDOWN_FLAG_KEY)  # left by an earlier controller
+        if flag.decode(errors="replace") != own_id:  # left by an earlier controller
+            gcs.internal_kv_del(
+                _shutdown_flag_key(), False, SERVE_INTERNAL_KV_NAMESPACE, timeout=_FLAG_TIMEOUT_S
+            )
             return False
     except Exception as e:
         controller_logger.error(

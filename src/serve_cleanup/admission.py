@@ -1,6 +1,6 @@
 """Which registrations are accepted: argument, owner and actor checks. No Ray imports.
 
-``check_request`` runs before anything is written; ``refusal`` decides on the actor-table
+``check_request`` runs first, ``check_owner`` right before a write; ``refusal`` decides on the actor-table
 entry that the write raced with (or that a record read at start is verified against).
 """
 
@@ -33,9 +33,9 @@ class Registration:
             self.scope, self.app, self.deployment)
 
 
-def check_request(reg: Registration, owners: Owners, is_system: Callable[[str, str], bool], own_id: str) -> None:
-    """Refuse before anything is written: bad arguments, a missing owner, the controller
-    itself, or a handle that names one of Serve's own actors."""
+def check_request(reg: Registration, is_system: Callable[[str, str], bool], own_id: str) -> None:
+    """Refuse at once: bad arguments, the controller itself, or a handle that names one
+    of Serve's own actors."""
     scope, app, deployment = reg.scope, reg.app, reg.deployment
     if scope not in rec.SCOPES:
         raise ValueError(f"unknown scope {scope!r}; use one of {rec.SCOPES}.")
@@ -48,6 +48,14 @@ def check_request(reg: Registration, owners: Owners, is_system: Callable[[str, s
     if reg.actor_id == own_id:
         raise SystemActorError("the Serve controller cannot be registered for cleanup.")
     refuse_system(reg.actor_id, reg.name, reg.namespace, is_system)
+
+
+def check_owner(reg: Registration, owners: Owners) -> None:
+    """Refuse a new write for an owner that does not exist. Not asked when the actor
+    already has a record with this owner: that may be the write of this very call, cut
+    short by a crash and retried by Ray, and refusing it would leave that record behind
+    (the owner reconcile then kills the actor of a call that raised)."""
+    scope, app, deployment = reg.scope, reg.app, reg.deployment
     if scope == rec.SCOPE_SERVE:
         return
     live_apps, live_deployments = owners.live({app})

@@ -162,7 +162,7 @@ class CleanupCore:
         existing = self.settled(reg)
         if existing is not None:
             return existing
-        admission.check_request(reg, self._owners, self._is_system, self._own_id)
+        admission.check_request(reg, self._is_system, self._own_id)
         if not self.loaded:
             await self._wait_loaded()
         self._check_open()
@@ -175,6 +175,7 @@ class CleanupCore:
                     if reg.actor_id in self.verified:
                         return existing
                     return await self._verify_existing(existing)
+                admission.check_owner(reg, self._owners)
                 return await self._store_checked(reg, existing)
         finally:
             self.inflight -= 1
@@ -321,8 +322,8 @@ class CleanupCore:
     async def unregister(self, actor_id: str) -> bool:
         """Remove the record (durably) without killing the actor."""
         async with self.locks.hold(actor_id):
-            self.retract.pop(actor_id, None)
-            removed = await self.registry.remove(actor_id)
+            removed = await self.registry.remove(actor_id)  # raises if the delete failed
+            self.retract.pop(actor_id, None)  # only now: a failed delete keeps it queued
             self.verified.discard(actor_id)
             self.reaper.forget(actor_id)
         if removed:

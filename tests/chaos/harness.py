@@ -1,21 +1,38 @@
-"""Chaos harness: register actors while the Serve controller is killed at random moments.
+"""Chaos harness: registrations overlap with controller crashes, ``gc()``, owner deletion,
+shutdown and unreadable KV entries; then the promise is checked.
 
-Each round, on a fresh durable Serve instance:
+Each round, on a fresh durable Serve instance, with a schedule drawn from the round's own
+seed (``random.Random(round_seed)``; the round seeds come from the run's seed):
 
-1. deploy an app whose 2 replicas register actors on request;
-2. create unregistered *bystander* actors;
-3. concurrently: driver threads register actors with ``serve_cleanup.register``, replicas
-   register actors they create, and a killer crashes the controller
-   (``ray.kill(controller, no_restart=False)``) at seeded random moments;
-4. ``serve.shutdown()``, in half the rounds with another controller kill in the middle.
+1. **Crash points**: a random subset of ``faults.POINTS`` armed for the controller (its
+   ``runtime_env``), at a random probability, each firing at most once (the KV markers,
+   cleared every round, count as kills).
+2. **Junk under the record prefix**, planted through the GCS KV before the controller
+   starts (so every controller start of the round reads it) and again mid-round: random
+   byte keys (many not UTF-8), random values, and entries under a live bystander's record
+   key whose value is garbage, a truncated record, or another actor's valid record.
+3. Two apps: ``chaos`` (2 replicas that create and register actors on request) and
+   ``owned`` (the owner of app-scoped registrations).
+4. **Overlap**, all at once: driver threads registering actors (named or anonymous; some
+   registered right after ``.remote()`` with no ping, before GCS may know them; some with
+   ``scope="app", app="owned"``; now and then an actor that is already dead, which must be
+   refused; now and then one the driver kills itself after registering); replica calls
+   registering actors from inside Serve; a killer thread crashing the controller; a
+   thread calling ``serve_cleanup.gc()``; a thread deleting app ``owned``; a thread
+   planting more junk.
+5. **Shutdown**: in most rounds once the registrants are done (with another kill in the
+   middle in half the rounds); in ``early_shutdown`` rounds while they are still running
+   (a call that returned must still be honoured; a call that raised proves nothing).
 
-Then the promise is checked: every actor whose registration call *returned* is dead
-(else "leaked"), every bystander is alive (else "wrongly killed"), no record is left in
-the KV, and the controller restarted no more often than it was killed (no crash loop).
+Then: every actor whose registration call *returned* is dead (else "leaked"), every
+bystander is alive (else "wrongly killed"), no record is left in the KV (else "records
+left"), the controller restarted no more often than it was killed plus the crash points
+that fired (else "crash loop"), and every junk entry is still there, unchanged.
 
 Run standalone (starts its own local Ray)::
 
     python tests/chaos/harness.py --rounds 100 --seed 20261127
+    python tests/chaos/harness.py --round-seed 123456789     # replay one round's schedule
 
 or through pytest (``pytest tests/chaos --chaos-rounds 100``).
 """
@@ -27,21 +44,24 @@ import random
 import sys
 import threading
 import time
+import traceback
 import uuid
-from dataclasses import dataclass, field
-from typing import Callable, Optional
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Optional
 
 import ray
 from ray import cloudpickle, serve
+from ray.serve.api import RunTarget
 
 import serve_cleanup
-from serve_cleanup import _compat, client, records
+from serve_cleanup import _compat, client, faults, records
 from serve_cleanup.store import GcsRecordStore
 
 # Workers need not import this file: ship its classes by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 NAMESPACE = "serve-cleanup-chaos"
+OWNED_APP = "owned"
 
 
 @ray.remote(num_cpus=0)
@@ -50,74 +70,224 @@ class Payload:
         return "pong"
 
 
+@ray.remote(num_cpus=0)
+class Ledger:
+    """Where replicas report the actors they make and the registrations that returned, so
+    the harness knows them even when a whole replica call fails (e.g. during shutdown)."""
+
+    def __init__(self) -> None:
+        self._made: list = []
+        self._returned: set[str] = set()
+
+    def made(self, actors: list) -> None:
+        self._made.extend(actors)
+
+    def returned(self, actor_id: str) -> None:
+        self._returned.add(actor_id)
+
+    def drain(self) -> tuple[list, set[str]]:
+        out = (self._made, self._returned)
+        self._made, self._returned = [], set()
+        return out
+
+
 @serve.deployment(num_replicas=2, ray_actor_options={"num_cpus": 0})
 class Registrant:
     """A replica that creates and registers actors, like a router would."""
 
-    def spawn(self, n: int, tag: str) -> list[tuple[object, bool]]:
-        out = []
-        for i in range(n):
-            opts = {"lifetime": "detached"}
+    def spawn(self, plan: list[bool], tag: str, ledger: Any, timeout_s: float) -> int:
+        """``plan[i]``: ping actor i before registering it. Returns how many returned."""
+        ok = 0
+        for i, ping in enumerate(plan):
+            opts: dict[str, Any] = {"lifetime": "detached"}
             if i % 2 == 0:
                 opts.update(name=f"{tag}-{i}", namespace=NAMESPACE)
             actor = Payload.options(**opts).remote()
-            ray.get(actor.ping.remote())
+            ray.get(ledger.made.remote([actor]))
+            if ping:
+                ray.get(actor.ping.remote())
             try:
-                serve_cleanup.register(actor, timeout_s=60)
-                ok = True
+                serve_cleanup.register(actor, timeout_s=timeout_s)
             except Exception:  # any failure: not "returned", so no promise to check
-                ok = False
-            out.append((actor, ok))
-        return out
+                continue
+            ray.get(ledger.returned.remote(actor._actor_id.hex()))
+            ok += 1
+        return ok
+
+
+@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0})
+class Owned:
+    """The app that owns the app-scoped registrations; deleted mid-round."""
+
+    def __call__(self) -> str:
+        return "ok"
 
 
 @dataclass
 class Config:
     drivers: int = 2            # driver threads registering
     per_driver: int = 3         # actors each driver thread registers
+    owned_share: float = 0.35   # chance a driver registration is app-scoped (app "owned")
+    no_ping_share: float = 0.5  # chance an actor is registered right after .remote()
     per_replica_call: int = 2   # actors each replica call registers
     replica_calls: int = 2
-    kills: tuple = (1, 3)       # controller kills during registration: min, max
-    kill_window_s: float = 2.0  # kills land at uniform times in this window
+    kills: tuple = (1, 2)       # controller kills during registration: min, max (crash points add more)
+    window_s: float = 2.0       # kills, gc calls, the owner deletion and junk land in this window
+    gc_calls: tuple = (1, 3)
+    early_shutdown_share: float = 0.35  # rounds whose shutdown starts while registrants run
+    junk_before: tuple = (2, 5)  # junk KV entries planted before the controller starts
+    junk_during: tuple = (1, 3)  # ... and mid-round
+    call_timeout_s: float = 30.0  # a register call's timeout (early-shutdown rounds: short)
+    early_call_timeout_s: float = 8.0
     bystanders: int = 2
+    settle_s: float = 30.0      # bound on pre-shutdown clean-up (owner deleted, actor died)
     timeout_s: float = 90.0
+
+
+# Counters of a round; Totals adds them up. The first four are the promise; the rest of
+# the failures are further checks (see FAILURES); the others describe what happened.
+COUNTS = (
+    "registrations", "failed_calls", "refused_dead", "kills", "injected", "restarts",
+    "owned_registrations", "gc_calls", "set_aside_planted", "set_aside_seen", "shutdown_retries",
+)
+FAILURES = (
+    "leaked", "wrongly_killed", "records_left", "crash_loops",
+    "dead_accepted", "orphans_alive", "stale_records", "set_aside_touched", "set_aside_unreported",
+    "errors",
+)
+
+
+@dataclass
+class RoundResult:
+    seed: int
+    early_shutdown: bool = False
+    kill_in_shutdown: bool = False
+    points: tuple = ()
+    registrations: int = 0
+    failed_calls: int = 0
+    refused_dead: int = 0
+    kills: int = 0      # ray.kill calls that went through + injected crashes that fired
+    injected: int = 0   # crash-point markers found after the round
+    restarts: int = 0
+    owned_registrations: int = 0
+    gc_calls: int = 0
+    set_aside_planted: int = 0
+    set_aside_seen: int = -1  # the controller's status just before shutdown (-1: no answer)
+    shutdown_retries: int = 0  # serve.shutdown() calls that did not reach the controller
+    leaked: list = field(default_factory=list)
+    wrongly_killed: list = field(default_factory=list)
+    records_left: int = 0
+    crash_loops: int = 0
+    dead_accepted: list = field(default_factory=list)
+    orphans_alive: list = field(default_factory=list)
+    stale_records: list = field(default_factory=list)
+    set_aside_touched: int = 0
+    set_aside_unreported: int = 0
+    errors: list = field(default_factory=list)
+    phases: dict = field(default_factory=dict)  # seconds: start, register, shutdown, check
+    threads: dict = field(default_factory=dict)  # seconds from the start of step 4 to each thread's end
+
+    def failures(self) -> dict[str, int]:
+        return {k: _n(getattr(self, k)) for k in FAILURES if _n(getattr(self, k))}
+
+    def line(self, n: int) -> str:
+        return (
+            f"round {n} (seed {self.seed}{', early shutdown' if self.early_shutdown else ''}"
+            f"{', kill in shutdown' if self.kill_in_shutdown else ''}; "
+            f"points {','.join(self.points) or '-'}): "
+            f"{self.registrations} registered ({self.owned_registrations} app-scoped), "
+            f"{self.failed_calls} failed, {self.refused_dead} dead refused, {self.kills} kills "
+            f"({self.injected} injected), {self.restarts} restarts, {self.gc_calls} gc, "
+            f"set aside {self.set_aside_seen}/{self.set_aside_planted}"
+            f"{f', {self.shutdown_retries} shutdown retries' if self.shutdown_retries else ''}; "
+            f"leaked {len(self.leaked)}, wrongly killed {len(self.wrongly_killed)}, "
+            f"records left {self.records_left}, crash loops {self.crash_loops}"
+            + "".join(f", {k} {v}" for k, v in self.failures().items() if k not in FAILURES[:4])
+            + " [" + " ".join(f"{k} {v:.1f}s" for k, v in self.phases.items()) + "; threads "
+            + " ".join(f"{k} {v:.1f}" for k, v in sorted(self.threads.items())) + "]"
+        )
+
+
+def _n(value: Any) -> int:
+    return len(value) if isinstance(value, list) else int(value)
 
 
 @dataclass
 class Totals:
     rounds: int = 0
-    registrations: int = 0
-    failed_calls: int = 0
-    kills: int = 0
+    seconds: float = 0.0
+    failed_rounds: list = field(default_factory=list)  # (round number, seed, failures)
+    counts: dict = field(default_factory=lambda: {k: 0 for k in COUNTS + FAILURES})
+    early_shutdowns: int = 0
+    kills_in_shutdown: int = 0  # rounds that drew a kill during shutdown
     leaked: list = field(default_factory=list)
     wrongly_killed: list = field(default_factory=list)
-    records_left: int = 0
-    crash_loops: int = 0
-    seconds: float = 0.0
+
+    def add(self, r: RoundResult) -> None:
+        self.rounds += 1
+        for k in COUNTS + FAILURES:
+            self.counts[k] += _n(getattr(r, k)) if k != "set_aside_seen" else max(0, r.set_aside_seen)
+        self.early_shutdowns += r.early_shutdown
+        self.kills_in_shutdown += r.kill_in_shutdown
+        self.leaked += r.leaked
+        self.wrongly_killed += r.wrongly_killed
+        if r.failures():
+            self.failed_rounds.append((self.rounds, r.seed, r.failures()))
+
+    @property
+    def registrations(self) -> int:
+        return self.counts["registrations"]
+
+    @property
+    def kills(self) -> int:
+        return self.counts["kills"]
+
+    @property
+    def records_left(self) -> int:
+        return self.counts["records_left"]
+
+    @property
+    def crash_loops(self) -> int:
+        return self.counts["crash_loops"]
 
     @property
     def ok(self) -> bool:
-        return not (self.leaked or self.wrongly_killed or self.records_left or self.crash_loops)
+        return not self.failed_rounds
 
     def summary(self, seed: int) -> str:
+        c = self.counts
         return (
-            f"chaos: rounds={self.rounds} registrations={self.registrations} "
-            f"kills={self.kills} leaked={len(self.leaked)} wrongly_killed={len(self.wrongly_killed)} "
-            f"records_left={self.records_left} crash_loops={self.crash_loops} "
-            f"failed_calls={self.failed_calls} seed={seed} seconds={self.seconds:.0f}"
+            f"chaos: rounds={self.rounds} registrations={c['registrations']} kills={c['kills']} "
+            f"leaked={c['leaked']} wrongly_killed={c['wrongly_killed']} "
+            f"records_left={c['records_left']} crash_loops={c['crash_loops']} "
+            f"failed_calls={c['failed_calls']} set_aside_seen={c['set_aside_seen']} "
+            f"seed={seed} seconds={self.seconds:.0f}\n"
+            f"chaos details: injected_crashes={c['injected']} restarts={c['restarts']} "
+            f"app_scoped={c['owned_registrations']} refused_dead={c['refused_dead']} "
+            f"gc_calls={c['gc_calls']} early_shutdowns={self.early_shutdowns} "
+            f"kills_in_shutdown={self.kills_in_shutdown} set_aside_planted={c['set_aside_planted']} "
+            f"shutdown_retries={c['shutdown_retries']} "
+            f"dead_accepted={c['dead_accepted']} orphans_alive={c['orphans_alive']} "
+            f"stale_records={c['stale_records']} set_aside_touched={c['set_aside_touched']} "
+            f"set_aside_unreported={c['set_aside_unreported']} errors={c['errors']} "
+            f"failed_rounds={len(self.failed_rounds)}"
         )
 
 
-def _wait(predicate: Callable[[], object], timeout_s: float) -> bool:
+# --- Ray look-ups ---------------------------------------------------------------------
+
+
+def _wait(predicate: Callable[[], object], timeout_s: float, interval_s: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    while True:
         try:
             if predicate():
                 return True
         except Exception:
             pass
-        time.sleep(0.05)
-    return False
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval_s)
 
 
 def _state(actor_id: str) -> str:
@@ -129,144 +299,507 @@ def _controller():
     return ray.get_actor(_compat.SERVE_CONTROLLER_NAME, namespace=_compat.SERVE_NAMESPACE)
 
 
-def _record_keys() -> list[str]:
-    return list(GcsRecordStore(_compat.driver_gcs_client()).scan(records.KEY_PREFIX))
+def _gcs():
+    return _compat.driver_gcs_client()
 
 
-def run_round(rng: random.Random, cfg: Config, totals: Totals, log: Callable[[str], None]) -> None:
+def _kv_full(key: bytes) -> bytes:
+    return _compat.serve_kv_key_prefix().encode() + key
+
+
+def _kv_get(key: bytes) -> Optional[bytes]:
+    return _gcs().internal_kv_get(_kv_full(key), _compat.SERVE_INTERNAL_KV_NAMESPACE)
+
+
+def _kv_put(key: bytes, value: bytes) -> None:
+    _gcs().internal_kv_put(_kv_full(key), value, True, _compat.SERVE_INTERNAL_KV_NAMESPACE)
+
+
+def _kv_del(key: bytes) -> None:
+    _gcs().internal_kv_del(_kv_full(key), False, _compat.SERVE_INTERNAL_KV_NAMESPACE)
+
+
+def _record_keys() -> set[bytes]:
+    """Every key under the record prefix, below Serve's KV prefix (raw bytes)."""
+    return set(GcsRecordStore(_gcs()).scan(records.KEY_PREFIX))
+
+
+def _marker(point: str) -> bytes:
+    return (faults.MARKER_PREFIX + point).encode()
+
+
+def _id(actor: Any) -> str:
+    return actor._actor_id.hex()
+
+
+# --- junk under the record prefix -----------------------------------------------------
+
+
+def _junk(rng: random.Random, n: int, bystanders: list) -> dict[bytes, bytes]:
+    """``n`` KV entries under the record prefix that are not records of ours."""
+    prefix = records.KEY_PREFIX.encode()
+    out: dict[bytes, bytes] = {}
+    while len(out) < n:
+        kind = rng.random()
+        if kind < 0.5:  # random bytes (mostly not UTF-8)
+            key = prefix + rng.randbytes(rng.randint(1, 40))
+        elif kind < 0.7:  # printable, UTF-8, not an actor id
+            key = prefix + f"junk-{rng.getrandbits(64):x}-ü".encode()
+        else:  # a live bystander's record key, with a value that is not its record
+            key = prefix + _id(rng.choice(bystanders)).encode()
+        if key in out:
+            continue
+        style = rng.random()
+        if style < 0.6 or not key.endswith(tuple(_id(b).encode() for b in bystanders)):
+            value = rng.randbytes(rng.randint(0, 64))
+        else:
+            owner, other = bystanders[0], bystanders[-1]
+            if key.endswith(_id(other).encode()):
+                owner, other = other, owner
+            real = records.encode(records.Record(
+                actor_id=_id(other), name="", namespace="",
+                handle=_compat.handle_to_bytes(other), registered_at=time.time(),
+            ))
+            # Another actor's valid record under this key, or this actor's record cut short.
+            value = real if style < 0.8 else records.encode(records.Record(
+                actor_id=_id(owner), name="", namespace="",
+                handle=_compat.handle_to_bytes(owner), registered_at=time.time(),
+            ))[: rng.randint(1, 20)]
+        out[key] = value
+    return out
+
+
+# --- one round ------------------------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    """Everything a round draws from its rng, drawn up front so the seed fixes it."""
+
+    points: tuple
+    probability: float
+    junk_before: int
+    junk_during: int
+    junk_at: float
+    drivers: list  # per driver: list of (named, ping, owned)
+    dead_refusals: list  # per driver: register an already-dead actor first?
+    self_kill: list  # per driver: kill its first serve-scoped registered actor?
+    replica_plans: list
+    kill_times: list
+    gc_times: list
+    delete_at: float
+    early_shutdown: bool
+    shutdown_at: float
+    kill_in_shutdown: bool
+    shutdown_kill_delay: float
+
+    @classmethod
+    def draw(cls, rng: random.Random, cfg: Config) -> "_Plan":
+        points = tuple(sorted(rng.sample(faults.POINTS, rng.randint(0, len(faults.POINTS)))))
+        return cls(
+            points=points,
+            probability=rng.choice((1.0, 0.5, 0.25)),
+            junk_before=rng.randint(*cfg.junk_before),
+            junk_during=rng.randint(*cfg.junk_during),
+            junk_at=rng.uniform(0, cfg.window_s),
+            drivers=[
+                [((i + k) % 2 == 0, rng.random() >= cfg.no_ping_share, rng.random() < cfg.owned_share)
+                 for k in range(cfg.per_driver)]
+                for i in range(cfg.drivers)
+            ],
+            dead_refusals=[rng.random() < 0.3 for _ in range(cfg.drivers)],
+            self_kill=[rng.random() < 0.3 for _ in range(cfg.drivers)],
+            replica_plans=[
+                [rng.random() >= cfg.no_ping_share for _ in range(cfg.per_replica_call)]
+                for _ in range(cfg.replica_calls)
+            ],
+            kill_times=sorted(rng.uniform(0, cfg.window_s) for _ in range(rng.randint(*cfg.kills))),
+            gc_times=sorted(rng.uniform(0, cfg.window_s + 1.0) for _ in range(rng.randint(*cfg.gc_calls))),
+            delete_at=rng.uniform(0, cfg.window_s),
+            early_shutdown=rng.random() < cfg.early_shutdown_share,
+            shutdown_at=rng.uniform(0.2, cfg.window_s),
+            kill_in_shutdown=rng.random() < 0.5,
+            shutdown_kill_delay=rng.uniform(0.0, 2.0),
+        )
+
+
+def _sleep_until(started: float, t: float) -> None:
+    """Chaos timing, not synchronisation: wait for a moment the rng drew."""
+    time.sleep(max(0.0, t - (time.monotonic() - started)))
+
+
+def run_round(seed: int, cfg: Config, ledger: Any, bystanders: list,
+              log: Callable[[str], None]) -> RoundResult:
+    rng = random.Random(seed)
+    plan = _Plan.draw(rng, cfg)
+    res = RoundResult(seed=seed, early_shutdown=plan.early_shutdown,
+                      kill_in_shutdown=plan.kill_in_shutdown, points=plan.points)
     tag = uuid.uuid4().hex[:6]
+    junk: dict[bytes, bytes] = {}
+    attempted: list = []  # every actor made for registration (killed at the end)
+    threads: list[threading.Thread] = []
+    try:
+        _round(rng, plan, cfg, res, tag, ledger, junk, attempted, bystanders, threads)
+    except Exception:
+        res.errors.append(traceback.format_exc())
+        log(f"round error (seed {seed}):\n{res.errors[-1]}")
+    finally:
+        _clean_up(res, junk, attempted, threads, ledger, cfg)
+    return res
+
+
+def _round(rng, plan: _Plan, cfg: Config, res: RoundResult, tag: str, ledger: Any,
+           junk: dict, attempted: list, bystanders: list, threads: list) -> None:
     serve.shutdown()
-    serve_cleanup.start()
-    ctrl_id = _controller()._actor_id.hex()
-    handle = serve.run(Registrant.bind(), name="chaos", route_prefix=None)
+    if not _wait(lambda: client.find_controller() is None, cfg.timeout_s):
+        raise AssertionError("a controller from before this round is still running")
+    for point in faults.POINTS:
+        _kv_del(_marker(point))
 
-    bystanders = [
-        Payload.options(name=f"by-{tag}-{i}", namespace=NAMESPACE, lifetime="detached").remote()
-        if i % 2 == 0
-        else Payload.options(lifetime="detached").remote()
-        for i in range(cfg.bystanders)
-    ]
-    ray.get([b.ping.remote() for b in bystanders])
+    # Bystanders live for the whole run (fewer process starts); one that died is counted
+    # in its round and replaced.
+    for i in range(cfg.bystanders):
+        if i < len(bystanders) and _state(_id(bystanders[i])) == "ALIVE":
+            continue
+        b = (Payload.options(name=f"by-{tag}-{i}", namespace=NAMESPACE, lifetime="detached")
+             if i % 2 == 0 else Payload.options(lifetime="detached")).remote()
+        ray.get(b.ping.remote())
+        bystanders[i:i + 1] = [b]
+    t_start = time.monotonic()
 
-    returned: list[str] = []      # registration call returned: must be dead after shutdown
-    attempted: list = []          # every actor made for registration (cleaned up at the end)
+    # Junk the controller must set aside at every start of this round.
+    before = _junk(rng, plan.junk_before, bystanders)
+    for k, v in before.items():
+        _kv_put(k, v)
+    junk.update(before)
+    res.set_aside_planted = len(before)
+
+    env = {}
+    if plan.points:
+        env = {"SERVE_CLEANUP_CRASH_POINTS": ",".join(plan.points),
+               "SERVE_CLEANUP_CRASH_PROBABILITY": str(plan.probability)}
+    serve_cleanup.start(controller_options={"runtime_env": {"env_vars": env}} if env else None)
+    ctrl_id = _id(_controller())
+    handle = serve.run_many([
+        RunTarget(target=Registrant.bind(), name="chaos", route_prefix=None),
+        RunTarget(target=Owned.bind(), name=OWNED_APP, route_prefix=None),
+    ])[0]
+    during = _junk(rng, plan.junk_during, bystanders)
+    during = {k: v for k, v in during.items() if k not in junk}
+
     lock = threading.Lock()
-    failed = [0]
+    returned: dict[str, str] = {}  # actor id -> "serve" | "app" | "self-killed"
+    self_killed: list[str] = []
+    shutdown_started = threading.Event()
+    shutdown_done = threading.Event()
+    deleted = threading.Event()  # app "owned" is gone (serve.delete returned)
+    landed = [0]
+    call_timeout = cfg.early_call_timeout_s if plan.early_shutdown else cfg.call_timeout_s
+
+    def count(attr: str, n: int = 1) -> None:
+        with lock:
+            setattr(res, attr, getattr(res, attr) + n)
 
     def driver(i: int) -> None:
-        for k in range(cfg.per_driver):
-            opts = {"lifetime": "detached"}
-            if (i + k) % 2 == 0:
+        if plan.dead_refusals[i]:  # an actor that is dead before it is registered
+            actor = Payload.options(lifetime="detached").remote()
+            with lock:
+                attempted.append(actor)
+            try:
+                ray.get(actor.ping.remote())
+                ray.kill(actor, no_restart=True)
+                _wait(lambda: _state(_id(actor)) == "DEAD", 30)
+                serve_cleanup.register(actor, timeout_s=call_timeout)
+                with lock:
+                    res.dead_accepted.append(_id(actor))  # its call returned: a bug
+            except serve_cleanup.DeadActorError:
+                count("refused_dead")
+            except Exception:
+                count("failed_calls")
+        killed_own = not plan.self_kill[i]
+        for k, (named, ping, owned) in enumerate(plan.drivers[i]):
+            if shutdown_done.is_set():
+                return  # nothing would accept it; the call would only wait for its timeout
+            opts: dict[str, Any] = {"lifetime": "detached"}
+            if named:
                 opts.update(name=f"drv-{tag}-{i}-{k}", namespace=NAMESPACE)
             actor = Payload.options(**opts).remote()
             with lock:
                 attempted.append(actor)
             try:
-                ray.get(actor.ping.remote())
-                serve_cleanup.register(actor, timeout_s=60)
-                with lock:
-                    returned.append(actor._actor_id.hex())
+                if ping:
+                    ray.get(actor.ping.remote())
+                if owned:
+                    serve_cleanup.register(actor, scope="app", app=OWNED_APP, timeout_s=call_timeout)
+                else:
+                    serve_cleanup.register(actor, timeout_s=call_timeout)
             except Exception:
+                count("failed_calls")
+                continue
+            with lock:
+                returned[_id(actor)] = "app" if owned else "serve"
+            if not owned and not killed_own and not shutdown_started.is_set():
+                killed_own = True  # the actor dies on its own: the sweep must drop its record
+                ray.kill(actor, no_restart=True)
                 with lock:
-                    failed[0] += 1
-
-    replica_results: list = []
+                    returned[_id(actor)] = "self-killed"
+                    self_killed.append(_id(actor))
 
     def replicas() -> None:
-        refs = [handle.spawn.remote(cfg.per_replica_call, f"rep-{tag}-{j}") for j in range(cfg.replica_calls)]
+        refs = [handle.spawn.remote(p, f"rep-{tag}-{j}", ledger, call_timeout)
+                for j, p in enumerate(plan.replica_plans)]
+        deadline = time.monotonic() + cfg.timeout_s
         for ref in refs:
-            try:
-                replica_results.extend(ref.result(timeout_s=cfg.timeout_s))
-            except Exception:
-                with lock:
-                    failed[0] += 1
-
-    n_kills = rng.randint(*cfg.kills)
-    kill_times = sorted(rng.uniform(0, cfg.kill_window_s) for _ in range(n_kills))
-
-    landed = [0]  # kills whose ray.kill call went through
+            while time.monotonic() < deadline:
+                try:
+                    ref.result(timeout_s=0.5)
+                    break
+                except TimeoutError:
+                    if shutdown_done.is_set():
+                        return  # Serve is gone: the ledger says what was made and returned
+                except Exception:
+                    break  # the call failed; the ledger says what was made and returned
 
     def killer() -> None:
         started = time.monotonic()
-        for t in kill_times:
-            time.sleep(max(0.0, t - (time.monotonic() - started)))
+        for t in plan.kill_times:
+            _sleep_until(started, t)
+            if shutdown_done.is_set():
+                return
             try:
                 ray.kill(_controller(), no_restart=False)
                 landed[0] += 1
             except Exception:
                 pass
 
-    threads = [threading.Thread(target=driver, args=(i,)) for i in range(cfg.drivers)]
-    threads += [threading.Thread(target=replicas), threading.Thread(target=killer)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(cfg.timeout_s)
-    kills = landed[0]
-    for actor, ok in replica_results:
-        attempted.append(actor)
-        if ok:
-            returned.append(actor._actor_id.hex())
+    def collector() -> None:
+        started = time.monotonic()
+        for t in plan.gc_times:
+            _sleep_until(started, t)
+            if shutdown_started.is_set():
+                return
+            try:
+                serve_cleanup.gc(timeout_s=call_timeout)
+                count("gc_calls")
+            except Exception:
+                pass
 
-    # Shutdown, in half the rounds with a crash in the middle of it.
-    kill_in_shutdown = rng.random() < 0.5
-    delay = rng.uniform(0.0, 2.0)
-    shutdown = threading.Thread(target=serve.shutdown)
+    def deleter() -> None:
+        _sleep_until(time.monotonic(), plan.delete_at)
+        if shutdown_started.is_set():
+            return
+        try:
+            serve.delete(OWNED_APP)
+            deleted.set()
+        except Exception:
+            pass
+
+    def planter() -> None:
+        _sleep_until(time.monotonic(), plan.junk_at)
+        for k, v in during.items():
+            _kv_put(k, v)
+            with lock:
+                junk[k] = v
+
+    def timed(name: str, f: Callable[..., None], *args: Any) -> threading.Thread:
+        def body() -> None:
+            try:
+                f(*args)
+            finally:
+                res.threads[name] = time.monotonic() - started
+        return threading.Thread(target=body, name=name)
+
+    registrants = [timed(f"driver{i}", driver, i) for i in range(cfg.drivers)]
+    registrants.append(timed("replicas", replicas))
+    others = [timed(f.__name__, f) for f in (killer, collector, deleter, planter)]
+    threads += registrants + others
+    started = time.monotonic()
+    res.phases["start"] = started - t_start
+    for t in registrants + others:
+        t.start()
+
+    if plan.early_shutdown:
+        _sleep_until(started, plan.shutdown_at)
+    else:
+        for t in registrants + others:
+            t.join(cfg.timeout_s)
+        t_settle = time.monotonic()
+        _settle(cfg, res, returned, self_killed, deleted.is_set())
+        res.phases["settle"] = time.monotonic() - t_settle
+    res.set_aside_seen = _set_aside_seen()
+    if 0 <= res.set_aside_seen < res.set_aside_planted:
+        res.set_aside_unreported = res.set_aside_planted - res.set_aside_seen
+
+    shutdown_started.set()
+    t_shutdown = time.monotonic()
+    res.phases["register"] = t_shutdown - started
+    shutdown = threading.Thread(target=_shut_down, args=(res, cfg))
+    threads.append(shutdown)
     shutdown.start()
-    if kill_in_shutdown:
-        time.sleep(delay)
+    in_shutdown = 0
+    if plan.kill_in_shutdown:
+        time.sleep(plan.shutdown_kill_delay)  # chaos timing
         try:
             ray.kill(_controller(), no_restart=False)
-            kills += 1
+            in_shutdown = 1
         except Exception:
             pass  # shutdown already finished
     shutdown.join(cfg.timeout_s)
     if not _wait(lambda: client.find_controller() is None, cfg.timeout_s):
         raise AssertionError("the controller did not finish shutdown")
+    shutdown_done.set()
+    for t in threads:
+        t.join(cfg.timeout_s)
+        if t.is_alive():
+            raise AssertionError(f"thread {t.name} still running {cfg.timeout_s}s after shutdown")
 
-    leaked = [a for a in returned if not _wait(lambda a=a: _state(a) == "DEAD", 30)]
-    wrongly = [b._actor_id.hex() for b in bystanders if _state(b._actor_id.hex()) != "ALIVE"]
+    t_check = time.monotonic()
+    res.phases["shutdown"] = t_check - t_shutdown
+    made, replica_returned = ray.get(ledger.drain.remote())
+    attempted += made
+    for actor_id in replica_returned:
+        returned[actor_id] = "serve"
+
+    res.injected = sum(_kv_get(_marker(p)) is not None for p in faults.POINTS)
+    res.kills = landed[0] + in_shutdown + res.injected
+    res.registrations = len(returned)
+    res.owned_registrations = sum(v == "app" for v in returned.values())
+    res.leaked = [a for a in returned if not _wait(lambda a=a: _state(a) == "DEAD", 30)]
+    res.wrongly_killed += [_id(b) for b in bystanders if _state(_id(b)) != "ALIVE"]
+    keys = _record_keys()
+    res.records_left = len(keys - set(junk))
+    res.set_aside_touched = sum(_kv_get(k) != v for k, v in junk.items())
+    info = _compat.lookup_actor_sync(_gcs(), ctrl_id, 5.0)
+    res.restarts = info.num_restarts if info else 0
+    res.crash_loops = int(res.restarts > res.kills)
+    res.phases["check"] = time.monotonic() - t_check
+    if res.failures():
+        for k in sorted(keys - set(junk)):
+            log(f"  record left: {k!r}")
+        for line in _controller_log_lines(res.leaked + res.wrongly_killed + res.dead_accepted
+                                          + res.orphans_alive + res.stale_records):
+            log(f"  controller log: {line}")
+
+
+def _shut_down(res: RoundResult, cfg: Config) -> None:
+    """``serve.shutdown()``, repeated until the controller has taken it. Serve 2.60's
+    ``serve.shutdown()`` returns without doing anything ("Nothing to shut down") when the
+    cached controller does not answer ``check_alive`` within 5 s, e.g. while Ray restarts
+    it; a user would call it again, and so does the harness (``shutdown_retries``)."""
+    serve.shutdown()
+    deadline = time.monotonic() + cfg.timeout_s
+    while time.monotonic() < deadline:
+        ctrl = client.find_controller()
+        if ctrl is None:
+            return
+        try:
+            if ray.get(ctrl.serve_cleanup_status.remote(), timeout=10)["shutting_down"]:
+                return
+        except Exception:
+            continue  # restarting, or exiting: look again
+        res.shutdown_retries += 1
+        serve.shutdown()
+
+
+def _settle(cfg: Config, res: RoundResult, returned: dict[str, str], self_killed: list[str],
+            owner_deleted: bool) -> None:
+    """Before shutdown (registrants done): the reconcile killed the actors of the deleted
+    app, the sweep dropped the records of actors that died, and every Serve-wide
+    registration still lives (nothing killed it early)."""
+    owned = [a for a, s in returned.items() if s == "app"] if owner_deleted else []
+    keys = {a: records.record_key(a).encode() for a in self_killed}
+    _wait(lambda: all(_state(a) == "DEAD" for a in owned)
+          and not (set(keys.values()) & _record_keys()), cfg.settle_s, 0.1)
+    res.orphans_alive = [a for a in owned if _state(a) != "DEAD"]
     left = _record_keys()
-    info = _compat.lookup_actor_sync(_compat.driver_gcs_client(), ctrl_id, 5.0)
-    restarts = info.num_restarts if info else 0
-    crash_loop = restarts > kills
+    res.stale_records = [a for a, k in keys.items() if k in left]
+    res.wrongly_killed += [a for a, s in returned.items() if s == "serve" and _state(a) == "DEAD"]
 
-    totals.rounds += 1
-    totals.registrations += len(returned)
-    totals.failed_calls += failed[0]
-    totals.kills += kills
-    totals.leaked += leaked
-    totals.wrongly_killed += wrongly
-    totals.records_left += len(left)
-    totals.crash_loops += int(crash_loop)
-    log(
-        f"round {totals.rounds}: {len(returned)} registered, {kills} kills "
-        f"({'one during shutdown' if kill_in_shutdown else 'none during shutdown'}), "
-        f"{restarts} restarts, leaked {len(leaked)}, wrongly killed {len(wrongly)}, "
-        f"records left {len(left)}"
-    )
 
-    # Clean up for the next round: everything this round made, and any stray records.
-    for actor in attempted + bystanders:
+def _controller_log_lines(actor_ids: list[str], limit: int = 40) -> list[str]:
+    """Lines of this session's controller logs that mention one of ``actor_ids``."""
+    import glob
+    import os
+
+    try:
+        session = ray._private.worker.global_worker.node.get_session_dir_path()
+    except Exception:  # connected to a cluster started elsewhere
+        session = "/tmp/ray/session_latest"
+    out = []
+    for path in sorted(glob.glob(os.path.join(session, "logs", "serve", "controller_*.log"))):
+        try:
+            with open(path, errors="replace") as f:
+                out += [f"{os.path.basename(path)}: {line.rstrip()}" for line in f
+                        if any(a in line for a in actor_ids)]
+        except OSError:
+            pass
+    return out[-limit:]
+
+
+def _set_aside_seen() -> int:
+    try:
+        return len(client.controller_status(timeout_s=10)["set_aside"])
+    except Exception:
+        return -1
+
+
+def _clean_up(res: RoundResult, junk: dict, attempted: list, threads: list, ledger: Any,
+              cfg: Config) -> None:
+    """Leave nothing for the next round, whatever happened in this one."""
+    try:
+        serve.shutdown()
+        _wait(lambda: client.find_controller() is None, cfg.timeout_s)
+    except Exception:
+        pass
+    for t in threads:
+        t.join(cfg.timeout_s)
+    try:
+        made, _ = ray.get(ledger.drain.remote(), timeout=30)
+        attempted += made
+    except Exception:
+        pass
+    for actor in attempted:
         try:
             ray.kill(actor, no_restart=True)
         except Exception:
             pass
-    gcs = _compat.driver_gcs_client()
-    for key in left:
-        gcs.internal_kv_del((_compat.serve_kv_key_prefix() + key).encode(), False, _compat.SERVE_INTERNAL_KV_NAMESPACE)
+    for key in _record_keys():
+        _kv_del(key)
+    for point in faults.POINTS:
+        _kv_del(_marker(point))
 
 
-def run(rounds: int, seed: int, cfg: Optional[Config] = None, log: Callable[[str], None] = print) -> Totals:
-    """Run ``rounds`` rounds on the Ray cluster this process is connected to."""
+def run(rounds: int, seed: int, cfg: Optional[Config] = None, log: Callable[[str], None] = print,
+        round_seeds: Optional[list[int]] = None, first_round: int = 1,
+        max_seconds: Optional[float] = None) -> Totals:
+    """Run ``rounds`` rounds on the Ray cluster this process is connected to. Round ``n``
+    (from ``first_round``) uses the ``n``-th draw of ``Random(seed)`` as its seed, so a long
+    run split into chunks (``first_round=1, 26, 51, ...``) replays the same schedules;
+    ``round_seeds`` replaces the draws. With ``max_seconds``, no round starts after that
+    many seconds (the summary then says how many ran)."""
     cfg = cfg or Config()
-    rng = random.Random(seed)
+    master = random.Random(seed)
+    seeds = [master.getrandbits(32) for _ in range(first_round - 1 + rounds)][first_round - 1:]
+    seeds = round_seeds or seeds
     totals = Totals()
+    ledger = Ledger.remote()
+    bystanders: list = []
     started = time.monotonic()
-    for _ in range(rounds):
-        run_round(rng, cfg, totals, log)
+    try:
+        for s in seeds:
+            if max_seconds is not None and time.monotonic() - started > max_seconds:
+                log(f"stopping: {max_seconds:.0f}s budget used after {totals.rounds} rounds")
+                break
+            r = run_round(s, cfg, ledger, bystanders, log)
+            totals.add(r)
+            log(r.line(first_round - 1 + totals.rounds))
+    finally:
+        for actor in [ledger] + bystanders:
+            ray.kill(actor, no_restart=True)
     totals.seconds = time.monotonic() - started
     log(totals.summary(seed))
+    for n, s, failures in totals.failed_rounds:
+        log(f"FAILED round {first_round - 1 + n}: seed {s}: {failures}")
     return totals
 
 
@@ -274,6 +807,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--seed", type=int, default=20261127)
+    p.add_argument("--first-round", type=int, default=1,
+                   help="start at this round of the seed's sequence (to run a long run in chunks)")
+    p.add_argument("--round-seed", type=int, action="append", default=None,
+                   help="replay the round(s) with this seed (as printed in a round line)")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="start no round after this many seconds (share a machine politely)")
     p.add_argument("--address", default=None, help="a running cluster (default: start a local one)")
     args = p.parse_args(argv)
     if args.address:
@@ -282,7 +821,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         # address="local": a new cluster even where RAY_ADDRESS names another one.
         ray.init(address="local", num_cpus=2, include_dashboard=False, namespace=NAMESPACE, log_to_driver=False)
     try:
-        totals = run(args.rounds, args.seed, log=lambda m: print(m, flush=True))
+        totals = run(len(args.round_seed) if args.round_seed else args.rounds, args.seed,
+                     log=lambda m: print(m, flush=True), round_seeds=args.round_seed,
+                     first_round=args.first_round, max_seconds=args.max_seconds)
     finally:
         try:
             serve.shutdown()

@@ -53,21 +53,35 @@ def test_actors_on_worker_nodes_are_killed_at_shutdown(cluster):
     assert kv_record_keys() == []
 
 
-def test_removed_node_does_not_hang_shutdown(cluster):
+# What a user waits for: `serve.shutdown()` with records of actors lost with their node
+# must not sit out the controller's 20 s shutdown grace (core.Config.shutdown_grace_s)
+# retrying them; it finishes like any other shutdown. Measured here (2026-11-27, 2 cores,
+# 3 raylets): 0.7 s and 1.1 s (`-s` prints it); the bound leaves room for a slow, shared
+# machine and still fails a shutdown that waits out the grace.
+SHUTDOWN_BOUND_S = 15.0
+
+
+@pytest.mark.parametrize("lost", ["dead_before_shutdown", "lost_at_shutdown"])
+def test_removed_node_does_not_hang_shutdown(cluster, lost):
+    """``dead_before_shutdown``: GCS already marked the lost actors DEAD when shutdown
+    starts. ``lost_at_shutdown``: shutdown starts right after the node is removed, while
+    GCS may still think they live."""
     c, workers = cluster
     on_lost = [_on("w2", "lost-a"), _on("w2")]
     on_kept = [_on("w1", "kept-a")]
     for a in on_lost + on_kept:
         serve_cleanup.register(a)
     c.remove_node(workers[1])  # the node and its actors die with it
-    for a in on_lost:
-        wait_dead(a, 60)
+    if lost == "dead_before_shutdown":
+        for a in on_lost:
+            wait_dead(a, 60)
 
     started = time.monotonic()
     serve.shutdown()
     wait_for(lambda: client.find_controller() is None, 60, "shutdown to finish")
     took = time.monotonic() - started
-    print(f"\nshutdown with a removed node's records took {took:.1f}s")
+    print(f"\nshutdown with a removed node's records ({lost}) took {took:.1f}s")
+    assert took < SHUTDOWN_BOUND_S, f"shutdown took {took:.1f}s with a removed node's records"
     for a in on_kept:
         wait_dead(a)
     assert kv_record_keys() == []

@@ -3,12 +3,16 @@
 From Ray 2.56 Serve itself resumes an interrupted shutdown (``SHUTDOWN_IN_PROGRESS_KEY``);
 before that the durable controller does it from its own flag (see ``_compat``). The
 ``wait=False`` test below fails on 2.54/2.55 without that flag.
+
+Each kill lands at an observed step of the shutdown, not after a sleep: the test polls
+(with a deadline) until the step is visible from outside, then kills the controller.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from typing import Callable
 
 import pytest
 import ray
@@ -19,8 +23,8 @@ from ray_helpers import (
     _teardown_serve,
     actor_state,
     assert_stays,
-    controller_status,
     controller_handle,
+    controller_status,
     kv_record_keys,
     wait_dead,
     wait_for,
@@ -36,18 +40,55 @@ class Slow:
         return "ok"
 
 
-@pytest.mark.parametrize("delay_s", [0.0, pytest.param(0.3, marks=pytest.mark.smoke), 0.8])
-def test_controller_killed_mid_shutdown(durable_serve, actors, unique, delay_s):
+def _replica_ids(app: str) -> list[str]:
+    prefix = f"{_compat.REPLICA_ID_FULL_ID_STR_PREFIX}{app}#"
+    return [
+        ray.get_actor(e["name"], namespace=e["namespace"])._actor_id.hex()
+        for e in ray.util.list_named_actors(all_namespaces=True)
+        if e["namespace"] == _compat.SERVE_NAMESPACE and e["name"].startswith(prefix)
+    ]
+
+
+def _shutting_down() -> bool:
+    return controller_status()["shutting_down"]
+
+
+def _poll(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Like ``wait_for``, but without a pause between tries: the kill must land while the
+    step is still under way (the reaping step lasts ~0.1 s)."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
+
+
+# The observed step after which the controller is killed:
+#   flag      the controller reports it is shutting down (the apps are still there);
+#   app_gone  every replica of the app is dead (apps torn down; the cleanup has not run);
+#   reaping   the first registered actor is dead (the cleanup pass is under way).
+@pytest.mark.parametrize("step", ["flag", "app_gone", pytest.param("reaping", marks=pytest.mark.smoke)])
+def test_controller_killed_mid_shutdown(durable_serve, actors, unique, step):
     serve.run(Slow.bind(), name="slow", route_prefix=None)  # makes shutdown take a while
+    replicas = _replica_ids("slow")
+    assert len(replicas) == 2
     registered = [actors(f"mid-{unique}-{i}") for i in range(3)] + [actors()]
     for a in registered:
         serve_cleanup.register(a)
     bystander = actors(f"by-{unique}")
+    registered_ids = [a._actor_id.hex() for a in registered]
 
     ctrl = controller_handle()
     ctrl_id = ctrl._actor_id.hex()
+    assert not _shutting_down()
     ray.get(ctrl.graceful_shutdown.remote(wait=False))
-    time.sleep(delay_s)  # not synchronisation: the point at which the crash is injected
+    if step == "flag":
+        _poll(_shutting_down, 30, "the controller to report that it is shutting down")
+        assert all(actor_state(r) == "ALIVE" for r in replicas), "the app was already gone"
+    elif step == "app_gone":
+        _poll(lambda: all(actor_state(r) == "DEAD" for r in replicas), 60, "the replicas to die")
+    else:
+        _poll(lambda: any(actor_state(a) == "DEAD" for a in registered_ids), 60,
+              "the first registered actor to die")
     ray.kill(ctrl, no_restart=False)
 
     # The restarted controller finds Serve's shutdown flag and our records, finishes

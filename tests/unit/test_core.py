@@ -487,3 +487,20 @@ async def test_after_a_shutdown_give_up_even_a_repeat_is_refused():
     await w.shutdown(core)  # gives up; the record stays
     with pytest.raises(RegistrationError, match="finished shutting down"):
         await core.register(a)
+
+
+async def test_a_failed_unregister_keeps_a_pending_take_back():
+    """Found by the simulation (seed 48 of 1000): unregister dropped the queued take-back
+    before its own delete, so when that delete failed too the refused record stayed."""
+    w = World()
+    core = w.core()
+    a = w.actor()
+    w.table.die(a.actor_id)
+    w.store.fail_deletes = 2
+    with pytest.raises(DeadActorError):
+        await core.register(a)  # refused; its take-back fails
+    with pytest.raises(TimeoutError):
+        await core.unregister(a.actor_id)  # fails as well
+    assert a.actor_id in core.retract
+    await w.ticks(core, 1)
+    assert stored(w) == set()

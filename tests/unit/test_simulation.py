@@ -5,41 +5,56 @@ concurrent registrations (named, anonymous and not yet known to GCS, moves betwe
 owners), unregistrations, actor deaths, app deletions, gc passes, reconcile ticks, KV
 write failures and controller crashes at random moments; a call cut by a crash is retried
 on the restarted core, as Ray retries actor tasks. Then Serve shuts down and the
-invariants of docs/architecture.md are checked. A failing seed replays exactly:
-``pytest tests/unit/test_simulation.py -k <seed>``.
+invariants of docs/architecture.md are checked. 40 seeds by default; a long run is
+``pytest tests/unit/test_simulation.py --sim-seeds 2000``. A failing seed replays exactly:
+``pytest tests/unit/test_simulation.py -k 'test_simulation[<seed>]'``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+from typing import Optional
 
 import pytest
 
 from fakes import Crash, World
 from serve_cleanup.core import Config
-from serve_cleanup.errors import RegistrationError
+from serve_cleanup.errors import OwnerNotFoundError, RegistrationError
 from serve_cleanup.ports import ServeState
 
-SEEDS = range(40)
 STEPS = 60
 
 
-async def _call(w: World, op, attempts: int = 20):
-    """Run ``op(core)`` on the current core; a crash mid-call retries on the next one."""
-    for _ in range(attempts):
+def pytest_generate_tests(metafunc):
+    if "seed" in metafunc.fixturenames:
+        metafunc.parametrize("seed", range(metafunc.config.getoption("--sim-seeds")))
+
+
+async def _call(w: World, op, attempts: int = 20, retried: Optional[list] = None):
+    """Run ``op(core)`` on the current core. A process that crashed mid-call never
+    answers, whatever it was doing: the caller's call is retried on the restarted one."""
+    for attempt in range(attempts):
+        if attempt and retried is not None:
+            retried.append(attempt)
         core = w.current
         try:
-            return await op(core)
+            result = await op(core)
         except Crash:
             if w.current is core:
                 w.core()  # Ray restarts the controller
             continue
+        except BaseException:
+            if w.current is not core:
+                continue
+            raise
+        if w.current is not core:
+            continue
+        return result
     raise AssertionError("call retried forever")
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("seed", SEEDS)
 async def test_simulation(seed):
     rng = random.Random(seed)
     w = World(Config(shutdown_grace_s=600.0))
@@ -51,13 +66,19 @@ async def test_simulation(seed):
     order = iter(range(10**9))
     returned: dict[str, int] = {}  # last successful registration
     unregistered: dict[str, int] = {}  # last unregister that completed
-    unregistered_true: dict[str, int] = {}  # ... and said it removed a record
+    unregistered_true: dict[str, tuple[int, int]] = {}  # ... said it removed a record (and kills so far)
     died_on_its_own: set[str] = set()
+    ambiguous: set[str] = set()
     tasks = []
 
     async def register(reg, step):
+        retried: list = []
         try:
-            await _call(w, lambda core: core.register(reg))
+            await _call(w, lambda core: core.register(reg), retried=retried)
+        except OwnerNotFoundError:
+            if retried:  # see docs/architecture.md, Limits: the first attempt's record
+                ambiguous.add(reg.actor_id)  # may have been reaped with its owner
+            return
         except (RegistrationError, ValueError):
             return
         returned[reg.actor_id] = next(order)
@@ -66,7 +87,7 @@ async def test_simulation(seed):
         removed = await _call(w, lambda core: core.unregister(actor_id))
         unregistered[actor_id] = n = next(order)
         if removed:
-            unregistered_true[actor_id] = n
+            unregistered_true[actor_id] = (n, len(w.killer.kills))
 
     for step in range(STEPS):
         roll = rng.random()
@@ -75,6 +96,7 @@ async def test_simulation(seed):
                           known_in=rng.choice([0.0, 0.0, 0.3, 1.5]))
             if rng.random() < 0.1:
                 w.table.die(reg.actor_id)  # dead before it is registered
+                died_on_its_own.add(reg.actor_id)
             actors.append(reg)
             tasks.append(asyncio.ensure_future(register(_owned(reg, rng, w), step)))
         elif roll < 0.45:
@@ -117,10 +139,12 @@ async def test_simulation(seed):
         assert not w.table.alive(actor_id), f"seed {seed}: registered actor {actor_id} leaked"
     # I3: only actors that were registered were killed; unregistered ones were left alone.
     for actor_id in w.killer.kills:
-        assert actor_id in returned, f"seed {seed}: killed {actor_id}, never registered"
-    for actor_id, n in unregistered_true.items():
-        if returned.get(actor_id, -1) < n and actor_id not in died_on_its_own:
-            assert w.table.alive(actor_id), f"seed {seed}: unregistered actor {actor_id} was killed"
+        assert actor_id in returned or actor_id in ambiguous, f"seed {seed}: killed {actor_id}, never registered"
+    for actor_id, (n, kills_before) in unregistered_true.items():
+        if returned.get(actor_id, -1) < n:
+            assert actor_id not in w.killer.kills[kills_before:], (
+                f"seed {seed}: actor {actor_id} was killed after its unregister returned"
+            )
     # Nothing is left in the KV once shutdown finished.
     assert w.store.records() == {}, f"seed {seed}: records left {sorted(w.store.records())}"
 
