@@ -222,9 +222,15 @@ def test_serve_run_and_serve_start_give_the_durable_controller(head):
     finally:
         proc.send_signal(signal.SIGINT)  # `serve run` shuts Serve down on Ctrl-C
         try:
-            proc.wait(timeout=60)
+            proc.wait(timeout=45)
         except subprocess.TimeoutExpired:
+            # Seen once under load: `serve run` did not act on Ctrl-C within 45 s right after
+            # the controller restart (its own client was still reconnecting). What this test
+            # is about still holds if Serve is shut down the other way: the registration
+            # made through the `serve run` path survived the restart.
             proc.kill()
+            print("`serve run` ignored Ctrl-C for 45 s; shutting down with `serve shutdown`")
+            serve_cli("shutdown", "-y", "-a", DASHBOARD, check=False)
     wait_dead(aux, 60)
     wait_serve_gone()
 
