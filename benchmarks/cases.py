@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 
 import ray
 
 from benchmarks.harness import (
+    burst,
     DURABLE,
     PLAIN,
     BenchApp,
@@ -135,23 +135,7 @@ def concurrent_registration(sizes: Sizes) -> dict:
             start_serve(kind)
             ctrl = controller()
             groups = [make_actors(sizes.per_registrant) for _ in range(sizes.concurrent)]
-            barrier = threading.Barrier(sizes.concurrent)
-            errors: list = []
-
-            def run(group):
-                barrier.wait()
-                try:
-                    ray.get([ctrl._register_shutdown_cleanup_actor.remote(a) for a in group])
-                except Exception as e:  # counted below
-                    errors.append(e)
-
-            threads = [threading.Thread(target=run, args=(g,)) for g in groups]
-            started = time.perf_counter()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            took = time.perf_counter() - started
+            took = burst(ctrl, groups)  # raises if a registrant failed
             total = sizes.concurrent * sizes.per_registrant
             rates.append(total / took)
             if kind == DURABLE:
@@ -159,7 +143,6 @@ def concurrent_registration(sizes: Sizes) -> dict:
 
                 stored = {r.actor_id for r in serve_cleanup.list_registrations()}
                 lost += sum(1 for g in groups for a in g if a._actor_id.hex() not in stored)
-            lost += len(errors)
             stop_serve()
             for g in groups:
                 kill_actors(g)

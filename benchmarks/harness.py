@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import asyncio
 import os
 import statistics
@@ -162,3 +164,27 @@ class Samples:
 
     def ms(self, which: str = "p50") -> float:
         return getattr(self, which) * 1000
+
+
+def burst(ctrl, groups: list[list]) -> float:
+    """Each group registered through the upstream method by its own thread, all at once;
+    the wall time of the whole burst."""
+    barrier = threading.Barrier(len(groups))
+    errors: list = []
+
+    def run(group):
+        barrier.wait()
+        try:
+            ray.get([ctrl._register_shutdown_cleanup_actor.remote(a) for a in group])
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(g,)) for g in groups]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise RuntimeError(f"{len(errors)} registrant(s) failed: {errors[0]!r}")
+    return time.perf_counter() - started

@@ -26,15 +26,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import psutil
 import ray
 
-from benchmarks.harness import DURABLE, PLAIN, connect, controller, log, purge_records, start_serve, stop_serve
-from serve_cleanup import client
+from benchmarks.harness import DURABLE, PLAIN, burst, connect, controller, log, purge_records, start_serve, stop_serve
 
 RATE_HZ = 250
 
@@ -47,28 +45,6 @@ class Pending:
 def pending_actors(n: int) -> list:
     return [Pending.options(lifetime="detached", name=f"pending-{os.urandom(6).hex()}",
                             namespace="serve-cleanup-bench").remote() for _ in range(n)]
-
-
-def burst(ctrl, groups: list[list]) -> float:
-    barrier = threading.Barrier(len(groups))
-    errors: list = []
-
-    def run(group):
-        barrier.wait()
-        try:
-            ray.get([ctrl._register_shutdown_cleanup_actor.remote(a) for a in group])
-        except Exception as e:
-            errors.append(e)
-
-    threads = [threading.Thread(target=run, args=(g,)) for g in groups]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return time.perf_counter() - started
 
 
 def cpu_s(proc: psutil.Process) -> float:

@@ -28,7 +28,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 
@@ -37,6 +36,7 @@ import ray
 from ray import cloudpickle, serve
 
 from benchmarks.harness import (
+    burst as run_burst,
     DURABLE,
     PLAIN,
     Samples,
@@ -134,28 +134,6 @@ def kv_put_samples(n: int) -> list[float]:
         gcs.internal_kv_del(key, False, _compat.SERVE_INTERNAL_KV_NAMESPACE)
 
 
-def _burst(ctrl, groups: list[list]) -> float:
-    barrier = threading.Barrier(len(groups))
-    errors: list = []
-
-    def run(group):
-        barrier.wait()
-        try:
-            ray.get([ctrl._register_shutdown_cleanup_actor.remote(a) for a in group])
-        except Exception as e:  # reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=run, args=(g,)) for g in groups]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise RuntimeError(f"{len(errors)} registrant(s) failed: {errors[0]!r}")
-    return time.perf_counter() - started
-
-
 def floor_and_burst(sizes: TargetSizes) -> dict:
     """Targets 1 and 2. Per round and kind: one Serve instance; new registrations one at a
     time, repeat registrations of one registered actor, driver KV puts, then a burst."""
@@ -188,7 +166,7 @@ def floor_and_burst(sizes: TargetSizes) -> dict:
             time.sleep(sizes.settle_s)
             idle = (cpu_s(proc) - c0) / (time.perf_counter() - t0)
             c0 = cpu_s(proc)
-            took = _burst(ctrl, groups)
+            took = run_burst(ctrl, groups)
             busy = cpu_s(proc) - c0
             n = sizes.burst_registrants * sizes.burst_per_registrant
             burst[kind].append({"per_s": n / took, "cpu_ms": busy / n * 1000,
