@@ -17,9 +17,10 @@ import ray
 from ray import cloudpickle, serve
 
 import serve_cleanup
-from serve_cleanup import _compat, client, records
-from serve_cleanup.records import Record
-from serve_cleanup.store import GcsRecordStore
+from serve_cleanup import _compat, client
+from serve_cleanup.core import records
+from serve_cleanup.core.records import Record
+from serve_cleanup.adapters import GcsRecordStore
 
 PLAIN, DURABLE = "plain", "durable"
 
@@ -140,8 +141,8 @@ def seed_synthetic(n: int) -> None:
 def purge_records() -> None:
     gcs = _compat.driver_gcs_client()
     gcs.internal_kv_del(
-        (_compat.serve_kv_key_prefix() + records.KEY_PREFIX).encode(), True,
-        _compat.SERVE_INTERNAL_KV_NAMESPACE,
+        _compat.kv_key(records.KEY_PREFIX), True,
+        _compat.KV_NAMESPACE,
     )
 
 

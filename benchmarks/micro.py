@@ -24,8 +24,9 @@ import msgpack
 import ray
 
 from benchmarks.harness import connect, log
-from serve_cleanup import _compat, records
-from serve_cleanup.records import Record
+from serve_cleanup import _compat
+from serve_cleanup.core import records
+from serve_cleanup.core.records import Record
 
 BATCHES = 10
 

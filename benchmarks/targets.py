@@ -50,7 +50,8 @@ from benchmarks.harness import (
     stop_serve,
     wait_for,
 )
-from serve_cleanup import _compat, records
+from serve_cleanup import _compat
+from serve_cleanup.core import records
 
 # Workers need not import the benchmarks package: ship this module's classes by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -124,14 +125,14 @@ def kv_put_samples(n: int) -> list[float]:
         xs = []
         for _ in range(n + 3):
             t = time.perf_counter()
-            await gcs.async_internal_kv_put(key, value, True, _compat.SERVE_INTERNAL_KV_NAMESPACE, timeout=5)
+            await gcs.async_internal_kv_put(key, value, True, _compat.KV_NAMESPACE, timeout=5)
             xs.append(time.perf_counter() - t)
         return xs[3:]
 
     try:
         return asyncio.run(run())
     finally:
-        gcs.internal_kv_del(key, False, _compat.SERVE_INTERNAL_KV_NAMESPACE)
+        gcs.internal_kv_del(key, False, _compat.KV_NAMESPACE)
 
 
 def floor_and_burst(sizes: TargetSizes) -> dict:
@@ -205,8 +206,8 @@ def floor_and_burst(sizes: TargetSizes) -> dict:
 
 def _record_count() -> int:
     gcs = _compat.driver_gcs_client()
-    prefix = (_compat.serve_kv_key_prefix() + records.KEY_PREFIX).encode()
-    return len(gcs.internal_kv_keys(prefix, _compat.SERVE_INTERNAL_KV_NAMESPACE, timeout=30))
+    prefix = _compat.kv_key(records.KEY_PREFIX)
+    return len(gcs.internal_kv_keys(prefix, _compat.KV_NAMESPACE, timeout=30))
 
 
 def _cli_list_json_s() -> tuple[float, int]:

@@ -6,30 +6,16 @@
                                           # the controller crashed and restarted
     await serve_cleanup.register_async(actor_handle)  # the same, in async code
 
-``serve_cleanup.gc`` and ``serve_cleanup.gc_async`` are aliases of ``collect`` and
-``collect_async``; they are not in ``__all__`` because ``from serve_cleanup import *``
-would then shadow the standard library's ``gc``.
+Importing the package imports neither Ray nor Serve: each name below is loaded on first
+use (PEP 562), so ``import serve_cleanup`` stays cheap and works where Ray is missing.
 """
 
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as _distribution_version
+from __future__ import annotations
 
-from serve_cleanup._compat import SUPPORTED_RAY
-from serve_cleanup.client import (
-    ControllerKind,
-    Scope,
-    collect,
-    collect_async,
-    controller_kind,
-    gc,
-    gc_async,
-    list_registrations,
-    register,
-    register_async,
-    start,
-    unregister,
-    unregister_async,
-)
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from serve_cleanup._support import SUPPORTED_RAY
 from serve_cleanup.errors import (
     ControllerRunningError,
     ControllerUnavailableError,
@@ -44,12 +30,58 @@ from serve_cleanup.errors import (
     UnknownSchemaVersionError,
     UnsupportedRayVersionError,
 )
-from serve_cleanup.records import Record
 
-try:
-    __version__ = _distribution_version("serve-cleanup")
-except PackageNotFoundError:  # imported from a source tree that was never installed
-    __version__ = "0+unknown"
+if TYPE_CHECKING:
+    from serve_cleanup.client import (
+        ControllerKind,
+        Scope,
+        collect,
+        collect_async,
+        controller_kind,
+        list_registrations,
+        register,
+        register_async,
+        start,
+        unregister,
+        unregister_async,
+    )
+    from serve_cleanup.core.records import Record
+
+_LAZY = {
+    "ControllerKind": "serve_cleanup.client",
+    "Scope": "serve_cleanup.client",
+    "collect": "serve_cleanup.client",
+    "collect_async": "serve_cleanup.client",
+    "controller_kind": "serve_cleanup.client",
+    "list_registrations": "serve_cleanup.client",
+    "register": "serve_cleanup.client",
+    "register_async": "serve_cleanup.client",
+    "start": "serve_cleanup.client",
+    "unregister": "serve_cleanup.client",
+    "unregister_async": "serve_cleanup.client",
+    "Record": "serve_cleanup.core.records",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("serve-cleanup")
+        except PackageNotFoundError:  # imported from a source tree that was never installed
+            return "0+unknown"
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'serve_cleanup' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | {"__version__"})
+
 
 __all__ = [
     "SUPPORTED_RAY",

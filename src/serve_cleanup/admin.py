@@ -11,12 +11,11 @@ them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Iterable
 
 from serve_cleanup import _compat
+from serve_cleanup.core.records import normalize_actor_id
 from serve_cleanup.errors import ControllerRunningError
-from serve_cleanup.registry import Registry
-from serve_cleanup.store import GcsRecordStore
 
 
 @dataclass(frozen=True)
@@ -30,31 +29,31 @@ class PurgeItem:
 def purge_plan(actor_ids: Iterable[str] = (), *, set_aside: bool = False, everything: bool = False) -> list[PurgeItem]:
     """What ``purge`` would delete: the records of ``actor_ids`` (hex), the set-aside
     entries if ``set_aside``, or every entry under the prefix if ``everything``."""
-    wanted = {a.strip().lower() for a in actor_ids}
-    registry = Registry(GcsRecordStore(_compat.driver_gcs_client()))
-    registry.load()
+    from serve_cleanup.client import read_kv
+
+    wanted = {normalize_actor_id(a) for a in actor_ids}
+    records, set_aside_entries = read_kv()
     plan = [
         PurgeItem(r.key, r.key.encode(), "record", r.actor_id)
-        for r in registry.records()
+        for r in records
         if everything or r.actor_id in wanted
     ]
     if set_aside or everything:
-        plan += [PurgeItem(s.key, s.raw_key, "set aside") for s in registry.set_aside()]
+        plan += [PurgeItem(s.key, s.raw_key, "set aside") for s in set_aside_entries]
     return plan
 
 
-def purge(plan: list[PurgeItem], controller_kind: Optional[str] = None) -> int:
+def purge(plan: list[PurgeItem]) -> int:
     """Delete the planned entries. Refuses while a Serve controller runs."""
     from serve_cleanup import client
 
-    kind = controller_kind or client.controller_kind()
+    kind = client.controller_kind()
     if kind != "none":
         raise ControllerRunningError.for_kind(kind)
     gcs = _compat.driver_gcs_client()
-    prefix = _compat.serve_kv_key_prefix().encode()
     deleted = 0
     for item in plan:
-        deleted += gcs.internal_kv_del(prefix + item.raw_key, False, _compat.SERVE_INTERNAL_KV_NAMESPACE)
+        deleted += gcs.internal_kv_del(_compat.kv_key(item.raw_key), False, _compat.KV_NAMESPACE)
     return deleted
 
 

@@ -156,7 +156,7 @@ def list_(address: str, as_json: bool) -> None:
     import json
 
     from serve_cleanup import _table, client
-    from serve_cleanup.records import Record
+    from serve_cleanup.core.records import Record
 
     _connect(address)
     # Record.to_dict() without dataclasses.asdict's deep copy (~40 us a record: 4 s of
@@ -265,7 +265,7 @@ def gc(address: str, dry_run: bool, as_json: bool) -> None:
             "`serve-cleanup list` works without it."
         )
     try:
-        found = client.gc(dry_run=dry_run, timeout_s=30)
+        found = client.collect(dry_run=dry_run, timeout_s=30)
     except ServeCleanupError as e:
         raise click.ClickException(str(e)) from None
     if as_json:

@@ -21,11 +21,11 @@ from typing import Any, Callable, Generator, Literal, Optional, Union
 import ray
 from ray.actor import ActorHandle
 
-from serve_cleanup import _compat, records
+from serve_cleanup import _compat
+from serve_cleanup.core import records
+from serve_cleanup.core.records import Record
+from serve_cleanup.core.registry import SetAside, read_all
 from serve_cleanup.errors import ControllerUnavailableError, NotDurableControllerError
-from serve_cleanup.records import Record
-from serve_cleanup.registry import Registry, SetAside
-from serve_cleanup.store import GcsRecordStore
 
 Scope = Literal["serve", "app", "deployment"]
 ControllerKind = Literal["durable", "plain", "none"]
@@ -229,28 +229,26 @@ def _register_args(
 
 
 def _resolve_owner(scope: str, app: Optional[str], deployment: Optional[str]) -> tuple[str, str]:
-    if not isinstance(scope, str) or scope not in records.SCOPES:
-        raise ValueError(f"unknown scope {scope!r}; use one of {records.SCOPES}.")
-    if scope == records.SCOPE_SERVE:
-        if app or deployment:
-            raise ValueError("scope='serve' takes no app or deployment; use scope='app' or 'deployment'.")
-        return "", ""
-    if scope == records.SCOPE_APP and deployment:
-        raise ValueError("scope='app' takes no deployment; use scope='deployment'.")
-    here = _compat.replica_owner()
-    if app is None:
+    """Fill in the replica's own app and deployment where the scope needs them and the
+    caller left them out; then the owner rule of ``records.check_owner``."""
+    if scope in (records.SCOPE_APP, records.SCOPE_DEPLOYMENT) and (app is None or (
+            scope == records.SCOPE_DEPLOYMENT and deployment is None)):
+        here = _compat.replica_owner()
+        if here is None and app is not None:
+            raise ValueError(f"scope='deployment' outside a Serve replica needs deployment=... (app {app!r}).")
         if here is None:
             raise ValueError(
                 f"scope={scope!r} outside a Serve replica needs app=" +
                 ("... and deployment=..." if scope == records.SCOPE_DEPLOYMENT else "...")
             )
-        app = here[0]
-    if scope == records.SCOPE_APP:
-        return app, ""
-    if deployment is None:
-        if here is None or here[0] != app:
-            raise ValueError(f"scope='deployment' needs deployment=... (app {app!r}).")
-        deployment = here[1]
+        if app is None:
+            app = here[0]
+        if scope == records.SCOPE_DEPLOYMENT and deployment is None:
+            if here[0] != app:
+                raise ValueError(f"scope='deployment' needs deployment=... (app {app!r}).")
+            deployment = here[1]
+    app, deployment = app or "", deployment or ""
+    records.check_owner(scope, app, deployment)
     return app, deployment
 
 
@@ -258,7 +256,7 @@ def _unregister_args(actor: object) -> str:
     if isinstance(actor, ActorHandle):
         return _compat.actor_id_hex(actor)
     if isinstance(actor, str):
-        return actor.strip().lower()
+        return records.normalize_actor_id(actor)
     raise TypeError(f"expected a Ray ActorHandle or an actor id, got {type(actor).__name__}")
 
 
@@ -343,10 +341,6 @@ async def collect_async(
     """:func:`collect` for ``async`` code (same arguments, result and errors)."""
     return await _call_controller_async("serve_cleanup_gc", bool(dry_run), timeout_s=timeout_s)
 
-
-# The names the issue tracker and the CLI use; kept as aliases.
-gc = collect
-gc_async = collect_async
 
 
 def controller_status(timeout_s: float = 10.0) -> dict[str, Any]:
@@ -520,38 +514,19 @@ def list_registrations() -> list[Record]:
 
 def read_kv() -> tuple[list[Record], list[SetAside]]:
     """Records and set-aside entries as the GCS KV holds them now."""
+    from serve_cleanup.adapters import GcsRecordStore
+
     _connect()
-    registry = Registry(GcsRecordStore(_compat.driver_gcs_client()))
-    registry.load()
-    return sorted(registry.records(), key=lambda r: (r.registered_at, r.actor_id)), registry.set_aside()
+    found, set_aside = asyncio.run(read_all(GcsRecordStore(_compat.driver_gcs_client())))
+    return sorted(found.values(), key=lambda r: (r.registered_at, r.actor_id)), list(set_aside.values())
 
 
 def actor_states(actor_ids: list[str]) -> dict[str, str]:
-    """Actor table state per id: ALIVE, RESTARTING, ..., DEAD, or UNKNOWN on error.
-
-    Many ids: one read of the whole actor table (``serve-cleanup list`` over 100,000
-    records stays one RPC); an id the table does not hold is DEAD, as with a single
-    lookup. Few ids: one lookup each, concurrently.
-    """
-    import asyncio
-
-    gcs = _compat.driver_gcs_client()
-    bulk_from = 64  # below this, per-id lookups cost less than reading the whole table
-
-    async def one(actor_id: str) -> str:
-        try:
-            info = await _compat.lookup_actor(gcs, actor_id, 5.0)
-        except Exception:
-            return "UNKNOWN"
-        return "DEAD" if info is None else info.state
-
-    async def all_() -> list[str]:
-        if len(actor_ids) >= bulk_from:
-            try:
-                table = await _compat.all_actors(gcs, 30.0)
-            except Exception:
-                return ["UNKNOWN"] * len(actor_ids)
-            return [table[a].state if a in table else "DEAD" for a in actor_ids]
-        return list(await asyncio.gather(*(one(a) for a in actor_ids)))
-
-    return dict(zip(actor_ids, asyncio.run(all_())))
+    """Actor table state per id: ALIVE, RESTARTING, ..., DEAD (or not known to the
+    table), or UNKNOWN when the table cannot be read. One bulk read of the live set,
+    however many ids (never a scan per id)."""
+    try:
+        live = _compat.live_actors(frozenset(actor_ids))
+    except Exception:
+        return {a: "UNKNOWN" for a in actor_ids}
+    return {a: live[a].state if a in live else "DEAD" for a in actor_ids}

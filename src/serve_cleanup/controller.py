@@ -2,23 +2,27 @@
 
 A subclass; no controller code is copied. It is named ``ServeController`` too, so the
 actor table, ``ray list actors --filter class_name=ServeController`` and anything else
-that identifies Serve's controller from outside sees what it sees with plain Serve.
-Callers tell the two apart by the ``serve_cleanup_status`` method (``controller_kind``).
+that identifies Serve's controller from outside sees what it sees with plain Serve. Its
+``repr`` (Ray's ``repr_name`` in ``ray list actors --detail`` and the dashboard) says it is
+serve_cleanup's; callers tell the two apart by the ``serve_cleanup_status`` method
+(``client.controller_kind``).
 
 What it adapts (every decision is the core's):
 
 ``__init__``
-    Builds the core over Ray-backed ports and reads every record *before* Serve's own
-    ``__init__`` starts the control loop, so a controller restarted in the middle of
-    ``serve.shutdown()`` knows every registered actor before its first shutdown step.
-    Never raises for anything it reads (a constructor that raises leaves the actor dead
-    for good). Then starts the core's reconcile loop as a task.
+    Builds the core over the Ray-backed ports (``adapters``) and reads every record
+    *before* Serve's own ``__init__`` starts the control loop, so a controller restarted
+    in the middle of ``serve.shutdown()`` knows every registered actor before its first
+    shutdown step. Never raises for anything it reads (a constructor that raises leaves
+    the actor dead for good). Then starts the core's reconcile loop as a task.
 ``_register_shutdown_cleanup_actor(handle)`` (upstream entry point)
-    Made durable, scope ``serve``, keeping any existing registration's owner.
+    Made durable, scope ``serve``, keeping any existing registration's owner; one KV put
+    and no actor-table lookup (upstream never refused a dead actor).
 ``_kill_registered_cleanup_actors()``
     Asks ``core.shutdown_step()``; raises ``_CleanupPending`` until it says done.
 ``shutdown()``
     Swallows ``_CleanupPending``; Serve's control loop calls it again on its next tick.
+    Before Ray 2.56 it also keeps ``ShutdownFlag`` (below).
 
 New remote methods are prefixed ``serve_cleanup_``.
 """
@@ -28,21 +32,21 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-from typing import Any
+from typing import Any, Optional
 
 import ray
 
 from serve_cleanup import _compat
-from serve_cleanup.admission import Registration
-from serve_cleanup.core import CleanupCore, Config
+from serve_cleanup.adapters import GcsActorTable, GcsRecordStore, RayKiller, ServeFacts
+from serve_cleanup.core import CleanupCore, Config, Registration
+from serve_cleanup.core.records import SCOPE_SERVE, Record, normalize_actor_id
 from serve_cleanup.errors import PersistenceError
 from serve_cleanup.faults import CrashPoints
 from serve_cleanup.metrics import ControllerMetrics
-from serve_cleanup.ray_ports import GcsActorTable, RayKiller, ServeOwners
-from serve_cleanup.records import SCOPE_SERVE, Record
-from serve_cleanup.store import GcsRecordStore
 
 logger = _compat.controller_logger
+
+REPR = "ServeController(serve_cleanup durable)"
 
 
 def _reconcile_interval() -> float:
@@ -64,14 +68,14 @@ class _CleanupPending(Exception):
     """Registered actors remain; Serve's shutdown must not finish yet."""
 
 
-async def _register(core: CleanupCore, actor: Any, **owner: Any) -> Record:
+async def _register(core: CleanupCore, actor: Any, **how: Any) -> Record:
     """The handle to a ``Registration``; serialized only when the core needs to write."""
     if not isinstance(actor, _compat.ActorHandle):
         raise TypeError(
             f"expected a Ray ActorHandle, got {type(actor).__name__}; pass the handle "
             "returned by MyActor.remote() or ray.get_actor()."
         )
-    reg = Registration(actor_id=_compat.actor_id_hex(actor), name="", namespace="", handle=b"", **owner)
+    reg = Registration(actor_id=_compat.actor_id_hex(actor), name="", namespace="", handle=b"", **how)
     done = core.settled(reg)  # the common repeat (every router re-registers its actor)
     if done is not None:
         return done
@@ -84,32 +88,33 @@ async def _register(core: CleanupCore, actor: Any, **owner: Any) -> Record:
 
 # Named ServeController so the actor table shows the class name plain Serve has
 # (`ray list actors --filter class_name=ServeController`, Ray's own tests, monitoring).
-# Ray takes the name from the class's __name__. Durable and plain are told apart by the
-# handle's method table (client.controller_kind).
+# Ray takes the name from the class's __name__.
 class ServeController(_compat.ServeController):
     async def __init__(self, **kwargs: Any) -> None:
         gcs = _compat.GcsClient(address=ray.get_runtime_context().gcs_address)
-        faults = CrashPoints(gcs, logger)
         self._sc_core = CleanupCore(
             GcsRecordStore(gcs),
-            GcsActorTable(gcs),
+            GcsActorTable(),
             RayKiller(logger),
-            ServeOwners(self),
-            is_system=_compat.is_serve_system_actor,
-            own_id=ray.get_runtime_context().get_actor_id(),
+            ServeFacts(self, ray.get_runtime_context().get_actor_id()),
             logger=logger,
             metrics=ControllerMetrics(),
-            crash=faults.maybe_crash,
+            faults=CrashPoints(gcs, logger),
             config=Config(reconcile_interval_s=_reconcile_interval()),
         )
-        self._sc_core.load()  # never raises; before Serve's control loop starts
+        await self._sc_core.load()  # never raises; before Serve's control loop starts
+        self._sc_flag = None if _compat.SERVE_RESUMES_SHUTDOWN else ShutdownFlag(gcs)
         await super().__init__(**kwargs)  # configures the controller logger
-        _compat.resume_interrupted_shutdown(self)  # Ray < 2.56 only; see _compat
+        if self._sc_flag is not None and self._sc_flag.resume():
+            self._shutting_down = True
         self._sc_reconcile_task = asyncio.get_running_loop().create_task(self._sc_core.run())
         logger.info(
             f"serve_cleanup: durable controller started with {len(self._sc_core.registry)} "
             "registration(s)."
         )
+
+    def __repr__(self) -> str:
+        return REPR
 
     # --- registration -----------------------------------------------------------------
 
@@ -122,7 +127,7 @@ class ServeController(_compat.ServeController):
         killed at shutdown by this controller process.
         """
         try:
-            await _register(self._sc_core, actor_handle, ensure_only=True)
+            await _register(self._sc_core, actor_handle, ensure_only=True, check_actor=False)
         except PersistenceError as e:
             logger.error(
                 f"serve_cleanup: {e} Keeping it in memory only, as plain Serve would: it is "
@@ -141,9 +146,7 @@ class ServeController(_compat.ServeController):
 
     async def serve_cleanup_unregister(self, actor_id: str) -> bool:
         """Remove the record without killing the actor. False if it was not registered."""
-        if not isinstance(actor_id, str):
-            raise TypeError(f"expected an actor id (hex str), got {type(actor_id).__name__}")
-        return await self._sc_core.unregister(actor_id.strip().lower())
+        return await self._sc_core.unregister(normalize_actor_id(actor_id))
 
     async def serve_cleanup_gc(self, dry_run: bool = False) -> list[dict[str, Any]]:
         """Registrations whose owner is gone or whose actor is dead; killed unless dry_run."""
@@ -162,15 +165,84 @@ class ServeController(_compat.ServeController):
     def _kill_registered_cleanup_actors(self) -> None:
         if not self._sc_core.shutdown_step():
             raise _CleanupPending()
+        if self._sc_flag is not None:
+            self._sc_flag.clear()
         super()._kill_registered_cleanup_actors()  # any kept in memory (GCS was down)
 
     def shutdown(self) -> None:
-        _compat.persist_shutdown_flag(self)  # Ray < 2.56 only; see _compat
+        if self._sc_flag is not None and _compat.serve_shutting_down(self):
+            self._sc_flag.persist()
         try:
             super().shutdown()
         except _CleanupPending:
             pass  # the pass runs on the loop; Serve calls shutdown() again next tick
 
 
-# The earlier name of this class, kept for code that imports it.
-DurableServeController = ServeController
+class ShutdownFlag:
+    """Resuming an interrupted ``serve.shutdown()`` before Ray 2.56.
+
+    From 2.56 Serve persists ``SHUTDOWN_IN_PROGRESS_KEY`` when a shutdown starts, and a
+    restarted controller resumes the shutdown. Before 2.56 it does not: a controller that
+    crashed mid-shutdown comes back as a running Serve (with its checkpoints already
+    deleted), and only a retry of the caller's in-flight ``graceful_shutdown`` call (the
+    controller runs with ``max_task_retries=-1``) starts the shutdown again. A caller that
+    is gone, or a ``graceful_shutdown(wait=False)``, would leave Serve running and the
+    registered actors alive. So on those releases the durable controller keeps its own
+    flag beside the records: written on the first shutdown tick (before Serve deletes any
+    checkpoint), read at the end of ``__init__``, deleted when the controller may exit. Its
+    value is the controller's actor id, so only a restart of the same actor resumes; a
+    flag a dead controller left behind is deleted by the next one. Every method is
+    synchronous (Serve's hooks are) and never raises.
+    """
+
+    KEY = "serve-cleanup-shutdown-in-progress"
+    TIMEOUT_S = 10.0
+
+    def __init__(self, gcs: Any, own_id: Optional[str] = None) -> None:
+        self._gcs = gcs
+        self._own_id = own_id or ray.get_runtime_context().get_actor_id()
+        self._written = False
+
+    def persist(self) -> None:
+        """On every shutdown tick; writes once (retried on the next tick if it failed)."""
+        if self._written:
+            return
+        try:
+            self._gcs.internal_kv_put(_compat.kv_key(self.KEY), self._own_id.encode(), True,
+                                      _compat.KV_NAMESPACE, timeout=self.TIMEOUT_S)
+            self._written = True
+        except Exception as e:
+            logger.warning(
+                f"serve_cleanup: could not persist the shutdown flag ({e!r}); retrying on the "
+                "next control-loop tick."
+            )
+
+    def resume(self) -> bool:
+        """At the end of ``__init__``: whether this controller actor was shutting down
+        when it crashed (then the caller sets Serve's ``_shutting_down``)."""
+        try:
+            flag = self._gcs.internal_kv_get(_compat.kv_key(self.KEY), _compat.KV_NAMESPACE, timeout=self.TIMEOUT_S)
+            if flag is None:
+                return False
+            if flag.decode(errors="replace") != self._own_id:  # left by an earlier controller
+                self.clear()
+                return False
+        except Exception as e:
+            logger.error(
+                f"serve_cleanup: could not read the shutdown flag ({e!r}); if this controller "
+                "was restarted in the middle of serve.shutdown(), call serve.shutdown() again."
+            )
+            return False
+        self._written = True
+        logger.warning(
+            "serve_cleanup: this controller was restarted in the middle of serve.shutdown(); "
+            f"resuming the shutdown (Ray {ray.__version__} does not do it by itself before 2.56)."
+        )
+        return True
+
+    def clear(self) -> None:
+        """When the controller may exit: the next controller must not resume anything."""
+        try:
+            self._gcs.internal_kv_del(_compat.kv_key(self.KEY), False, _compat.KV_NAMESPACE, timeout=self.TIMEOUT_S)
+        except Exception as e:
+            logger.warning(f"serve_cleanup: could not delete the shutdown flag ({e!r}).")

@@ -87,7 +87,7 @@ def _helpers() -> dict[str, str]:
 def _controller_restarts() -> tuple[int, bool]:
     """(times Ray restarted the controller, whether it is ALIVE and answering)."""
     controller = client.find_controller()
-    info = _compat.lookup_actor_sync(_compat.driver_gcs_client(), _compat.actor_id_hex(controller), 5.0)
+    info = _compat.actor_entry(_compat.actor_id_hex(controller))
     alive = info is not None and info.state == "ALIVE" and ray.get(controller.check_alive.remote(), timeout=5) is None
     return (info.num_restarts if info else 0), alive
 

@@ -9,9 +9,10 @@
                                   checked; the call has not returned (Ray retries it);
     ``after_refusal_decided``     a registration was refused after its write, the record
                                   not yet taken back;
-    ``after_lookup_before_drop``  the liveness sweep found a record's actor gone, the
-                                  record not yet deleted;
-    ``after_kill_before_delete``  a registered actor was killed, its record not yet deleted;
+    ``after_lookup_before_drop``  the liveness sweep found records' actors gone, the
+                                  records not yet deleted;
+    ``after_kill_before_delete``  registered actors were killed, their records not yet
+                                  deleted;
     ``mid_rehydrate``             the controller is starting and has read some records.
 ``SERVE_CLEANUP_CRASH_PROBABILITY``
     Chance of crashing each time a listed point is reached (default 1.0).
@@ -30,13 +31,8 @@ import os
 import random
 from typing import Optional
 
-POINTS = (
-    "after_record_write",
-    "after_refusal_decided",
-    "after_kill_before_delete",
-    "after_lookup_before_drop",
-    "mid_rehydrate",
-)
+from serve_cleanup.core.engine import CRASH_POINTS as POINTS
+
 MARKER_PREFIX = "serve-cleanup-fault-"
 
 
@@ -53,7 +49,8 @@ def _configured() -> frozenset[str]:
 
 
 class CrashPoints:
-    """``maybe_crash(point)`` exits the process when the environment asks for it."""
+    """The core's ``Faults`` port: ``reached(point)`` exits the process when the
+    environment asks for it."""
 
     def __init__(self, gcs: Optional[object] = None, logger: Optional[logging.Logger] = None) -> None:
         self._points = _configured()
@@ -69,7 +66,7 @@ class CrashPoints:
     def enabled(self) -> bool:
         return bool(self._points)
 
-    def maybe_crash(self, point: str) -> None:
+    def reached(self, point: str) -> None:
         if point not in self._points or random.random() >= self._probability:
             return
         if not self._repeat and not self._claim(point):
@@ -88,6 +85,5 @@ class CrashPoints:
             return True
         from serve_cleanup import _compat
 
-        key = (_compat.serve_kv_key_prefix() + MARKER_PREFIX + point).encode()
-        added = self._gcs.internal_kv_put(key, b"1", False, _compat.SERVE_INTERNAL_KV_NAMESPACE)
+        added = self._gcs.internal_kv_put(_compat.kv_key(MARKER_PREFIX + point), b"1", False, _compat.KV_NAMESPACE)
         return bool(added)

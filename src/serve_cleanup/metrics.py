@@ -22,10 +22,7 @@ from __future__ import annotations
 
 from ray.util import metrics as ray_metrics
 
-from serve_cleanup.ports import Metrics
-
-
-class ControllerMetrics(Metrics):
+class ControllerMetrics:
     """The core's ``Metrics`` port, exported through ``ray.util.metrics``."""
 
     def __init__(self) -> None:

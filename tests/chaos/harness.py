@@ -18,7 +18,7 @@ seed (``random.Random(round_seed)``; the round seeds come from the run's seed):
    ``scope="app", app="owned"``; now and then an actor that is already dead, which must be
    refused; now and then one the driver kills itself after registering); replica calls
    registering actors from inside Serve; a killer thread crashing the controller; a
-   thread calling ``serve_cleanup.gc()``; a thread deleting app ``owned``; a thread
+   thread calling ``serve_cleanup.collect()``; a thread deleting app ``owned``; a thread
    planting more junk.
 5. **Shutdown**: in most rounds once the registrants are done (with another kill in the
    middle in half the rounds); in ``early_shutdown`` rounds while they are still running
@@ -54,8 +54,8 @@ from ray import cloudpickle, serve
 from ray.serve.api import RunTarget
 
 import serve_cleanup
-from serve_cleanup import _compat, client, faults, records
-from serve_cleanup.store import GcsRecordStore
+from serve_cleanup import _compat, client, faults
+from serve_cleanup.core import records
 
 # Workers need not import this file: ship its classes by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -291,7 +291,7 @@ def _wait(predicate: Callable[[], object], timeout_s: float, interval_s: float =
 
 
 def _state(actor_id: str) -> str:
-    info = _compat.lookup_actor_sync(_compat.driver_gcs_client(), actor_id, 5.0)
+    info = _compat.actor_info(actor_id)
     return "DEAD" if info is None else info.state
 
 
@@ -304,24 +304,25 @@ def _gcs():
 
 
 def _kv_full(key: bytes) -> bytes:
-    return _compat.serve_kv_key_prefix().encode() + key
+    return _compat.kv_key(key)
 
 
 def _kv_get(key: bytes) -> Optional[bytes]:
-    return _gcs().internal_kv_get(_kv_full(key), _compat.SERVE_INTERNAL_KV_NAMESPACE)
+    return _gcs().internal_kv_get(_kv_full(key), _compat.KV_NAMESPACE)
 
 
 def _kv_put(key: bytes, value: bytes) -> None:
-    _gcs().internal_kv_put(_kv_full(key), value, True, _compat.SERVE_INTERNAL_KV_NAMESPACE)
+    _gcs().internal_kv_put(_kv_full(key), value, True, _compat.KV_NAMESPACE)
 
 
 def _kv_del(key: bytes) -> None:
-    _gcs().internal_kv_del(_kv_full(key), False, _compat.SERVE_INTERNAL_KV_NAMESPACE)
+    _gcs().internal_kv_del(_kv_full(key), False, _compat.KV_NAMESPACE)
 
 
 def _record_keys() -> set[bytes]:
     """Every key under the record prefix, below Serve's KV prefix (raw bytes)."""
-    return set(GcsRecordStore(_gcs()).scan(records.KEY_PREFIX))
+    found = _gcs().internal_kv_keys(_kv_full(records.KEY_PREFIX.encode()), _compat.KV_NAMESPACE)
+    return {bytes(k)[len(_compat.KV_PREFIX):] for k in found}
 
 
 def _marker(point: str) -> bytes:
@@ -579,7 +580,7 @@ def _round(rng, plan: _Plan, cfg: Config, res: RoundResult, tag: str, ledger: An
             if shutdown_started.is_set():
                 return
             try:
-                serve_cleanup.gc(timeout_s=call_timeout)
+                serve_cleanup.collect(timeout_s=call_timeout)
                 count("gc_calls")
             except Exception:
                 pass
@@ -669,7 +670,7 @@ def _round(rng, plan: _Plan, cfg: Config, res: RoundResult, tag: str, ledger: An
     keys = _record_keys()
     res.records_left = len(keys - set(junk))
     res.set_aside_touched = sum(_kv_get(k) != v for k, v in junk.items())
-    info = _compat.lookup_actor_sync(_gcs(), ctrl_id, 5.0)
+    info = _compat.actor_entry(ctrl_id)
     res.restarts = info.num_restarts if info else 0
     res.crash_loops = int(res.restarts > res.kills)
     res.phases["check"] = time.monotonic() - t_check

@@ -20,12 +20,12 @@ from ray import serve
 from ray.cluster_utils import Cluster
 
 import serve_cleanup
-from serve_cleanup import _compat, client, records
-from serve_cleanup.store import GcsRecordStore
+from ray_env import TEST_NAMESPACE, stop_ray  # noqa: F401  (re-exported for the tests)
+from serve_cleanup import _compat, client
+from serve_cleanup.core import records
 
 pytestmark = pytest.mark.ray
 
-TEST_NAMESPACE = "serve-cleanup-tests"  # the driver namespace set in tests/conftest.py
 
 
 def wait_for(predicate: Callable[[], object], timeout_s: float = 30.0, what: str = "condition") -> object:
@@ -52,7 +52,7 @@ def assert_stays(predicate: Callable[[], bool], seconds: float, what: str) -> No
 
 
 def actor_state(actor_id: str) -> str:
-    info = _compat.lookup_actor_sync(_compat.driver_gcs_client(), actor_id, 5.0)
+    info = _compat.actor_info(actor_id)
     return "DEAD" if info is None else info.state
 
 
@@ -66,8 +66,9 @@ def wait_dead(handle, timeout_s: float = 30.0) -> None:
 
 def kv_record_keys() -> list[str]:
     """Record keys in the KV (undecodable bytes shown as backslash escapes)."""
-    found = GcsRecordStore(_compat.driver_gcs_client()).scan(records.KEY_PREFIX)
-    return sorted(k.decode("utf-8", "backslashreplace") for k in found)
+    found = _compat.driver_gcs_client().internal_kv_keys(_compat.kv_key(records.KEY_PREFIX), _compat.KV_NAMESPACE)
+    strip = len(_compat.KV_PREFIX)
+    return sorted(bytes(k)[strip:].decode("utf-8", "backslashreplace") for k in found)
 
 
 def controller_handle():
@@ -98,16 +99,6 @@ class Aux:
 
     def actor_id(self) -> str:
         return ray.get_runtime_context().get_actor_id()
-
-
-def stop_ray() -> None:
-    """Shut down Serve and disconnect (stopping the local cluster if this process owns it)."""
-    if ray.is_initialized():
-        try:
-            serve.shutdown()
-        except Exception:
-            pass
-        ray.shutdown()
 
 
 @contextlib.contextmanager
@@ -148,18 +139,13 @@ def crash_plain_controller_and_wait() -> None:
 def _plant_record(record: records.Record) -> None:
     """Write a record straight into the KV (as a controller that is gone left it)."""
     _compat.driver_gcs_client().internal_kv_put(
-        (_compat.serve_kv_key_prefix() + record.key).encode(), records.encode(record), True,
-        _compat.SERVE_INTERNAL_KV_NAMESPACE,
+        _compat.kv_key(record.key), records.encode(record), True,
+        _compat.KV_NAMESPACE,
     )
 
 
 def _purge_records() -> None:
-    store = GcsRecordStore(_compat.driver_gcs_client())
-    gcs = _compat.driver_gcs_client()
-    for key in store.scan(records.KEY_PREFIX):
-        gcs.internal_kv_del(
-            _compat.serve_kv_key_prefix().encode() + key, False, _compat.SERVE_INTERNAL_KV_NAMESPACE
-        )
+    _compat.driver_gcs_client().internal_kv_del(_compat.kv_key(records.KEY_PREFIX), True, _compat.KV_NAMESPACE)
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ from ray_helpers import (
     wait_dead,
     wait_for,
 )
-from serve_cleanup import _compat, records
+from serve_cleanup import _compat
+from serve_cleanup.core import records
 
 pytestmark = pytest.mark.ray
 
@@ -70,7 +71,7 @@ def test_serve_system_actors_are_refused(durable_serve, which):
 def _plant(key_suffix: str, value: bytes) -> str:
     key = records.KEY_PREFIX + key_suffix
     _compat.driver_gcs_client().internal_kv_put(
-        (_compat.serve_kv_key_prefix() + key).encode(), value, True, _compat.SERVE_INTERNAL_KV_NAMESPACE
+        _compat.kv_key(key), value, True, _compat.KV_NAMESPACE
     )
     return key
 

@@ -27,18 +27,16 @@ pytestmark = pytest.mark.ray
 
 
 def _marker_key(point: str) -> bytes:
-    return (_compat.serve_kv_key_prefix() + faults.MARKER_PREFIX + point).encode()
+    return _compat.kv_key(faults.MARKER_PREFIX + point)
 
 
 def _crashed(point: str) -> bool:
     gcs = _compat.driver_gcs_client()
-    return gcs.internal_kv_get(_marker_key(point), _compat.SERVE_INTERNAL_KV_NAMESPACE) is not None
+    return gcs.internal_kv_get(_marker_key(point), _compat.KV_NAMESPACE) is not None
 
 
 def _restarts() -> int:
-    info = _compat.lookup_actor_sync(
-        _compat.driver_gcs_client(), controller_handle()._actor_id.hex(), 5.0
-    )
+    info = _compat.actor_entry(controller_handle()._actor_id.hex())
     return info.num_restarts
 
 
@@ -48,7 +46,7 @@ def crash_at(ray_cluster, request):
     gcs = _compat.driver_gcs_client()
 
     def clear_marker():
-        gcs.internal_kv_del(_marker_key(point), False, _compat.SERVE_INTERNAL_KV_NAMESPACE)
+        gcs.internal_kv_del(_marker_key(point), False, _compat.KV_NAMESPACE)
 
     _teardown_serve()
     clear_marker()

@@ -17,7 +17,8 @@ from ray_helpers import (
     wait_dead,
     wait_for,
 )
-from serve_cleanup import _compat, records
+from serve_cleanup import _compat
+from serve_cleanup.core import records
 
 pytestmark = pytest.mark.ray
 
@@ -29,8 +30,8 @@ class Idle:
 
 
 def _plant_raw(suffix: bytes, value: bytes) -> bytes:
-    key = _compat.serve_kv_key_prefix().encode() + records.KEY_PREFIX.encode() + suffix
-    _compat.driver_gcs_client().internal_kv_put(key, value, True, _compat.SERVE_INTERNAL_KV_NAMESPACE)
+    key = _compat.KV_PREFIX + records.KEY_PREFIX.encode() + suffix
+    _compat.driver_gcs_client().internal_kv_put(key, value, True, _compat.KV_NAMESPACE)
     return key
 
 

@@ -35,8 +35,8 @@ def _on(node_resource: str, name=None):
 
 
 def _node_of(actor) -> str:
-    info = _compat.lookup_actor_sync(_compat.driver_gcs_client(), actor._actor_id.hex(), 5.0)
-    return info.node_id
+    info = _compat.actor_entry(actor._actor_id.hex())
+    return info.address.node_id.hex()
 
 
 def test_actors_on_worker_nodes_are_killed_at_shutdown(cluster):

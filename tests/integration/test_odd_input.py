@@ -11,7 +11,8 @@ from ray import serve
 
 import serve_cleanup
 from ray_helpers import Aux, kill_controller_and_wait_restart, kv_record_keys, wait_dead
-from serve_cleanup import _compat, records
+from serve_cleanup import _compat
+from serve_cleanup.core import records
 
 pytestmark = pytest.mark.ray
 
@@ -83,7 +84,7 @@ def test_v1_record_written_by_hand_is_honoured(durable_serve, actors):
     )
     key = records.KEY_PREFIX + actor_id
     _compat.driver_gcs_client().internal_kv_put(
-        (_compat.serve_kv_key_prefix() + key).encode(), v1, True, _compat.SERVE_INTERNAL_KV_NAMESPACE
+        _compat.kv_key(key), v1, True, _compat.KV_NAMESPACE
     )
     status = kill_controller_and_wait_restart()
     assert status["records"] == 1 and status["set_aside"] == []

@@ -20,7 +20,7 @@ from ray_helpers import (
     wait_dead,
     wait_for,
 )
-from serve_cleanup import records
+from serve_cleanup.core import records
 
 pytestmark = pytest.mark.ray
 

@@ -19,6 +19,7 @@ import ray
 from ray import serve
 
 import serve_cleanup
+from serve_cleanup.controller import ShutdownFlag
 from ray_helpers import (
     _teardown_serve,
     actor_state,
@@ -95,7 +96,7 @@ def test_controller_killed_mid_shutdown(durable_serve, actors, unique, step):
     # the shutdown, kills every registered actor, and exits for good.
     wait_for(lambda: client.find_controller() is None, 60, "the controller to finish shutdown")
     # The crash did land mid-shutdown: the controller was restarted once before it exited.
-    info = _compat.lookup_actor_sync(_compat.driver_gcs_client(), ctrl_id, 5.0)
+    info = _compat.actor_entry(ctrl_id)
     assert info.num_restarts == 1, "the kill landed after shutdown finished: the test proved nothing"
     for a in registered:
         wait_dead(a)
@@ -126,7 +127,7 @@ def test_controller_killed_during_a_serve_shutdown_call(durable_serve, actors, u
     wait_for(lambda: client.find_controller() is None, 60, "the controller to finish shutdown")
     caller.join(timeout=60)
     assert not caller.is_alive(), "serve.shutdown() did not return"
-    info = _compat.lookup_actor_sync(_compat.driver_gcs_client(), ctrl_id, 5.0)
+    info = _compat.actor_entry(ctrl_id)
     assert info.num_restarts == 1, "the kill landed after shutdown finished: the test proved nothing"
     for a in registered:
         wait_dead(a)
@@ -140,10 +141,10 @@ def test_a_stale_shutdown_flag_does_not_stop_a_new_controller(ray_cluster):
     that wrote it: a new controller ignores (and deletes) a flag some other one left."""
     _teardown_serve()
     gcs = _compat.driver_gcs_client()
-    key = (_compat.serve_kv_key_prefix() + _compat.SHUTDOWN_FLAG_KEY).encode()
-    gcs.internal_kv_put(key, b"ff" * 16, True, _compat.SERVE_INTERNAL_KV_NAMESPACE)
+    key = _compat.kv_key(ShutdownFlag.KEY)
+    gcs.internal_kv_put(key, b"ff" * 16, True, _compat.KV_NAMESPACE)
     serve_cleanup.start()
     assert controller_status()["shutting_down"] is False
     assert_stays(lambda: client.find_controller() is not None, 2.0, "the new controller to keep running")
-    assert gcs.internal_kv_get(key, _compat.SERVE_INTERNAL_KV_NAMESPACE) is None
+    assert gcs.internal_kv_get(key, _compat.KV_NAMESPACE) is None
     _teardown_serve()

@@ -79,7 +79,7 @@ async def test_async_calls_check_arguments_like_the_blocking_ones():
 def test_crash_points_are_off_by_default_and_never_fatal(monkeypatch, caplog):
     monkeypatch.delenv("SERVE_CLEANUP_CRASH_POINTS", raising=False)
     assert not faults.CrashPoints().enabled
-    faults.CrashPoints().maybe_crash("after_record_write")  # no-op when off
+    faults.CrashPoints().reached("after_record_write")  # no-op when off
     # They are read in the controller's constructor, which must never raise: an unknown
     # point is reported and ignored, the known ones still armed.
     monkeypatch.setenv("SERVE_CLEANUP_CRASH_POINTS", "after_record_write, nowhere")

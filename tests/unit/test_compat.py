@@ -76,7 +76,7 @@ def test_private_symbols_used_exist_on_the_installed_ray():
     assert {"name", "ray_namespace"} <= fields
     assert hasattr(_compat.ActorHandle, "_serialization_helper")
     assert hasattr(_compat.ActorHandle, "_deserialization_helper")
-    assert _compat.serve_kv_key_prefix() == "ray-serve-serve-"
+    assert _compat.KV_PREFIX == b"ray-serve-serve-"
 
 
 def test_import_does_not_load_serve_controller_module_itself():

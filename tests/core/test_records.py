@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from serve_cleanup import records as rec
+from serve_cleanup.core import records as rec
 from serve_cleanup.errors import RecordDecodeError, ServeCleanupError, UnknownSchemaVersionError
-from serve_cleanup.records import Record
+from serve_cleanup.core.records import Record
 
 # --- fixtures ---------------------------------------------------------------------------
 
@@ -174,10 +174,27 @@ def test_extra_fields_are_ignored_within_a_version():
 
 def test_key_helpers():
     assert rec.record_key(AID) == "serve-cleanup-actor-" + AID
-    assert rec.actor_id_of_key(rec.record_key(AID)) == AID
     assert make_record("serve").key == rec.record_key(AID)
-    with pytest.raises(RecordDecodeError):
-        rec.actor_id_of_key("some-other-key-" + AID)
+    assert rec.bucket_of(rec.record_key(AID).encode()) == ("serve-cleanup-actor-" + AID[:2]).encode()
+
+
+@pytest.mark.parametrize("typed, expected", [(AID, AID), (" " + AID.upper() + "\n", AID)])
+def test_actor_ids_are_normalised_in_one_place(typed, expected):
+    assert rec.normalize_actor_id(typed) == expected
+
+
+@pytest.mark.parametrize("typed", ["", "xyz", "abc", "a" * 300, "ab cd"])
+def test_what_is_not_an_actor_id_is_refused_with_a_message(typed):
+    with pytest.raises(ValueError, match="not an actor id"):
+        rec.normalize_actor_id(typed)
+
+
+def test_slim_decode_drops_the_handle_and_shares_strings():
+    shared: dict = {}
+    a = rec.decode(rec.encode(make_record("deployment")), slim=True, shared=shared)
+    b = rec.decode(rec.encode(make_record("deployment")), slim=True, shared=shared)
+    assert a.handle == b"" and a == dataclasses.replace(make_record("deployment"), handle=b"")
+    assert a.app is b.app and a.namespace is b.namespace
 
 
 def test_display_name_and_to_dict():

@@ -13,6 +13,7 @@ invariants of docs/architecture.md are checked. 40 seeds by default; a long run 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from typing import Optional
 
@@ -21,7 +22,7 @@ import pytest
 from fakes import Crash, World
 from serve_cleanup.core import Config
 from serve_cleanup.errors import OwnerNotFoundError, RegistrationError
-from serve_cleanup.ports import ServeState
+from serve_cleanup.core.ports import ServeState
 
 STEPS = 60
 
@@ -42,7 +43,7 @@ async def _call(w: World, op, attempts: int = 20, retried: Optional[list] = None
             result = await op(core)
         except Crash:
             if w.current is core:
-                w.core()  # Ray restarts the controller
+                await w.core()  # Ray restarts the controller
             continue
         except BaseException:
             if w.current is not core:
@@ -60,7 +61,7 @@ async def test_simulation(seed):
     w = World(Config(shutdown_grace_s=600.0))
     w.owners.deploy("a1", "D1", "D2")
     w.owners.deploy("a2", "D1")
-    w.core()
+    await w.core()
     actors = []
     # Completion order of calls, per actor id: what the caller was last told.
     order = iter(range(10**9))
@@ -119,7 +120,7 @@ async def test_simulation(seed):
         elif roll < 0.90:
             w.store.fail_deletes += 1
         elif roll < 0.95:
-            w.core()  # the controller crashes; Ray restarts it
+            await w.core()  # the controller crashes; Ray restarts it
         for _ in range(rng.randint(0, 4)):
             await asyncio.sleep(0)
         await w.clock.sleep(rng.choice([0.0, 0.05, 0.3]))
@@ -131,7 +132,7 @@ async def test_simulation(seed):
             await w.shutdown(w.current)
             break
         except Crash:
-            w.core()
+            await w.core()
     # I1 + I6: every actor whose registration returned (and was not unregistered after) is dead.
     for actor_id, n in returned.items():
         if unregistered.get(actor_id, -1) > n:
@@ -152,7 +153,7 @@ async def test_simulation(seed):
 def _owned(reg, rng: random.Random, w: World):
     scope = rng.choice(["serve", "serve", "app", "deployment"])
     if scope == "serve":
-        return type(reg)(**{**reg.__dict__, "scope": "serve", "app": "", "deployment": ""})
+        return dataclasses.replace(reg, scope="serve", app="", deployment="")
     app = rng.choice(["a1", "a2"])
     deployment = rng.choice(["D1", "D2"]) if scope == "deployment" else ""
-    return type(reg)(**{**reg.__dict__, "scope": scope, "app": app, "deployment": deployment})
+    return dataclasses.replace(reg, scope=scope, app=app, deployment=deployment)

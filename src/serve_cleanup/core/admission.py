@@ -1,18 +1,25 @@
 """Which registrations are accepted: argument, owner and actor checks. No Ray imports.
 
-``check_request`` runs first, ``check_owner`` right before a write; ``refusal`` decides on the actor-table
-entry that the write raced with (or that a record read at start is verified against).
+``check_request`` runs first, ``check_owner`` right before a new write; ``refusal``
+decides on the actor-table entry that the write raced with (or that a record read at
+start is verified against).
+
+Two kinds of caller. ``serve_cleanup.register`` (``check_actor=True``) is told when its
+actor is dead or unknown (``DeadActorError``): the write races one actor-table lookup.
+Serve's own entry point ``_register_shutdown_cleanup_actor`` (``check_actor=False``)
+never refused a dead actor upstream, so it costs one KV put and nothing more; a record
+of a dead actor is harmless (nothing to kill) and the liveness sweep drops it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-from serve_cleanup import records as rec
+from serve_cleanup.core import records as rec
+from serve_cleanup.core.ports import Serve
+from serve_cleanup.core.records import Record
 from serve_cleanup.errors import DeadActorError, OwnerNotFoundError, PersistenceError, SystemActorError
-from serve_cleanup.ports import Owners
-from serve_cleanup.records import Record
 
 
 @dataclass(frozen=True)
@@ -26,31 +33,23 @@ class Registration:
     scope: str = rec.SCOPE_SERVE
     app: str = ""
     deployment: str = ""
-    ensure_only: bool = False  # keep any existing registration (the upstream entry point)
+    ensure_only: bool = False  # keep any existing registration and its owner (upstream)
+    check_actor: bool = True  # refuse a dead or unknown actor (one actor-table lookup)
 
     def matches(self, record: Record) -> bool:
-        return self.ensure_only or (record.scope, record.app, record.deployment) == (
-            self.scope, self.app, self.deployment)
+        return self.ensure_only or record.owner == (self.scope, self.app, self.deployment)
 
 
-def check_request(reg: Registration, is_system: Callable[[str, str], bool], own_id: str) -> None:
+def check_request(reg: Registration, serve: Serve) -> None:
     """Refuse at once: bad arguments, the controller itself, or a handle that names one
     of Serve's own actors."""
-    scope, app, deployment = reg.scope, reg.app, reg.deployment
-    if scope not in rec.SCOPES:
-        raise ValueError(f"unknown scope {scope!r}; use one of {rec.SCOPES}.")
-    if scope == rec.SCOPE_SERVE and (app or deployment):
-        raise ValueError("scope 'serve' takes no app or deployment.")
-    if scope != rec.SCOPE_SERVE and (not app or (scope == rec.SCOPE_DEPLOYMENT) != bool(deployment)):
-        raise ValueError(
-            f"scope {scope!r} needs app=" + (" and deployment=." if scope == "deployment" else ".")
-        )
-    if reg.actor_id == own_id:
+    rec.check_owner(reg.scope, reg.app, reg.deployment)
+    if reg.actor_id == serve.controller_id:
         raise SystemActorError("the Serve controller cannot be registered for cleanup.")
-    refuse_system(reg.actor_id, reg.name, reg.namespace, is_system)
+    refuse_own(reg.actor_id, reg.name, reg.namespace, serve)
 
 
-def check_owner(reg: Registration, owners: Owners) -> None:
+def check_owner(reg: Registration, serve: Serve) -> None:
     """Refuse a new write for an owner that does not exist. Not asked when the actor
     already has a record with this owner: that may be the write of this very call, cut
     short by a crash and retried by Ray, and refusing it would leave that record behind
@@ -58,7 +57,7 @@ def check_owner(reg: Registration, owners: Owners) -> None:
     scope, app, deployment = reg.scope, reg.app, reg.deployment
     if scope == rec.SCOPE_SERVE:
         return
-    live_apps, live_deployments = owners.live({app})
+    live_apps, live_deployments = serve.live_owners({app})
     if app not in live_apps:
         raise OwnerNotFoundError(
             f"application {app!r} does not exist, so nothing could delete it; deploy it "
@@ -71,8 +70,8 @@ def check_owner(reg: Registration, owners: Owners) -> None:
         )
 
 
-def refuse_system(actor_id: str, name: str, namespace: str, is_system: Callable[[str, str], bool]) -> None:
-    if is_system(name, namespace):
+def refuse_own(actor_id: str, name: str, namespace: str, serve: Serve) -> None:
+    if serve.is_own_actor(name, namespace):
         raise SystemActorError(
             f"actor {actor_id} ({namespace}/{name}) is one of Serve's own actors "
             "(controller, proxy, replica or deployment actor); Serve manages its "
@@ -80,13 +79,13 @@ def refuse_system(actor_id: str, name: str, namespace: str, is_system: Callable[
         )
 
 
-def refusal(actor_id: str, label: str, info: Any, is_system: Callable[[str, str], bool]) -> Optional[Exception]:
+def refusal(actor_id: str, label: str, info: Any, serve: Serve) -> Optional[Exception]:
     """The error to refuse with, given the actor-table lookup's result (an ``ActorInfo``,
     None for an actor the table does not know, or the lookup's exception); None: accept."""
     if isinstance(info, BaseException):
         return PersistenceError(
-            f"could not look up actor {actor_id} in the GCS actor table ({info!r}); it "
-            "is not registered. Retry once GCS is reachable."
+            f"could not look up actor {actor_id} in the actor table ({info!r}); it is not "
+            "registered. Retry once the cluster's GCS is reachable."
         )
     if info is None or info.dead:
         return DeadActorError(
@@ -94,7 +93,7 @@ def refusal(actor_id: str, label: str, info: Any, is_system: Callable[[str, str]
             "nothing was registered. Register a live actor."
         )
     try:
-        refuse_system(actor_id, info.name, info.namespace, is_system)
+        refuse_own(actor_id, info.name, info.namespace, serve)
     except SystemActorError as e:
         return e
     return None

@@ -1,6 +1,6 @@
 import asyncio
 
-from serve_cleanup._keyed_lock import KeyedLocks
+from serve_cleanup.core.locks import KeyedLocks
 
 
 async def test_same_key_serializes_other_keys_do_not():

@@ -30,16 +30,30 @@ Record schema (msgpack map, string keys)
 ``deployment`` str    owning deployment (``""`` unless scope is ``deployment``).
 ``registered_at`` float  Unix time the controller accepted the registration.
 
-Version history: 1 — the fields above.
+Version history: 1 — the fields above (serve_cleanup 0.1.0 and later; unchanged since).
+
+In memory
+---------
+The controller keeps every record in memory without its ``handle`` (``slim``): at
+100,000 records the handle bytes alone would be ~30 MB. A kill reads the handle back
+from the KV (``RecordStore.get_many``, one request per batch). ``decode(..., slim=True)``
+drops it and shares the strings that repeat between records (scope, app, deployment,
+namespace).
+
+Buckets
+-------
+Bulk deletes go by *bucket*: the first ``BUCKET_CHARS`` characters after ``KEY_PREFIX``
+(for a record, the first byte of the actor id in hex, so 256 buckets). A bucket is
+deleted with one prefix request only when every key in it is a record to delete
+(``engine`` and ``registry`` say when that is safe).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import msgpack
 
@@ -47,6 +61,7 @@ from serve_cleanup.errors import RecordDecodeError, UnknownSchemaVersionError
 
 SCHEMA_VERSION = 1
 KEY_PREFIX = "serve-cleanup-actor-"
+BUCKET_CHARS = 2
 
 SCOPE_SERVE = "serve"
 SCOPE_APP = "app"
@@ -58,7 +73,7 @@ _MAX_ID_HEX = 256
 _HEX_ID = re.compile(r"[0-9a-f]+")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Record:
     """One durable registration: which actor to kill, and when."""
 
@@ -76,6 +91,10 @@ class Record:
         return record_key(self.actor_id)
 
     @property
+    def owner(self) -> tuple[str, str, str]:
+        return (self.scope, self.app, self.deployment)
+
+    @property
     def display_name(self) -> str:
         return f"{self.namespace}/{self.name}" if self.name else f"<anonymous {self.actor_id[:12]}>"
 
@@ -89,19 +108,48 @@ class Record:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form (the handle bytes left out)."""
-        d = dataclasses.asdict(self)
-        del d["handle"]
-        return d
+        return {
+            "actor_id": self.actor_id, "name": self.name, "namespace": self.namespace,
+            "scope": self.scope, "app": self.app, "deployment": self.deployment,
+            "registered_at": self.registered_at,
+        }
 
 
 def record_key(actor_id: str) -> str:
     return KEY_PREFIX + actor_id
 
 
-def actor_id_of_key(key: str) -> str:
-    if not key.startswith(KEY_PREFIX):
-        raise RecordDecodeError(f"key {key!r} is not a serve_cleanup record key")
-    return key[len(KEY_PREFIX) :]
+def bucket_of(key: bytes) -> bytes:
+    """The bucket prefix of a key below the store's prefix (see "Buckets")."""
+    return key[: len(KEY_PREFIX) + BUCKET_CHARS]
+
+
+def normalize_actor_id(value: object) -> str:
+    """An actor id as callers may type it (hex, any case, surrounding blanks) in the one
+    form records use. Raises ``TypeError``/``ValueError`` with a message for a person."""
+    if not isinstance(value, str):
+        raise TypeError(f"expected an actor id (hex str), got {type(value).__name__}")
+    actor_id = value.strip().lower()
+    if not _valid_id(actor_id):
+        raise ValueError(
+            f"{value!r} is not an actor id: expected hex digits, such as the ACTOR ID "
+            "column of `serve-cleanup list`."
+        )
+    return actor_id
+
+
+def check_owner(scope: object, app: str, deployment: str) -> None:
+    """The owner rule every registration keeps: ``serve`` names no app or deployment,
+    ``app`` names its app only, ``deployment`` its app and deployment. Raises
+    ``ValueError`` saying what to pass."""
+    if scope not in SCOPES:
+        raise ValueError(f"unknown scope {scope!r}; use one of {SCOPES}.")
+    if scope == SCOPE_SERVE and (app or deployment):
+        raise ValueError("scope='serve' takes no app or deployment; use scope='app' or 'deployment'.")
+    if scope == SCOPE_APP and (not app or deployment):
+        raise ValueError("scope='app' needs app=... and takes no deployment; use scope='deployment'.")
+    if scope == SCOPE_DEPLOYMENT and not (app and deployment):
+        raise ValueError("scope='deployment' needs app=... and deployment=....")
 
 
 def encode(record: Record) -> bytes:
@@ -122,29 +170,30 @@ def encode(record: Record) -> bytes:
     )
 
 
-_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "actor_id": str,
-    "name": str,
-    "namespace": str,
-    "handle": bytes,
-    "scope": str,
-    "app": str,
-    "deployment": str,
+_FIELDS: dict[str, tuple[type, ...]] = {
+    "actor_id": (str,),
+    "name": (str,),
+    "namespace": (str,),
+    "handle": (bytes,),
+    "scope": (str,),
+    "app": (str,),
+    "deployment": (str,),
     "registered_at": (float, int),
 }
+_SHARED = ("namespace", "scope", "app", "deployment")  # values that repeat between records
+_set = object.__setattr__
 
 
-_FIELD_TYPES = tuple(
-    (name, (types,) if isinstance(types, type) else types) for name, types in _FIELDS.items()
-)
+def decode(data: bytes, *, slim: bool = False, shared: Optional[dict[str, str]] = None) -> Record:
+    """Bytes from the KV to a Record. Raises only ``RecordDecodeError`` (or its subclass).
 
-
-def decode(data: bytes) -> Record:
-    """Bytes from the KV to a Record. Raises only ``RecordDecodeError`` (or its subclass)."""
+    ``slim``: leave the handle out (``b""``). ``shared``: a dict, kept across calls, through
+    which equal strings of different records become one object (memory at 100,000 records).
+    """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise RecordDecodeError(f"record must be bytes, got {type(data).__name__}")
     try:
-        obj = msgpack.unpackb(bytes(data), raw=False, strict_map_key=True)
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
     except Exception as e:  # msgpack raises several unrelated types on garbage
         raise RecordDecodeError(f"not a msgpack record: {e}") from None
     if not isinstance(obj, dict):
@@ -157,33 +206,39 @@ def decode(data: bytes) -> Record:
             f"record has schema version {version}; this serve_cleanup reads up to "
             f"{SCHEMA_VERSION}. It was written by a newer serve_cleanup: upgrade this one."
         )
-    values: dict[str, Any] = {}
-    for name, types in _FIELD_TYPES:
-        value = obj.get(name)
-        if type(value) not in types:  # exact types: bool is not an int here
+    for name, types in _FIELDS.items():
+        if type(obj.get(name)) not in types:  # exact types: bool is not an int here
             raise RecordDecodeError(f"record field {name!r} is missing or has a wrong type")
-        values[name] = value
-    values["registered_at"] = float(values["registered_at"])
-    # A frozen dataclass's __init__ sets each field through object.__setattr__; filling
-    # __dict__ directly is four times faster, and rehydrating 100,000 records is this loop.
+    if shared is not None:
+        for name in _SHARED:
+            value = obj[name]
+            obj[name] = shared.setdefault(value, value)
+    # Set the slots directly: a frozen dataclass's __init__ costs twice as much, and
+    # rehydrating 100,000 records is this loop.
     record = object.__new__(Record)
-    record.__dict__.update(values)
+    _set(record, "actor_id", obj["actor_id"])
+    _set(record, "name", obj["name"])
+    _set(record, "namespace", obj["namespace"])
+    _set(record, "handle", b"" if slim else obj["handle"])
+    _set(record, "scope", obj["scope"])
+    _set(record, "app", obj["app"])
+    _set(record, "deployment", obj["deployment"])
+    _set(record, "registered_at", float(obj["registered_at"]))
     validate(record)
     return record
 
 
+def _valid_id(actor_id: str) -> bool:
+    return bool(actor_id) and len(actor_id) <= _MAX_ID_HEX and not len(actor_id) % 2 and bool(_HEX_ID.fullmatch(actor_id))
+
+
 def validate(record: Record) -> None:
     """The invariants every stored record keeps."""
-    aid = record.actor_id
-    if not aid or len(aid) > _MAX_ID_HEX or len(aid) % 2 or not _HEX_ID.fullmatch(aid):
-        raise RecordDecodeError(f"bad actor id {aid!r}: expected lower-case hex")
-    if record.scope not in SCOPES:
-        raise RecordDecodeError(f"unknown scope {record.scope!r}; expected one of {SCOPES}")
-    if record.scope == SCOPE_SERVE and (record.app or record.deployment):
-        raise RecordDecodeError("a serve-scoped record names no app or deployment")
-    if record.scope == SCOPE_APP and (not record.app or record.deployment):
-        raise RecordDecodeError("an app-scoped record names its app and no deployment")
-    if record.scope == SCOPE_DEPLOYMENT and not (record.app and record.deployment):
-        raise RecordDecodeError("a deployment-scoped record names its app and deployment")
+    if not _valid_id(record.actor_id):
+        raise RecordDecodeError(f"bad actor id {record.actor_id!r}: expected lower-case hex")
+    try:
+        check_owner(record.scope, record.app, record.deployment)
+    except ValueError as e:
+        raise RecordDecodeError(f"inconsistent owner: {e}") from None
     if not math.isfinite(record.registered_at):
         raise RecordDecodeError("registered_at is not a finite number")

@@ -1,0 +1,517 @@
+"""``CleanupCore``: the durable controller's decisions, without Ray.
+
+It owns the registry (records in the KV and their in-memory mirror), the per-actor
+locks, the reaper and the lifecycle (``lifecycle.py``), and reaches the world only
+through the ports in ``ports.py``. ``serve_cleanup.controller.ServeController`` adapts
+Serve's hooks to it: ``load`` before Serve starts its control loop, ``register`` and
+``unregister`` for remote calls, ``run`` (the reconcile loop) as a task, and
+``shutdown_step`` from Serve's shutdown. The invariants these decisions keep are stated
+in docs/architecture.md ("Invariants"); tests/unit/test_core.py checks each against
+fakes that delay, forget and crash between any two steps, and tests/unit/test_simulation.py
+under seeded random interleavings.
+
+Verified records. A record this process checked against the actor table (the public
+``register`` path, or the liveness sweep) is *verified*. Records read at start are not:
+a crash may have cut a refused registration between its write and its take-back. A
+repeated ``register`` of an unverified record checks the table again before it reports
+success, and the liveness sweep drops records whose actor is dead, unknown for too long,
+or one of Serve's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from serve_cleanup.core import admission
+from serve_cleanup.core import lifecycle as lc
+from serve_cleanup.core.admission import Registration
+from serve_cleanup.core.lifecycle import Event, State
+from serve_cleanup.core.locks import KeyedLocks
+from serve_cleanup.core.ports import (
+    ActorInfo, ActorTable, Clock, Faults, Killer, Metrics, NoFaults, NoMetrics, RecordStore, Serve,
+    ServeState, SystemClock,
+)
+from serve_cleanup.core.reaper import DONE, Outcome, Reaper, Reason, gone
+from serve_cleanup.core.records import Record
+from serve_cleanup.core.registry import Registry
+from serve_cleanup.errors import PersistenceError, RegistrationError
+
+# Where a test build may end the process (``Faults.reached``): right after a step that
+# changed the KV, before the step that completes it.
+CRASH_POINTS = (
+    "after_record_write",  # a registration's record is in the KV; the call has not returned
+    "after_refusal_decided",  # a registration was refused after its write; not taken back yet
+    "after_lookup_before_drop",  # the sweep found records' actors gone; records not deleted yet
+    "after_kill_before_delete",  # registered actors were killed; their records not deleted yet
+    "mid_rehydrate",  # the controller is starting and has read some records
+)
+SUMMARY_INTERVAL_S = 10.0
+
+
+@dataclass(frozen=True)
+class Config:
+    reconcile_interval_s: float = 0.5  # owner reconcile, per tick
+    liveness_interval_s: float = 5.0  # the sweep: one bulk read of the live set at most this often
+    unknown_actor_wait_s: float = 2.0  # `register` waits this long for GCS to learn of its actor
+    unknown_grace_s: float = 5.0  # an actor the table does not know is gone once its record is this old
+    confirm_death_s: float = 5.0  # a killed actor must leave the live set within this
+    bulk_drop_min: int = 64  # a drop of this many records uses prefix deletes (Registry.drop_bulk)
+    shutdown_retry_s: float = 1.0  # pause between shutdown passes that left records
+    shutdown_grace_s: float = 20.0  # then shutdown gives up on what is left (records stay)
+    load_wait_s: float = 10.0  # a registration waits this long for the records to be read
+
+
+@dataclass
+class _Stats:
+    rehydrate_s: float = 0.0
+    registered_since_summary: int = 0
+    summary_at: float = float("-inf")
+    last_pass: dict[str, Any] = field(default_factory=dict)
+    last_reconcile: dict[str, Any] = field(default_factory=dict)
+    last_sweep: dict[str, Any] = field(default_factory=dict)
+
+
+class CleanupCore:
+    def __init__(
+        self,
+        store: RecordStore,
+        table: ActorTable,
+        killer: Killer,
+        serve: Serve,
+        *,
+        clock: Optional[Clock] = None,
+        logger: Optional[logging.Logger] = None,
+        metrics: Optional[Metrics] = None,
+        faults: Optional[Faults] = None,
+        config: Config = Config(),
+    ) -> None:
+        self._clock = clock or SystemClock()
+        self.config = config
+        self.registry = Registry(store, clock=self._clock.time)
+        self.locks = KeyedLocks()
+        self._table, self._serve = table, serve
+        self._log = logger or logging.getLogger("serve_cleanup")
+        self._metrics = metrics or NoMetrics()
+        self._faults = faults or NoFaults()
+        self.reaper = Reaper(
+            self.registry, table, killer, self.locks, serve, clock=self._clock, logger=self._log,
+            metrics=self._metrics, faults=self._faults, config=config,
+        )
+        self._state = State.LOADING
+        self._loading = asyncio.Lock()
+        self.inflight = 0  # registrations between their first check and their last write
+        # Take-backs whose KV write failed: actor id -> the record the KV should hold (None:
+        # none). Memory already shows it; the reconcile loop and shutdown retry the write.
+        self._retract: dict[str, Optional[Record]] = {}
+        self._next_sweep = 0.0
+        self._stuck_since: Optional[float] = None  # first "not yet" of Serve's shutdown step
+        self._next_pass_at = 0.0
+        self._pass: Optional[asyncio.Task] = None
+        self.stats = _Stats()
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    def _move(self, event: Event) -> None:
+        self._state = lc.next_state(self._state, event)
+
+    # --- start ------------------------------------------------------------------------
+
+    async def load(self) -> bool:
+        """Read every record (before Serve's control loop starts). Never raises: on a
+        failed read the core stays ``LOADING`` and the reconcile loop or the shutdown pass
+        reads again."""
+        async with self._loading:  # one read at a time (the tick's and the shutdown pass's)
+            if self._state not in (State.LOADING, State.LOADING_FOR_SHUTDOWN):
+                return True
+            return await self._load()
+
+    async def _load(self) -> bool:
+        started = self._clock.monotonic()
+        try:
+            n, set_aside = await self.registry.load(on_record=lambda i: self._faults.reached("mid_rehydrate"))
+        except Exception as e:
+            self._log.error(
+                f"serve_cleanup: could not read the registrations from the GCS KV ({e!r}); "
+                "retrying in the background. Shutdown waits for them."
+            )
+            return False
+        self.stats.rehydrate_s = self._clock.monotonic() - started
+        self._next_sweep = self._clock.monotonic()  # check what was read at the first tick
+        self._move(Event.LOADED)
+        self._log.info(f"serve_cleanup: rehydrated {n} registration(s) in {self.stats.rehydrate_s * 1000:.1f} ms.")
+        for bad in set_aside:
+            self._log.error(
+                f"serve_cleanup: set aside unreadable record {bad.key!r} ({bad.size} bytes): "
+                f"{bad.reason}. It is left in the KV untouched; `serve-cleanup status` shows it "
+                "and `serve-cleanup purge --set-aside` removes it while Serve is down."
+            )
+        self.publish_counts()
+        return True
+
+    # --- registration -----------------------------------------------------------------
+
+    async def register(self, reg: Registration) -> Record:
+        """Durably register; returns the stored record. Raises ``RegistrationError`` (or
+        ``ValueError`` for bad arguments) and then leaves no record behind."""
+        existing = self.settled(reg)
+        if existing is not None:
+            return existing
+        admission.check_request(reg, self._serve)
+        await self._wait_loaded()
+        self._check_open()
+        self.inflight += 1  # shutdown must not finish while this call may still write
+        try:
+            async with self.locks.hold(reg.actor_id):
+                self._check_open()
+                existing = self.registry.get(reg.actor_id)
+                if existing is not None and reg.matches(existing):
+                    if not reg.check_actor or reg.actor_id in self.registry.verified:
+                        return existing
+                    return await self._verify_existing(existing)
+                admission.check_owner(reg, self._serve)
+                return await self._write(reg, existing)
+        finally:
+            self.inflight -= 1
+
+    def settled(self, reg: Registration) -> Optional[Record]:
+        """The record a repeated registration gets back with no lock and no GCS call: one
+        with a matching owner (checked against the actor table, if the call asks for
+        that), and no other call for it under way. Only ``actor_id``, the owner fields
+        and the flags of ``reg`` are read, so the adapter asks before it serializes the
+        handle."""
+        existing = self.registry.get(reg.actor_id)
+        if (existing is not None and reg.matches(existing) and self._state in lc.ACCEPTING
+                and (not reg.check_actor or reg.actor_id in self.registry.verified)
+                and not self.locks.busy(reg.actor_id)):
+            return existing
+        return None
+
+    def _check_open(self) -> None:
+        if self._state in lc.FINAL:
+            raise RegistrationError(
+                "Serve has finished shutting down and this controller is exiting; nothing "
+                "was registered. Start Serve again and register then."
+            )
+
+    async def _wait_loaded(self) -> None:
+        deadline = self._clock.monotonic() + self.config.load_wait_s
+        while self._state in (State.LOADING, State.LOADING_FOR_SHUTDOWN) and self._clock.monotonic() < deadline:
+            await self._clock.sleep(0.05)
+        if self._state in (State.LOADING, State.LOADING_FOR_SHUTDOWN):
+            raise PersistenceError(
+                "the controller could not read its registrations from the GCS KV yet, so "
+                "it cannot tell what is registered; nothing was registered. Retry once "
+                "GCS is reachable."
+            )
+
+    async def _lookup_known(self, actor_id: str) -> Optional[ActorInfo]:
+        """The table entry, waiting a little for an actor GCS has not heard of yet (Ray
+        registers a new actor with GCS asynchronously). Raises on a failed lookup."""
+        deadline = self._clock.monotonic() + self.config.unknown_actor_wait_s
+        delay = 0.01
+        info = await self._table.lookup(actor_id)
+        while info is None and self._clock.monotonic() < deadline:
+            await self._clock.sleep(delay)
+            delay = min(delay * 2, 0.2)
+            info = await self._table.lookup(actor_id)
+        return info
+
+    async def _verify_existing(self, record: Record) -> Record:
+        """A record read from the KV, registered again: check the actor before saying yes
+        (its first registration may have been refused and cut short by a crash)."""
+        try:
+            info: Any = await self._lookup_known(record.actor_id)
+        except Exception as e:
+            info = e
+        refusal = admission.refusal(record.actor_id, record.display_name, info, self._serve)
+        if refusal is None:
+            self.registry.verified.add(record.actor_id)
+            return record
+        if not isinstance(refusal, PersistenceError):
+            await self._take_back(record.actor_id, None)
+        raise refusal
+
+    async def _write(self, reg: Registration, previous: Optional[Record]) -> Record:
+        record = self.registry.new_record(
+            actor_id=reg.actor_id, name=reg.name, namespace=reg.namespace, handle=reg.handle,
+            scope=reg.scope, app=reg.app, deployment=reg.deployment,
+        )
+        # Write and check the actor at once: one GCS round trip of latency, not two.
+        lookup = asyncio.ensure_future(self._lookup_known(reg.actor_id)) if reg.check_actor else None
+        try:
+            await self.registry.add(record)
+        except Exception as e:
+            if lookup is not None:
+                lookup.cancel()
+            await self._take_back(reg.actor_id, previous)
+            raise _store_failed(reg.actor_id, e) from None
+        self._retract.pop(reg.actor_id, None)  # our write replaced whatever was to be taken back
+        self._faults.reached("after_record_write")
+        if lookup is not None:
+            try:
+                info: Any = await lookup
+            except Exception as e:
+                info = e
+            refusal = admission.refusal(reg.actor_id, record.display_name, info, self._serve)
+            if refusal is not None:
+                self._faults.reached("after_refusal_decided")
+                await self._take_back(reg.actor_id, previous)
+                raise refusal
+            if (info.name, info.namespace if info.name else "") != (record.name, record.namespace):
+                # The actor table is authoritative (a handle made by the actor itself may
+                # not carry its name).
+                record = self.registry.new_record(
+                    actor_id=reg.actor_id, name=info.name, namespace=info.namespace, handle=reg.handle,
+                    scope=reg.scope, app=reg.app, deployment=reg.deployment,
+                )
+                try:
+                    await self.registry.add(record)
+                except Exception as e:
+                    await self._take_back(reg.actor_id, previous)
+                    raise _store_failed(reg.actor_id, e) from None
+            self.registry.verified.add(reg.actor_id)
+        self._metrics.registered(reg.scope)
+        # One INFO line costs ~130 us of the controller's CPU, a third of the call's floor:
+        # each registration is logged at DEBUG, and the reconcile loop sums them up.
+        self.stats.registered_since_summary += 1
+        if self._log.isEnabledFor(logging.DEBUG):
+            self._log.debug(
+                f"serve_cleanup: registered {record.display_name} (actor {reg.actor_id}, "
+                f"scope {record.owner_label})."
+            )
+        return record
+
+    async def _take_back(self, actor_id: str, previous: Optional[Record]) -> None:
+        """Make the KV hold ``previous`` again (None: nothing). Memory shows it at once; a
+        failed write is queued and retried (reconcile loop, shutdown)."""
+        try:
+            if previous is not None:
+                await self.registry.add(previous)
+            else:
+                await self.registry.remove(actor_id)
+            self._retract.pop(actor_id, None)
+        except Exception as e:
+            self.registry.set_memory(actor_id, previous)
+            self._retract[actor_id] = previous
+            self._log.warning(
+                f"serve_cleanup: could not take back the record of refused actor {actor_id} "
+                f"({e!r}); retrying in the background."
+            )
+
+    async def _retry_retractions(self) -> None:
+        for actor_id, previous in list(self._retract.items()):
+            if self.locks.busy(actor_id):
+                continue
+            async with self.locks.hold(actor_id):
+                if actor_id in self._retract and self.registry.get(actor_id) is previous:
+                    await self._take_back(actor_id, previous)
+
+    async def unregister(self, actor_id: str) -> bool:
+        """Remove the record (durably) without killing the actor."""
+        async with self.locks.hold(actor_id):
+            removed = await self.registry.remove(actor_id)  # raises if the delete failed
+            self._retract.pop(actor_id, None)  # only now: a failed delete keeps it queued
+            self.reaper.forget(actor_id)
+        if removed:
+            self._log.info(f"serve_cleanup: unregistered actor {actor_id} (not killed).")
+            self.publish_counts()
+        return removed
+
+    # --- reconcile --------------------------------------------------------------------
+
+    def publish_counts(self) -> None:
+        self._metrics.records(self.registry.counts_by_scope(), len(self.registry.set_aside()))
+
+    def orphans(self) -> list[Record]:
+        apps = self.registry.owner_apps()
+        if not apps:
+            return []  # only Serve-wide records: nothing to look up
+        live_apps, live_deployments = self._serve.live_owners(apps)
+        return self.registry.orphans(live_apps, live_deployments)
+
+    async def run(self) -> None:
+        """The reconcile loop: first right after start, then every interval."""
+        first = True
+        while True:
+            await self._clock.sleep(0.1 if first else self.config.reconcile_interval_s)
+            first = False
+            try:
+                await self.tick()
+            except Exception:
+                self._log.exception("serve_cleanup: reconcile failed; retrying next interval.")
+
+    async def tick(self) -> None:
+        if self._state is State.LOADING:
+            await self.load()
+            return
+        if self._state is not State.OPEN:
+            return  # shutting down (its passes do the work) or done
+        self._summarize()
+        if self._retract:
+            await self._retry_retractions()
+        if self._serve.state() is not ServeState.RUNNING:
+            return  # before recovery owners are unknown; at shutdown the passes reap
+        started = self._clock.monotonic()
+        self.publish_counts()
+        orphans = [r for r in self.orphans() if self.reaper.due(r.actor_id)]
+        took = self._clock.monotonic() - started
+        self.stats.last_reconcile = {"at": self._clock.time(), "seconds": round(took, 6), "orphans": len(orphans)}
+        self._metrics.reconcile_duration(took)
+        if orphans:
+            await self.run_pass(orphans, Reason.OWNER_DELETED)
+        await self.sweep()
+
+    def _summarize(self) -> None:
+        """At most one INFO line a ``SUMMARY_INTERVAL_S`` about new registrations."""
+        now = self._clock.monotonic()
+        if self.stats.registered_since_summary and now - self.stats.summary_at >= SUMMARY_INTERVAL_S:
+            self._log.info(
+                f"serve_cleanup: {self.stats.registered_since_summary} new registration(s) "
+                f"accepted since the last summary; {len(self.registry)} stored "
+                f"({', '.join(f'{k}={v}' for k, v in self.registry.counts_by_scope().items() if v)})."
+            )
+            self.stats.registered_since_summary = 0
+            self.stats.summary_at = now
+
+    async def sweep(self, force: bool = False) -> int:
+        """The liveness sweep (I5): at most once every ``liveness_interval_s``, one bulk
+        read of which registered actors still live; records of dead ones (unknown for too
+        long, or Serve's own) are dropped, the live ones count as verified. Returns how
+        many records it dropped."""
+        now = self._clock.monotonic()
+        if not force and now < self._next_sweep:
+            return 0
+        self._next_sweep = now + self.config.liveness_interval_s
+        records = [r for r in self.registry.records() if self.reaper.due(r.actor_id)]
+        if not records:
+            return 0
+        try:
+            alive, dropped = await self.reaper.sweep(records)
+        except Exception as e:
+            self._log.warning(f"serve_cleanup: the liveness sweep could not read the actor table ({e!r}).")
+            return 0
+        self.registry.verified |= {a for a in alive if a in self.registry}
+        self.stats.last_sweep = {
+            "at": self._clock.time(), "seconds": round(self._clock.monotonic() - now, 6),
+            "records": len(records), "dropped": dropped,
+        }
+        if dropped:
+            self.publish_counts()
+        return dropped
+
+    async def gc(self, dry_run: bool = False) -> list[dict[str, Any]]:
+        """Registrations whose owner is gone or whose actor is dead; reaped unless dry_run."""
+        orphans = {r.actor_id: r for r in self.orphans()}
+        rest = [r for r in self.registry.records() if r.actor_id not in orphans]
+        table = await self.reaper.read_table(rest) if rest else {}
+        now = self._clock.time()
+        dead = [r for r in rest if gone(r, table.get(r.actor_id), now, self.config.unknown_grace_s)]
+        found = [(r, "owner deleted") for r in orphans.values()] + [(r, "actor dead") for r in dead]
+        result = [{**r.to_dict(), "why": why} for r, why in found]
+        if not dry_run and found:
+            outcomes = await self.run_pass([r for r, _ in found], Reason.GC)
+            for item, outcome in zip(result, outcomes):
+                item["outcome"] = outcome.value
+        return result
+
+    async def run_pass(self, todo: list[Record], reason: Reason) -> list[Outcome]:
+        started = self._clock.monotonic()
+        outcomes = await self.reaper.reap(todo, reason)
+        elapsed = self._clock.monotonic() - started
+        counts = {o: outcomes.count(o) for o in Outcome}
+        self.stats.last_pass = {
+            "reason": reason.value, "at": self._clock.time(), "seconds": round(elapsed, 4),
+            **{o.value: n for o, n in counts.items()},
+        }
+        self.publish_counts()
+        if any(counts[o] for o in DONE) or reason is not Reason.OWNER_DELETED:
+            self._log.info(
+                f"serve_cleanup: {reason.value} pass over {len(todo)} registration(s) in "
+                f"{elapsed * 1000:.0f} ms: " + ", ".join(f"{n} {o.value}" for o, n in counts.items() if n) + "."
+            )
+        return outcomes
+
+    # --- shutdown ---------------------------------------------------------------------
+
+    def shutdown_step(self) -> bool:
+        """Called by Serve's shutdown once everything else is gone, on every tick. True:
+        the controller may exit. False: a pass is under way (started here if needed)."""
+        if self._state in lc.FINAL:
+            return True
+        if self._state not in lc.SHUTTING:
+            self._move(Event.SHUTDOWN_STARTED)
+        if self._state is State.SHUTTING_DOWN and not len(self.registry) and not self.inflight and not self._retract:
+            self._move(Event.CLEAN)
+            return True
+        now = self._clock.monotonic()
+        if self._stuck_since is None:
+            self._stuck_since = now
+        idle = self._pass is None or self._pass.done()
+        if now - self._stuck_since > self.config.shutdown_grace_s and idle:
+            self._give_up()
+            return True
+        work = self._state is State.LOADING_FOR_SHUTDOWN or len(self.registry) or self._retract
+        if idle and work and now >= self._next_pass_at:  # else: only calls in flight; wait
+            self._pass = asyncio.get_running_loop().create_task(self._shutdown_pass())
+        return False
+
+    def _give_up(self) -> None:
+        self._move(Event.GRACE_OVER)
+        left = self.registry.records()
+        self._log.error(
+            f"serve_cleanup: giving up after {self.config.shutdown_grace_s:.0f}s of shutdown on "
+            f"{len(left)} registration(s)"
+            + (f" (and {self.inflight} registration call(s) in flight)" if self.inflight else "")
+            + ("" if self.registry_loaded else " (the records could not be read from the GCS KV)")
+            + (": " + ", ".join(f"{r.display_name} ({r.actor_id})" for r in left[:20]) if left else "")
+            + ". Their records stay in the KV for the next durable controller; "
+            "`serve-cleanup list` shows them."
+        )
+
+    @property
+    def registry_loaded(self) -> bool:
+        return self._state in lc.LOADED
+
+    async def _shutdown_pass(self) -> None:
+        if self._state is State.LOADING_FOR_SHUTDOWN:
+            ok = await self.load()
+        else:
+            await self._retry_retractions()
+            outcomes = await self.run_pass(self.registry.records(), Reason.SHUTDOWN) if len(self.registry) else []
+            ok = Outcome.PENDING not in outcomes and not self._retract
+        if not ok:
+            self._next_pass_at = self._clock.monotonic() + self.config.shutdown_retry_s
+
+    # --- inspection -------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        by_scope = {k: v for k, v in self.registry.counts_by_scope().items() if v}
+        return {
+            "state": self._state.value,
+            "records": len(self.registry),
+            "records_by_scope": by_scope,
+            "loaded": self.registry_loaded,
+            "unverified": self.registry.unverified(),
+            "in_flight": self.inflight,
+            "take_backs_pending": len(self._retract),
+            "retrying": self.reaper.backing_off(),
+            "set_aside": [s.to_dict() for s in self.registry.set_aside()],
+            "rehydrate_ms": round(self.stats.rehydrate_s * 1000, 3),
+            "last_pass": dict(self.stats.last_pass),
+            "last_reconcile": dict(self.stats.last_reconcile),
+            "last_sweep": dict(self.stats.last_sweep),
+        }
+
+
+def _store_failed(actor_id: str, error: BaseException) -> PersistenceError:
+    return PersistenceError(
+        f"could not store the registration of actor {actor_id} in the GCS KV ({error!r}); "
+        "it is not registered. Retry once GCS is reachable."
+    )

@@ -1,0 +1,165 @@
+"""The interfaces through which the Ray-free core reaches the world: one style, Protocols.
+
+``engine.CleanupCore`` decides; these ports act. The durable controller plugs in the
+Ray-backed implementations of ``serve_cleanup.adapters``; the unit tests and the
+simulation plug in fakes that delay, forget, fail and crash between any two steps
+(``tests/unit/fakes.py``). Nothing here imports Ray.
+
+===============  ==================================================================================
+port             what the core asks of it
+===============  ==================================================================================
+``RecordStore``  bytes under keys (the GCS internal KV): put, delete, read many, list keys,
+                 delete every key under a prefix in one request
+``ActorTable``   what the actor table says: one actor by id (a hash lookup), or which of many
+                 ids are not dead, read in bulk (never a scan per id)
+``Killer``       send a kill (no restart) to exactly the recorded actor id
+``Serve``        what Serve has (its state, its apps and deployments) and which actors are its own
+``Clock``        monotonic time, wall time, sleep
+``Metrics``      counters and gauges
+``Faults``       crash points for tests (a real process exits there)
+===============  ==================================================================================
+
+``SystemClock``, ``NoMetrics`` and ``NoFaults`` are the implementations that need nothing
+but the standard library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from dataclasses import dataclass
+from typing import Collection, Optional, Protocol, Union
+
+from serve_cleanup.core.records import Record
+
+Key = Union[str, bytes]
+
+# Actor-table states that are not final: an actor in one of them may still run (or start).
+LIVE_STATES = ("DEPENDENCIES_UNREADY", "PENDING_CREATION", "ALIVE", "RESTARTING")
+
+
+@dataclass(frozen=True)
+class ActorInfo:
+    """What the actor table says about one actor id."""
+
+    actor_id: str
+    name: str
+    namespace: str
+    state: str  # DEPENDENCIES_UNREADY, PENDING_CREATION, ALIVE, RESTARTING, DEAD
+
+    @property
+    def dead(self) -> bool:
+        return self.state == "DEAD"
+
+
+class RecordStore(Protocol):
+    """Bytes under keys. Keys are the package's own, below the store's fixed prefix; keys
+    that come back are raw ``bytes`` (anyone can write a key that is not UTF-8). Every
+    method raises on a failed request."""
+
+    async def put(self, key: str, value: bytes) -> None:
+        """Store ``value`` under ``key`` durably before returning."""
+
+    async def delete(self, key: Key) -> None:
+        """Remove ``key``; no error if it is absent."""
+
+    async def get_many(self, keys: list[bytes]) -> dict[bytes, bytes]:
+        """The values of those of ``keys`` that exist."""
+
+    async def keys(self, prefix: Key) -> list[bytes]:
+        """Every key that starts with ``prefix``."""
+
+    async def delete_prefix(self, prefix: Key) -> int:
+        """Delete every key that starts with ``prefix`` in one request; how many went. A
+        key written under ``prefix`` while the request runs may be deleted too."""
+
+
+class ActorTable(Protocol):
+    async def lookup(self, actor_id: str) -> Optional[ActorInfo]:
+        """The entry of ``actor_id`` (a lookup by id, whatever the table's size); None if
+        the table does not know it."""
+
+    async def live(self, actor_ids: Collection[str]) -> dict[str, ActorInfo]:
+        """Of ``actor_ids``, those whose actor is in one of ``LIVE_STATES``, with their
+        entries. An id left out is dead, or not known to the table (yet). Read in bulk:
+        the cost does not grow with the number of dead actors the table remembers."""
+
+
+class Killer(Protocol):
+    async def kill(self, record: Record) -> bool:
+        """Send a kill (no restart) to the actor with exactly ``record.actor_id``, reached
+        through ``record.handle``. False when no handle to that id can be had. Must not
+        block the event loop."""
+
+
+class ServeState(enum.Enum):
+    RECOVERING = "recovering"  # Serve has not recovered its apps yet: owners unknown
+    RUNNING = "running"
+    SHUTTING_DOWN = "shutting_down"
+
+
+class Serve(Protocol):
+    controller_id: str  # the controller's own actor id: never registered
+
+    def state(self) -> ServeState: ...
+
+    def live_owners(self, apps: set[str]) -> tuple[set[str], set[tuple[str, str]]]:
+        """Of ``apps``, those Serve still has; and every (app, deployment) it has."""
+
+    def is_own_actor(self, name: str, namespace: str) -> bool:
+        """Whether an actor of that name is one of Serve's own (controller, proxy,
+        replica, controller-managed deployment actor): never registered, never killed."""
+
+
+class Clock(Protocol):
+    def monotonic(self) -> float: ...
+
+    def time(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class Metrics(Protocol):
+    def registered(self, scope: str) -> None: ...
+
+    def killed(self, reason: str) -> None: ...
+
+    def kill_failed(self, reason: str) -> None: ...
+
+    def records(self, counts: dict[str, int], set_aside: int) -> None: ...
+
+    def reconcile_duration(self, seconds: float) -> None: ...
+
+
+class Faults(Protocol):
+    def reached(self, point: str) -> None:
+        """Called at each crash point (``engine.CRASH_POINTS``); a test build may end the
+        process here."""
+
+
+class SystemClock:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def time(self) -> float:
+        return time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+class NoMetrics:
+    def registered(self, scope: str) -> None: ...
+
+    def killed(self, reason: str) -> None: ...
+
+    def kill_failed(self, reason: str) -> None: ...
+
+    def records(self, counts: dict[str, int], set_aside: int) -> None: ...
+
+    def reconcile_duration(self, seconds: float) -> None: ...
+
+
+class NoFaults:
+    def reached(self, point: str) -> None: ...

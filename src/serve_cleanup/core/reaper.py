@@ -1,0 +1,344 @@
+"""Killing registered actors and dropping records of dead ones, in batches, by actor id.
+No Ray imports.
+
+A pass over records (``reap``) costs a fixed number of GCS requests, however many
+records and however many dead actors the actor table remembers:
+
+1. one bulk read of which of the records' actors are not dead (``ActorTable.live``);
+2. records whose actor is dead, or unknown for longer than ``unknown_grace_s`` after the
+   registration (Ray tells GCS about a new actor asynchronously, so a young record is
+   kept), or one of Serve's own (never killed): to drop;
+3. the rest: one read of their stored handles, then, under each actor's lock (so no
+   registration, move or unregistration of it interleaves), a check that the record is
+   still the current one and ``Killer.kill`` (exactly that id);
+4. bulk reads of the live set again until every killed actor is gone from it (up to
+   ``confirm_death_s``); only then are their records dropped;
+5. the drop: one delete per record under its lock for a few records, one prefix delete
+   per bucket (``Registry.drop_bulk``) for many.
+
+The liveness sweep (``sweep``) is steps 1, 2 and 5 without kills. A record that could not
+be cleaned up is retried with exponential backoff per record (``BACKOFF_*``), logged at
+WARNING on the 1st, 2nd, 4th, 8th... failure only. Shutdown passes ignore the backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
+
+from serve_cleanup.core.locks import KeyedLocks
+from serve_cleanup.core.ports import ActorInfo, ActorTable, Clock, Faults, Killer, Metrics, Serve
+from serve_cleanup.core.records import Record
+from serve_cleanup.core.registry import Registry
+
+if TYPE_CHECKING:
+    from serve_cleanup.core.engine import Config
+
+BACKOFF_FIRST_S = 1.0
+BACKOFF_MAX_S = 60.0
+_YIELD_EVERY = 64  # kills between two yields to the event loop
+_DELETES_IN_FLIGHT = 64
+_LOOKUPS_IN_FLIGHT = 64
+
+
+class Reason(enum.Enum):
+    SHUTDOWN = "shutdown"
+    OWNER_DELETED = "owner_deleted"
+    GC = "gc"
+    SWEEP = "sweep"
+
+
+class Outcome(enum.Enum):
+    KILLED = "killed"  # we killed it and saw it dead; record removed
+    ALREADY_DEAD = "already dead"  # it was dead before we looked; record removed
+    DROPPED = "dropped"  # a record of one of Serve's own actors; removed, actor untouched
+    PENDING = "pending"  # not done (kill not confirmed, GCS error, busy); record kept
+    SUPERSEDED = "superseded"  # unregistered or moved to another owner meanwhile: untouched
+
+
+DONE = (Outcome.KILLED, Outcome.ALREADY_DEAD, Outcome.DROPPED)
+
+
+def gone(record: Record, info: Optional[ActorInfo], now: float, grace_s: float) -> bool:
+    """The one rule for "this record's actor is gone": the table says DEAD, or it does not
+    know the actor and the record is older than the grace."""
+    if info is not None:
+        return info.dead
+    return now - record.registered_at > grace_s
+
+
+@dataclass
+class _Failures:
+    attempts: int
+    next_at: float
+
+
+class Reaper:
+    def __init__(
+        self,
+        registry: Registry,
+        table: ActorTable,
+        killer: Killer,
+        locks: KeyedLocks,
+        serve: Serve,
+        *,
+        clock: Clock,
+        logger: logging.Logger,
+        metrics: Metrics,
+        faults: Faults,
+        config: "Config",
+    ) -> None:
+        self._registry = registry
+        self._table = table
+        self._killer = killer
+        self._locks = locks
+        self._serve = serve
+        self._clock = clock
+        self._log = logger
+        self._metrics = metrics
+        self._faults = faults
+        self._config = config
+        self._failures: dict[str, _Failures] = {}
+
+    # --- backoff ----------------------------------------------------------------------
+
+    def due(self, actor_id: str) -> bool:
+        f = self._failures.get(actor_id)
+        return f is None or self._clock.monotonic() >= f.next_at
+
+    def backing_off(self) -> int:
+        return len(self._failures)
+
+    def forget(self, actor_id: str) -> None:
+        self._failures.pop(actor_id, None)
+
+    def _failed(self, record: Record, reason: Reason, why: str) -> Outcome:
+        f = self._failures.get(record.actor_id) or _Failures(0, 0.0)
+        f.attempts += 1
+        delay = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (f.attempts - 1))
+        f.next_at = self._clock.monotonic() + delay
+        self._failures[record.actor_id] = f
+        self._metrics.kill_failed(reason.value)
+        if f.attempts & (f.attempts - 1) == 0:  # 1st, 2nd, 4th, 8th, ... failure
+            self._log.warning(
+                f"serve_cleanup: could not clean up {record.display_name} (actor "
+                f"{record.actor_id}, reason: {reason.value}): {why}. Attempt {f.attempts}; "
+                f"retrying in {delay:.0f}s (shutdown retries sooner)."
+            )
+        return Outcome.PENDING
+
+    # --- classification ---------------------------------------------------------------
+
+    def _current(self, records: list[Record], outcomes: dict[str, Outcome]) -> list[Record]:
+        """Records still current and with no call in flight; the others get their outcome."""
+        current = []
+        for r in records:
+            if self._registry.get(r.actor_id) is not r:
+                outcomes[r.actor_id] = Outcome.SUPERSEDED
+            elif self._locks.busy(r.actor_id):
+                outcomes[r.actor_id] = Outcome.PENDING  # a call for it is under way: no backoff
+            else:
+                current.append(r)
+        return current
+
+    def _own(self, record: Record, info: ActorInfo) -> bool:
+        if not self._serve.is_own_actor(info.name, info.namespace):
+            return False
+        self._log.error(
+            f"serve_cleanup: record of actor {record.actor_id} names one of Serve's own "
+            f"actors ({info.namespace}/{info.name}); it is never killed. Dropping the "
+            "record (a refused registration whose take-back was lost in a crash)."
+        )
+        return True
+
+    async def read_table(self, records: list[Record]) -> dict[str, "ActorInfo | None"]:
+        """What the actor table says of each record's actor: one bulk read of the live
+        set, then a lookup by id (a hash lookup) for the *young* records missing from it,
+        which may be dead or not yet known to GCS; an old record missing from the live set
+        is gone either way. Raises if the table cannot be read."""
+        live = await self._table.live([r.actor_id for r in records])
+        now = self._clock.time()
+        young = [r.actor_id for r in records
+                 if r.actor_id not in live and not gone(r, None, now, self._config.unknown_grace_s)]
+        found: dict[str, Optional[ActorInfo]] = dict(live)
+        for i in range(0, len(young), _LOOKUPS_IN_FLIGHT):
+            chunk = young[i:i + _LOOKUPS_IN_FLIGHT]
+            for actor_id, info in zip(chunk, await asyncio.gather(*(self._table.lookup(a) for a in chunk))):
+                found[actor_id] = info
+        return found
+
+    # --- the passes -------------------------------------------------------------------
+
+    async def reap(self, records: list[Record], reason: Reason) -> list[Outcome]:
+        """Kill the actors of ``records`` and drop their records; outcomes in the order of
+        ``records``. Never raises."""
+        outcomes: dict[str, Outcome] = {}
+        current = self._current(records, outcomes)
+        if current:
+            try:
+                table = await self.read_table(current)
+            except Exception as e:  # GCS unreachable: every record waits for the next pass
+                for r in current:
+                    outcomes[r.actor_id] = self._failed(r, reason, f"reading the actor table failed ({e!r})")
+                return [outcomes[r.actor_id] for r in records]
+            now = self._clock.time()
+            to_kill: list[Record] = []
+            to_drop: dict[str, tuple[Record, Outcome]] = {}
+            for r in current:
+                info = table.get(r.actor_id)
+                if gone(r, info, now, self._config.unknown_grace_s):
+                    to_drop[r.actor_id] = (r, Outcome.ALREADY_DEAD)
+                elif info is None:
+                    outcomes[r.actor_id] = self._failed(r, reason, "the actor table does not know it yet")
+                elif self._own(r, info):
+                    to_drop[r.actor_id] = (r, Outcome.DROPPED)
+                else:
+                    to_kill.append(r)
+            if to_kill:
+                killed = await self._kill(to_kill, reason, outcomes)
+                if killed:
+                    self._faults.reached("after_kill_before_delete")
+                    dead = await self._confirm_dead([r.actor_id for r in killed])
+                    for r in killed:
+                        if r.actor_id in dead:
+                            to_drop[r.actor_id] = (r, Outcome.KILLED)
+                        else:
+                            outcomes[r.actor_id] = self._failed(
+                                r, reason, f"not dead {self._config.confirm_death_s:.0f}s after the kill")
+            if to_drop:
+                await self._drop_all(to_drop, reason, outcomes)
+        return [outcomes[r.actor_id] for r in records]
+
+    async def sweep(self, records: list[Record]) -> tuple[set[str], int]:
+        """The liveness sweep: drop the records of ``records`` whose actor is gone (or one
+        of Serve's own); kill nothing. Returns the ids seen alive and how many records were
+        dropped. Raises if the actor table cannot be read."""
+        outcomes: dict[str, Outcome] = {}
+        current = self._current(records, outcomes)
+        if not current:
+            return set(), 0
+        table = await self.read_table(current)
+        now = self._clock.time()
+        alive: set[str] = set()
+        to_drop: dict[str, tuple[Record, Outcome]] = {}
+        for r in current:
+            info = table.get(r.actor_id)
+            if gone(r, info, now, self._config.unknown_grace_s):
+                to_drop[r.actor_id] = (r, Outcome.ALREADY_DEAD)
+            elif info is None:
+                continue  # not known to the table yet: checked again next time
+            elif self._own(r, info):
+                to_drop[r.actor_id] = (r, Outcome.DROPPED)
+            else:
+                alive.add(r.actor_id)
+        if to_drop:
+            self._faults.reached("after_lookup_before_drop")
+            await self._drop_all(to_drop, Reason.SWEEP, outcomes)
+        dropped = sum(1 for a in to_drop if outcomes.get(a) in DONE)
+        if dropped:
+            self._log.info(
+                f"serve_cleanup: the liveness sweep removed {dropped} record(s) of actors that "
+                "are dead (or Serve's own); nothing was killed."
+            )
+        return alive, dropped
+
+    async def _kill(self, records: list[Record], reason: Reason, outcomes: dict[str, Outcome]) -> list[Record]:
+        """Send the kills; returns the records whose kill was sent."""
+        try:
+            full = await self._registry.full(records)  # the handle bytes, in one read
+        except Exception as e:
+            for r in records:
+                outcomes[r.actor_id] = self._failed(r, reason, f"reading its stored handle failed ({e!r})")
+            return []
+        killed: list[Record] = []
+        for i, r in enumerate(records):
+            if i and i % _YIELD_EVERY == 0:
+                await self._clock.sleep(0)
+            async with self._locks.hold(r.actor_id):
+                if self._registry.get(r.actor_id) is not r:
+                    outcomes[r.actor_id] = Outcome.SUPERSEDED
+                    continue
+                try:
+                    sent = await self._killer.kill(full.get(r.actor_id, r))
+                except Exception as e:
+                    outcomes[r.actor_id] = self._failed(r, reason, f"the kill failed ({e!r})")
+                    continue
+            if not sent:
+                outcomes[r.actor_id] = self._failed(
+                    r, reason,
+                    "its stored handle is unusable and no actor with its id holds its name; "
+                    "kill it by hand (ray.kill), or remove the record (`serve-cleanup unregister`; "
+                    "`serve-cleanup purge` while Serve is down)",
+                )
+                continue
+            killed.append(r)
+        if killed:
+            self._log.info(
+                f"serve_cleanup: killing {len(killed)} registered actor(s) (reason: {reason.value}): "
+                + ", ".join(f"{r.display_name} ({r.actor_id})" for r in killed[:10])
+                + (", ..." if len(killed) > 10 else "") + "."
+            )
+        return killed
+
+    async def _confirm_dead(self, actor_ids: list[str]) -> set[str]:
+        """Those of ``actor_ids`` the live set no longer holds within ``confirm_death_s``
+        (``ray.kill`` returns before the actor is dead)."""
+        deadline = self._clock.monotonic() + self._config.confirm_death_s
+        waiting = set(actor_ids)
+        delay = 0.01
+        while waiting and self._clock.monotonic() < deadline:
+            await self._clock.sleep(delay)
+            try:
+                waiting &= set(await self._table.live(list(waiting)))
+            except Exception as e:
+                self._log.debug(f"serve_cleanup: reading the actor table failed ({e!r}); retrying.")
+            delay = min(delay * 2, 0.25)
+        return set(actor_ids) - waiting
+
+    async def _drop_all(self, to_drop: dict[str, tuple[Record, Outcome]], reason: Reason,
+                        outcomes: dict[str, Outcome]) -> None:
+        """Delete the records of ``to_drop``; each gets its outcome, or SUPERSEDED if it
+        changed meanwhile, or PENDING (with backoff) if the delete failed."""
+        records = [r for r, _ in to_drop.values()]
+        if len(records) >= self._config.bulk_drop_min:
+            try:
+                dropped = await self._registry.drop_bulk(records, self._locks.busy)
+                error = None
+            except Exception as e:
+                dropped, error = set(), e
+        else:
+            dropped, error = set(), None
+            for i in range(0, len(records), _DELETES_IN_FLIGHT):
+                chunk = records[i:i + _DELETES_IN_FLIGHT]
+                results = await asyncio.gather(*(self._drop_one(r) for r in chunk), return_exceptions=True)
+                for r, result in zip(chunk, results):
+                    if isinstance(result, BaseException) and not isinstance(result, Exception):
+                        raise result  # cancelled (or the process is going): not a failed delete
+                    if isinstance(result, BaseException):
+                        error = result
+                    elif result:
+                        dropped.add(r.actor_id)
+        for actor_id, (r, outcome) in to_drop.items():
+            if actor_id in dropped:
+                outcomes[actor_id] = outcome
+                self.forget(actor_id)
+                if outcome is Outcome.KILLED:
+                    self._metrics.killed(reason.value)
+            elif self._registry.get(actor_id) is r and error is not None:
+                outcomes[actor_id] = self._failed(r, reason, f"deleting its record failed ({error!r})")
+            elif self._registry.get(actor_id) is r:
+                outcomes[actor_id] = Outcome.PENDING  # a call for it is under way
+            else:
+                outcomes[actor_id] = Outcome.SUPERSEDED
+
+    async def _drop_one(self, record: Record) -> bool:
+        if self._locks.busy(record.actor_id):
+            return False
+        async with self._locks.hold(record.actor_id):
+            if self._registry.get(record.actor_id) is not record:
+                return False
+            await self._registry.remove(record.actor_id)
+            return True

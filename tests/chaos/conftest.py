@@ -1,0 +1,3 @@
+"""Fixtures for the chaos test (defined in ray_env)."""
+
+from ray_env import _ray_down_at_exit, ray_cluster  # noqa: F401  (pytest finds fixtures by name here)
