@@ -108,7 +108,7 @@ def own_cluster(**head_node_args) -> Iterator[Cluster]:
     stop_ray()
     here = os.path.dirname(os.path.abspath(__file__))
     old_path = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([here] + [p for p in [old_path] if p])
+    os.environ["PYTHONPATH"] = os.pathsep.join([here, os.path.dirname(here)] + [p for p in [old_path] if p])
     cluster = Cluster(initialize_head=True, head_node_args={"include_dashboard": False, **head_node_args})
     try:
         ray.init(address=cluster.address, namespace=TEST_NAMESPACE, log_to_driver=False)
