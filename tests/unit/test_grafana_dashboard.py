@@ -27,11 +27,20 @@ NAME = re.compile(r"\bray_serve_cleanup_[a-z_]+\b")
 
 
 def defined_metrics() -> dict[str, set[str]]:
-    """``{name: tag keys}`` of every ``ray_metrics.<Kind>("name", ..., tag_keys=(...))``."""
+    """``{name: tag keys}`` of every ``<ray.util.metrics>.<Kind>("name", ..., tag_keys=(...))``."""
+    tree = ast.parse(METRICS_PY.read_text())
+    aliases = {  # the names ray.util.metrics is imported under (`from ray.util import metrics as ...`)
+        a.asname or a.name
+        for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module == "ray.util"
+        for a in node.names if a.name == "metrics"
+    }
+    assert aliases, "metrics.py no longer imports ray.util.metrics; update this test"
     found: dict[str, set[str]] = {}
-    for node in ast.walk(ast.parse(METRICS_PY.read_text())):
+    for node in ast.walk(tree):
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
             continue
+        if not (isinstance(node.func.value, ast.Name) and node.func.value.id in aliases):
+            continue  # e.g. collections.Counter()
         if node.func.attr not in ("Gauge", "Counter", "Histogram"):
             continue
         name = ast.literal_eval(node.args[0])
