@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import time
 import urllib.request
 from pathlib import Path
@@ -29,7 +28,7 @@ from ray import serve
 
 import serve_cleanup
 from ray_env import TEST_NAMESPACE, start_local_ray, stop_ray
-from ray_helpers import Aux, wait_dead, wait_for
+from ray_helpers import Aux, free_port, wait_dead, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
 
@@ -41,17 +40,11 @@ DEADLINE_S = 90.0  # Ray's agent exports every ~10 s; the first export comes lat
 ONLY_AFTER_FIRST_INCREMENT = {"ray_serve_cleanup_kill_failures_total"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def metrics_cluster() -> Iterator[int]:
     """A local cluster of this test's own, exporting metrics on a free port."""
     stop_ray()  # the session's cluster has no metrics port; one cluster at a time
-    port = _free_port()
+    port = free_port()
     start_local_ray(_metrics_export_port=port)
     try:
         yield port
