@@ -30,9 +30,11 @@ New remote methods are prefixed ``serve_cleanup_``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import logging
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import ray
 
@@ -64,6 +66,26 @@ def _reconcile_interval() -> float:
     return value
 
 
+@contextlib.contextmanager
+def _held_logs(log: logging.Logger) -> Iterator[Callable[[], None]]:
+    """Hold the records ``log`` gets inside the block; the callable yielded hands them to
+    the logger's handlers of that later moment."""
+    held: list[logging.LogRecord] = []
+
+    class _Hold(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            held.append(record)
+
+    hold, propagate = _Hold(), log.propagate
+    log.addHandler(hold)
+    log.propagate = False
+    try:
+        yield lambda: [log.handle(record) for record in held] and None
+    finally:
+        log.removeHandler(hold)
+        log.propagate = propagate
+
+
 class _CleanupPending(Exception):
     """Registered actors remain; Serve's shutdown must not finish yet."""
 
@@ -91,20 +113,27 @@ async def _register(core: CleanupCore, actor: Any, **how: Any) -> Record:
 # Ray takes the name from the class's __name__.
 class ServeController(_compat.ServeController):
     async def __init__(self, **kwargs: Any) -> None:
-        gcs = _compat.GcsClient(address=ray.get_runtime_context().gcs_address)
-        self._sc_core = CleanupCore(
-            GcsRecordStore(gcs),
-            GcsActorTable(),
-            RayKiller(logger),
-            ServeFacts(self, ray.get_runtime_context().get_actor_id()),
-            logger=logger,
-            metrics=ControllerMetrics(),
-            faults=CrashPoints(gcs, logger),
-            config=Config(reconcile_interval_s=_reconcile_interval()),
-        )
-        await self._sc_core.load()  # never raises; before Serve's control loop starts
+        # Build the core and read the records before Serve's control loop starts. Serve's
+        # __init__ sets up the controller log, so what this logs is held until then (else
+        # it would land in the worker's stderr file, not in the controller log users read).
+        with _held_logs(logger) as replay:
+            gcs = _compat.GcsClient(address=ray.get_runtime_context().gcs_address)
+            self._sc_core = CleanupCore(
+                GcsRecordStore(gcs),
+                GcsActorTable(),
+                RayKiller(logger),
+                ServeFacts(self, ray.get_runtime_context().get_actor_id()),
+                logger=logger,
+                metrics=ControllerMetrics(),
+                faults=CrashPoints(gcs, logger),
+                config=Config(reconcile_interval_s=_reconcile_interval()),
+            )
+            await self._sc_core.load()  # never raises
         self._sc_flag = None if _compat.SERVE_RESUMES_SHUTDOWN else ShutdownFlag(gcs)
-        await super().__init__(**kwargs)  # configures the controller logger
+        try:
+            await super().__init__(**kwargs)  # configures the controller logger
+        finally:
+            replay()
         if self._sc_flag is not None and self._sc_flag.resume():
             self._shutting_down = True
         self._sc_reconcile_task = asyncio.get_running_loop().create_task(self._sc_core.run())

@@ -36,12 +36,12 @@ from serve_cleanup.core.engine import CRASH_POINTS as POINTS
 MARKER_PREFIX = "serve-cleanup-fault-"
 
 
-def _configured() -> frozenset[str]:
+def _configured(log: logging.Logger) -> frozenset[str]:
     raw = os.environ.get("SERVE_CLEANUP_CRASH_POINTS", "")
     points = frozenset(p.strip() for p in raw.split(",") if p.strip())
     unknown = points - set(POINTS)
     if unknown:  # never raise here: it runs in the controller's constructor
-        logging.getLogger(__name__).error(
+        log.error(
             f"serve_cleanup: ignoring unknown SERVE_CLEANUP_CRASH_POINTS {sorted(unknown)}; "
             f"known: {POINTS}"
         )
@@ -53,14 +53,14 @@ class CrashPoints:
     environment asks for it."""
 
     def __init__(self, gcs: Optional[object] = None, logger: Optional[logging.Logger] = None) -> None:
-        self._points = _configured()
+        self._logger = logger or logging.getLogger(__name__)
+        self._points = _configured(self._logger)
         try:
             self._probability = float(os.environ.get("SERVE_CLEANUP_CRASH_PROBABILITY", "1.0"))
         except ValueError:
             self._probability = 1.0
         self._repeat = os.environ.get("SERVE_CLEANUP_CRASH_REPEAT", "0") == "1"
         self._gcs = gcs
-        self._logger = logger or logging.getLogger(__name__)
 
     @property
     def enabled(self) -> bool:

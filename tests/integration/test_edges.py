@@ -1,12 +1,16 @@
-"""Issue 9 on a real cluster: what used to break the promise at the edges.
+"""The promise at the edges, on a real cluster.
 
-* an undecodable key under the record prefix killed the controller for good (defect 1);
-* the record of a dead actor under a live owner was never dropped (defect 3).
+* an undecodable key under the record prefix must not stop the controller (I4);
+* the record of a dead actor under a live owner is dropped (I5);
+* what the controller logs while it starts reaches the controller log users read.
 """
 
 from __future__ import annotations
 
+import os
+
 import pytest
+import ray
 from ray import serve
 
 import serve_cleanup
@@ -71,3 +75,19 @@ def ray_kill(handle) -> None:
 
     ray.kill(handle, no_restart=True)
     wait_dead(handle)
+
+
+def test_what_the_controller_logs_while_it_starts_lands_in_the_controller_log(durable_serve, actors):
+    """The records are read before Serve sets up its controller log; the lines of that
+    read are held and written there once it exists (they used to land in the worker's
+    stderr file, where nobody looks)."""
+    serve_cleanup.register(actors())
+    pid = kill_controller_and_wait_restart()["pid"]
+    session = ray._private.worker.global_worker.node.get_session_dir_path()
+    path = os.path.join(session, "logs", "serve", f"controller_{pid}.log")
+
+    def logged() -> bool:
+        with open(path, errors="replace") as f:
+            return "serve_cleanup: rehydrated 1 registration(s)" in f.read()
+
+    wait_for(logged, 30, f"the rehydrate line in {path}")
