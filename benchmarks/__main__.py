@@ -24,7 +24,16 @@ from pathlib import Path
 import ray
 
 from benchmarks import cases, floor, history, owners, report, scale, shutdown
-from benchmarks.harness import connect, fresh_cluster, log, package_commit, package_dir, purge_records, stop_serve
+from benchmarks.harness import (
+    connect,
+    fresh_cluster,
+    log,
+    package_commit,
+    package_dir,
+    purge_records,
+    set_profile_dir,
+    stop_serve,
+)
 
 # name -> (what it measures, full sizes, quick sizes, function(sizes) -> result)
 SECTIONS = {
@@ -71,6 +80,10 @@ def main(argv=None) -> int:
                    help="label the sections with this commit (default: that of the imported serve_cleanup)")
     p.add_argument("--address", default=None, help="use this running cluster instead of local ones")
     p.add_argument("--out", default="docs", help="where benchmarks.md and benchmarks.json go")
+    p.add_argument("--profile", default=None, metavar="DIR",
+                   help="attach py-spy to the controller in the shutdown and history sections and run "
+                        "`list --json` once more under it; stacks and summaries go to DIR (figures of such a "
+                        "run are not for the report: py-spy costs CPU)")
     args = p.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else list(DEFAULT_SECTIONS)
     unknown = [n for n in names if n not in SECTIONS]
@@ -91,6 +104,7 @@ def main(argv=None) -> int:
     results["label"] = "after" if baseline else args.label
     command = " ".join(["python -m benchmarks", *argv])
     commit = args.commit or package_commit()
+    set_profile_dir(args.profile)
     started = time.monotonic()
     connect(args.address)
     try:
@@ -106,7 +120,7 @@ def main(argv=None) -> int:
             results[name] = run(sizes)
             results["sections"][name] = {
                 "commit": commit, "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                "seconds": round(time.monotonic() - t0, 1), "quick": args.quick,
+                "seconds": round(time.monotonic() - t0, 1), "quick": args.quick, "profiled": bool(args.profile),
                 "command": command, "serve_cleanup": package_dir(),
                 "sizes": {k: v for k, v in vars(sizes).items()},
             }

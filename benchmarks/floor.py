@@ -53,6 +53,7 @@ from benchmarks.harness import (
     median,
     pending_actors,
     purge_records,
+    ratio,
     register_public,
     register_upstream,
     start_serve,
@@ -230,12 +231,12 @@ def floor(sizes: FloorSizes) -> dict:
             p, d = row[PLAIN], row[DURABLE]
             probe_cpu = median([p["probe"]["burst"]["cpu_ms"], d["probe"]["burst"]["cpu_ms"]])
             row["ratios"] = {
-                "named": d["named_p50"] / (p["named_p50"] + row["put_p50"]),
-                "anon": d["anon_p50"] / (p["anon_p50"] + row["put_p50"]),
-                "burst_cpu": d["burst_cpu_ms"] / (p["burst_cpu_ms"] + probe_cpu),
-                "burst_cpu_vs_plain": d["burst_cpu_ms"] / p["burst_cpu_ms"],
-                "throughput": d["burst_per_s"] / p["burst_per_s"],
-                "public_vs_named": d["public_p50"] / d["named_p50"],
+                "named": ratio(d["named_p50"], p["named_p50"] + row["put_p50"]),
+                "anon": ratio(d["anon_p50"], p["anon_p50"] + row["put_p50"]),
+                "burst_cpu": ratio(d["burst_cpu_ms"], p["burst_cpu_ms"] + probe_cpu),
+                "burst_cpu_vs_plain": ratio(d["burst_cpu_ms"], p["burst_cpu_ms"]),
+                "throughput": ratio(d["burst_per_s"], p["burst_per_s"]),
+                "public_vs_named": ratio(d["public_p50"], d["named_p50"]),
             }
             rounds.append(row)
     finally:

@@ -17,7 +17,11 @@ Everything else is Ray (its private GCS client and protos included).
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import os
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -209,15 +213,24 @@ def count_actors(state: Optional[str] = None) -> int:
 
 
 def gcs_server_process() -> psutil.Process:
-    """The gcs_server of the cluster this driver is connected to."""
-    port = ray.get_runtime_context().gcs_address.rsplit(":", 1)[1]
+    """The gcs_server of the cluster this driver is connected to (its own child, or the
+    one started with this session's directory, or the one listening on the GCS port)."""
     for p in psutil.Process().children(recursive=True):
         if p.name() == "gcs_server":
             return p
+    session = session_dir()
+    port = int(ray.get_runtime_context().gcs_address.rsplit(":", 1)[1])
     for p in psutil.process_iter(["name", "cmdline"]):
-        if p.info["name"] == "gcs_server" and any(a.endswith(f"_port={port}") for a in p.info["cmdline"] or ()):
+        if p.info["name"] != "gcs_server":
+            continue
+        if session is not None and f"--session-dir={session}" in (p.info["cmdline"] or ()):
             return p
-    raise RuntimeError(f"no gcs_server process found for GCS port {port}")
+        try:
+            if any(c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN for c in p.net_connections()):
+                return p
+        except psutil.Error:
+            pass
+    raise RuntimeError(f"no gcs_server process found for {ray.get_runtime_context().gcs_address}")
 
 
 def cpu_s(proc: psutil.Process) -> float:
@@ -450,27 +463,111 @@ def cli_seconds(args: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def cli_list_json() -> tuple[float, int]:
+def cli_list_json(profile_as: Optional[str] = None) -> tuple[float, int]:
     """``serve-cleanup list --json`` as a user runs it: a fresh process (the console script
-    beside this Python), RAY_ADDRESS set. Wall time, and how many entries it printed."""
+    beside this Python), RAY_ADDRESS set. Wall time, and how many entries it printed.
+    With --profile and ``profile_as``, run under py-spy (the time then includes it)."""
     import json
     import tempfile
 
     script, env = _cli()
+    cmd = [script, "list", "--json"]
+    if profile_as:
+        cmd = profiled_command(cmd, profile_as)
     with tempfile.TemporaryFile("w+") as out:
         started = time.perf_counter()
-        proc = subprocess.run([script, "list", "--json"], stdout=out, stderr=subprocess.PIPE,
+        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.PIPE,
                               text=True, env=env, timeout=600)
         took = time.perf_counter() - started
         if proc.returncode != 0:
             raise RuntimeError(f"serve-cleanup list --json failed: {proc.stderr[-2000:]}")
         out.seek(0)
-        return took, len(json.load(out))
+        entries = len(json.load(out))
+    if profile_as and _profile["dir"] is not None:
+        summarize_profile(_profile["dir"] / f"{profile_as}.txt")
+    return took, entries
 
 
 def seed_synthetic(n: int) -> None:
     """``n`` records of actors that never existed (used by the older ``cases`` sections)."""
     seed_unknown_records(n, time.time())
+
+
+# --- py-spy, when --profile DIR is given ----------------------------------------------
+
+_profile: dict = {"dir": None}
+RATE_HZ = 100
+
+
+def set_profile_dir(path: Optional[str]) -> None:
+    _profile["dir"] = Path(path) if path else None
+    if path:
+        Path(path).mkdir(parents=True, exist_ok=True)
+
+
+def profiling() -> bool:
+    return _profile["dir"] is not None
+
+
+def _pyspy() -> str:
+    return shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+
+
+@contextlib.contextmanager
+def profiled(pid: int, name: str):
+    """``py-spy record`` attached to ``pid`` for the block (a no-op without --profile):
+    raw stacks in DIR/NAME.txt, a summary in DIR/NAME.summary.txt."""
+    if _profile["dir"] is None:
+        yield
+        return
+    raw = _profile["dir"] / f"{name}.txt"
+    spy = subprocess.Popen([_pyspy(), "record", "--pid", str(pid), "--rate", str(RATE_HZ), "--format", "raw",
+                            "--nolineno", "--threads", "--nonblocking", "--output", str(raw)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # attach
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)
+        try:
+            spy.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+        summarize_profile(raw)
+
+
+def profiled_command(cmd: list[str], name: str) -> list[str]:
+    """``cmd`` run under ``py-spy record`` (with --profile; else ``cmd`` unchanged)."""
+    if _profile["dir"] is None:
+        return cmd
+    raw = _profile["dir"] / f"{name}.txt"
+    return [_pyspy(), "record", "--rate", str(RATE_HZ), "--format", "raw", "--nolineno", "--output", str(raw),
+            "--", *cmd]
+
+
+def summarize_profile(raw: Path, top: int = 40) -> None:
+    """Self and inclusive time per function (seconds of samples) beside the raw stacks."""
+    if not raw.exists():
+        return
+    total = 0
+    self_c: collections.Counter = collections.Counter()
+    incl: collections.Counter = collections.Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = [f for f in stack.split(";") if not f.startswith(("thread (", "process "))]
+        total += n
+        if frames:
+            self_c[frames[-1]] += n
+        for f in set(frames):
+            incl[f] += n
+    lines = [f"{total} samples at {RATE_HZ} Hz ({total / RATE_HZ:.1f} s of thread time)", "", "self:"]
+    lines += [f"  {c / RATE_HZ:8.2f} s {100 * c / max(total, 1):5.1f}%  {f}" for f, c in self_c.most_common(top)]
+    lines += ["", "inclusive:"]
+    lines += [f"  {c / RATE_HZ:8.2f} s {100 * c / max(total, 1):5.1f}%  {f}" for f, c in incl.most_common(top)]
+    raw.with_suffix(".summary.txt").write_text("\n".join(lines) + "\n")
 
 
 # --- statistics ----------------------------------------------------------------------
@@ -495,6 +592,11 @@ class Samples:
 
     def ms(self, which: str = "p50") -> float:
         return getattr(self, which) * 1000
+
+
+def ratio(a: float, b: float) -> float:
+    """a / b, NaN when b is 0 (tiny --quick sizes: CPU times tick every 10 ms)."""
+    return a / b if b else float("nan")
 
 
 def median(xs: Iterable[float]) -> float:

@@ -40,6 +40,8 @@ from benchmarks.harness import (
     make_dead_actors,
     median,
     pending_actors,
+    profiled,
+    profiling,
     purge_records,
     register_upstream,
     seed_unknown_records,
@@ -92,6 +94,9 @@ def history(sizes: HistorySizes) -> dict:
                 g0, c0, t0 = cpu_s(gcs_proc), cpu_s(proc), time.perf_counter()
                 time.sleep(sizes.window_s)
                 took = time.perf_counter() - t0
+                if profiling() and rep == 0:  # after the window: py-spy costs CPU too
+                    with profiled(proc.pid, f"history-{level}-{kind}-controller-idle"):
+                        time.sleep(sizes.window_s)
                 r = {"reg_p50": s.ms(), "gcs_idle_cores": (cpu_s(gcs_proc) - g0) / took,
                      "controller_idle_cores": (cpu_s(proc) - c0) / took}
                 by_rep[kind].append(r)

@@ -33,6 +33,7 @@ from benchmarks.harness import (
     kill_controller_and_wait,
     log,
     median,
+    profiling,
     purge_records,
     record_count,
     seed_unknown_records,
@@ -129,6 +130,8 @@ def list_json(sizes: ScaleSizes) -> dict:
         took, entries = cli_list_json()
         runs.append({"seconds": took, "entries": entries, "stored": record_count()})
         log(f"list: serve-cleanup list --json printed {entries} entries in {took:.2f} s")
+    if profiling():
+        cli_list_json(profile_as="list-json-cli")  # not timed: py-spy slows it
     purge_records()
     kill_controller_and_wait()
     stop_serve()

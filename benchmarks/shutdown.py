@@ -41,6 +41,7 @@ from benchmarks.harness import (
     make_actors,
     median,
     pending_actors,
+    profiled,
     purge_records,
     put_records,
     record_count,
@@ -101,6 +102,8 @@ def records_shutdown(sizes: ShutdownSizes) -> dict:
     at_call = {"kv": record_count(), "controller": controller_status().get("records")}
     samples: list[tuple[float, int]] = []
     stop = threading.Event()
+    spy = profiled(ray.get(controller().get_pid.remote()), "shutdown-records-controller")
+    spy.__enter__()
     t0 = time.perf_counter()
 
     def sample() -> None:
@@ -121,6 +124,7 @@ def records_shutdown(sizes: ShutdownSizes) -> dict:
     controller_gone_s = time.perf_counter() - t0
     sampler.join(timeout=sizes.records_wait_s + 30)
     stop.set()
+    spy.__exit__(None, None, None)
     gone = next((t for t, n in samples if n == 0), None)
     at_10 = 0 if gone is not None and gone <= 10.0 else next((n for t, n in samples if t >= 10.0), None)
     out = {
