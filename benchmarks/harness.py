@@ -67,15 +67,20 @@ def internals() -> SimpleNamespace:
 
 
 def package_commit() -> str:
-    """The commit of the checkout whose serve_cleanup this process imported ("-dirty" if
-    its src/ has uncommitted changes), so a section says which code it measured."""
+    """Which serve_cleanup this process imported: the HEAD of its checkout, and the last
+    commit that changed its package directory ("-dirty": uncommitted changes there), e.g.
+    ``c39582f (src 2ad1c19)``: a benchmarks-only commit on top of 2ad1c19's code."""
     src = Path(serve_cleanup.__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(src), *args], capture_output=True, text=True,
+                              check=True).stdout.strip()
+
     try:
-        head = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--", "."],
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return head + ("-dirty" if dirty else "")
+        head = git("rev-parse", "--short", "HEAD")
+        last = git("log", "-1", "--format=%h", "--", ".")
+        dirty = "-dirty" if git("status", "--porcelain", "--", ".") else ""
+        return f"{head} (src {last}{dirty})"
     except Exception:
         return "unknown"
 

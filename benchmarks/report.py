@@ -316,6 +316,59 @@ def _memory_details(m: dict, li: Optional[dict]) -> list[str]:
     return lines
 
 
+def _by_thread_role(cpu: dict[str, float]) -> dict[str, float]:
+    """Thread names (``comm``) to roles: the controller's main thread carries the process
+    title (``ray::ServeController``), the event-loop thread the title it had when it was
+    created (``ray::IDLE``)."""
+    out: dict[str, float] = {}
+    for name, v in cpu.items():
+        if name == "ray::IDLE":
+            role = "event loop (`ray::IDLE`)"
+        elif name.startswith("ray::"):
+            role = "main: task receipt (`ray::<class>`)"
+        else:
+            role = f"`{name}`"
+        out[role] = out.get(role, 0.0) + v
+    return out
+
+
+def _profile_tables(out_dir: Path) -> list[str]:
+    """``python -m benchmarks.profile_burst --json docs/benchmarks-profile[-before].json``."""
+    import json
+
+    lines: list[str] = []
+    for fname, label in (("benchmarks-profile-before.json", "before"), ("benchmarks-profile.json", "after")):
+        path = out_dir / fname
+        if not path.exists():
+            continue
+        data = json.loads(path.read_text())
+        meta = data.get("_meta", {})
+        kinds = [k for k in data if not k.startswith("_")]
+        lines += [f"## Where the controller's CPU goes in a burst (py-spy), {label}: {meta.get('commit', '?')} "
+                  f"({meta.get('at', '?')})", "",
+                  f"`python -m benchmarks.profile_burst --json docs/{fname}`: {meta.get('registrants', 8)} registrant "
+                  "threads, every call a new registration of a PENDING_CREATION actor; one burst per kind without "
+                  "the profiler (process and per-thread CPU from psutil and `/proc/<pid>/task/*/comm`), then one "
+                  "with `py-spy record --gil --nonblocking` attached (Python time holding the GIL, 250 Hz). "
+                  "ms per new registration.", "",
+                  "| | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds)]
+        lines.append("| throughput (no profiler) | " + " | ".join(f"{data[k]['clean']['per_s']:.0f}/s" for k in kinds) + " |")
+        lines.append("| process CPU | " + " | ".join(f"{data[k]['clean']['cpu_ms_per_registration']:.3f}" for k in kinds) + " |")
+        per_kind = {k: _by_thread_role(data[k]["clean"]["thread_cpu_ms_per_registration"]) for k in kinds}
+        for t in sorted({t for k in kinds for t in per_kind[k]}):
+            lines.append(f"| thread {t} | " + " | ".join(f"{per_kind[k].get(t, 0.0):.3f}" for k in kinds) + " |")
+        cats = [c for c, _ in data[kinds[-1]].get("categories", [])]
+        for c in cats:
+            vals = []
+            for k in kinds:
+                d = data[k]
+                got = dict(d.get("categories", []))
+                vals.append(f"{got.get(c, 0) * 1000 / d['rate_hz'] / d['registrations']:.3f}" if "rate_hz" in d else "—")
+            lines.append(f"| py-spy: {c} | " + " | ".join(vals) + " |")
+        lines.append("")
+    return lines
+
+
 def write(results: dict, out_dir: Path, baseline: Optional[dict] = None) -> Path:
     """docs/benchmarks.md from this run (``results``) and an optional earlier run."""
     import json
@@ -354,6 +407,7 @@ def write(results: dict, out_dir: Path, baseline: Optional[dict] = None) -> Path
     analysis = out_dir / "benchmarks-analysis.md"  # hand-written
     if analysis.exists():
         lines += [analysis.read_text().rstrip(), ""]
+    lines += _profile_tables(out_dir)
     lines += [
         "## How each figure is taken", "",
         "- Actors that must stay live without a process ask for a resource no node has: `PENDING_CREATION` "

@@ -19,6 +19,7 @@ the controller is gone. Afterwards, how many of those actors were not yet DEAD.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass
@@ -165,7 +166,9 @@ def live_shutdown(sizes: ShutdownSizes) -> dict:
                 ray.get([ctrl._register_shutdown_cleanup_actor.remote(a) for a in actors[i:i + 100]])
             stored = record_count() if kind == DURABLE else None
             time.sleep(2.0)
-            took = stop_serve()
+            with profiled(ray.get(ctrl.get_pid.remote()), f"shutdown-live-{kind}-controller") if rep == 0 \
+                    else contextlib.nullcontext():
+                took = stop_serve()
             ids = [a._actor_id for a in actors]
             row = {"shutdown_s": took, "registered": len(actors), "stored": stored,
                    "not_dead_at_return": _not_dead(ids)}
