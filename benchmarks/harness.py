@@ -188,7 +188,9 @@ def connect(address: Optional[str]) -> bool:
     if address:
         ray.init(address=address, namespace="serve-cleanup-bench", log_to_driver=False)
         return False
-    ray.init(num_cpus=2, include_dashboard=False, namespace="serve-cleanup-bench", log_to_driver=False)
+    # address="local": a new cluster even if /tmp/ray/ray_current_cluster names a running one
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="serve-cleanup-bench",
+             log_to_driver=False)
     return True
 
 
