@@ -489,7 +489,8 @@ def cli_list_json(profile_as: Optional[str] = None) -> tuple[float, int]:
         if proc.returncode != 0:
             raise RuntimeError(f"serve-cleanup list --json failed: {proc.stderr[-2000:]}")
         out.seek(0)
-        entries = len(json.load(out))
+        # py-spy prints its own lines into the same stdout: no entry count under it.
+        entries = -1 if profile_as and _profile["dir"] is not None else len(json.load(out))
     if profile_as and _profile["dir"] is not None:
         summarize_profile(_profile["dir"] / f"{profile_as}.txt")
     return took, entries

@@ -279,6 +279,7 @@ def _shutdown_details(s: dict) -> list[str]:
              "| s after the call | " + " | ".join(f"{t:.0f}" for t, _ in shown) + " |",
              "|---|" + "---:|" * len(shown),
              "| records left | " + " | ".join(f"{n:,}" for _, n in shown) + " |", "",
+             "![records left after serve.shutdown()](benchmarks-shutdown-records.png)", "",
              f"Seeding: {r['dead_records']:,} actors created and killed with their real handles stored "
              f"({r['seed']['dead_s']:.0f} s + {r['seed']['dead_put_s']:.0f} s of puts), "
              f"{r['seed']['records']:,} records of unknown actors ({r['seed']['seed_s']:.0f} s, "
