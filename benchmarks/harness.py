@@ -56,14 +56,16 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def internals() -> SimpleNamespace:
-    """serve_cleanup's private modules (``benchmarks.micro`` only). Fix moves here."""
+    """serve_cleanup's private modules (``benchmarks.micro`` and ``benchmarks.memory_per_record``
+    only). Fix moves here."""
     from serve_cleanup import _compat
 
     try:
-        from serve_cleanup.core import records  # the restructured layout
+        from serve_cleanup.core import records, registry  # the restructured layout
     except ImportError:
-        from serve_cleanup import records  # 1984f6e and before
-    return SimpleNamespace(compat=_compat, records=records)
+        from serve_cleanup import records, registry  # 1984f6e and before
+    from serve_cleanup import store
+    return SimpleNamespace(compat=_compat, records=records, registry=registry, store=store)
 
 
 def package_commit() -> str:

@@ -1,0 +1,82 @@
+"""What the durable controller keeps per record, without Ray: a plain Python process builds
+``--n`` records as the KV returns them (v1 msgpack, ~300-byte handles, half named), loads
+them with the package's ``Registry.load_from`` and builds a sweep queue entry per record,
+as the controller does at start. Prints tracemalloc's live bytes per record, the top
+allocation sites, and the RSS steps.
+
+    python -m benchmarks.memory_per_record [--n 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import gc
+import os
+import sys
+import time
+import tracemalloc
+
+import psutil
+
+from benchmarks.harness import internals, record_value
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.memory_per_record", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=100_000)
+    n = p.parse_args(argv).n
+    sc = internals()
+    proc = psutil.Process()
+
+    def rss() -> float:
+        return proc.memory_info().rss / 2**20
+
+    def scan_result() -> dict:
+        found = {}
+        for i in range(n):
+            aid = os.urandom(16).hex()
+            name, ns = (f"seeded-{i}", "serve-cleanup-bench") if i % 2 == 0 else ("", "")
+            found[(sc.records.KEY_PREFIX + aid).encode()] = record_value(aid, name, ns, os.urandom(300), time.time())
+        return found
+
+    def load(found: dict) -> tuple:
+        reg = sc.registry.Registry(sc.store.InMemoryRecordStore())
+        reg.load_from(found)
+        return reg, collections.deque((0.0, a) for a in reg.ids()), set(reg.ids())
+
+    # RSS, no tracing: what the process holds after a start-up load.
+    r0 = rss()
+    found = scan_result()
+    r1 = rss()
+    kept = load(found)
+    r2 = rss()
+    del found
+    gc.collect()
+    r3 = rss()
+    print(f"RSS: start {r0:.0f} MB; scan result {r1 - r0:+.0f}; registry + sweep queue {r2 - r1:+.0f}; "
+          f"scan result freed {r3 - r2:+.0f}; net {r3 - r0:+.0f} MB for {n} records")
+    del kept
+    gc.collect()
+
+    # Live bytes per record (tracemalloc), on a second load.
+    found = scan_result()
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    reg = sc.registry.Registry(sc.store.InMemoryRecordStore())
+    reg.load_from(found)
+    held = tracemalloc.get_traced_memory()[0]
+    top = tracemalloc.take_snapshot().compare_to(before, "lineno")[:5]
+    queue = (collections.deque((0.0, a) for a in reg.ids()), set(reg.ids()))
+    queued = tracemalloc.get_traced_memory()[0] - held
+    tracemalloc.stop()
+    print(f"live: registry {held / n:.0f} B a record, sweep queue + queued set {queued / n:.0f} B a record")
+    for stat in top:
+        print(f"  {stat}")
+    assert len(queue[0]) == len(reg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
