@@ -312,8 +312,11 @@ def _memory_details(m: dict, li: Optional[dict]) -> list[str]:
                      f"{', '.join(str(r.get('records_at_start', '—')) for r in rows)} |")
     lines.append("")
     if li:
+        fixed = li.get("fixed", {})
         lines += [f"`serve-cleanup list --json` over {li['records']:,} records: "
-                  f"{_rounds([r['seconds'] for r in li['runs']])} s ({li['entries']:,} entries).", ""]
+                  f"{_rounds([r['seconds'] for r in li['runs']])} s ({li['entries']:,} entries)"
+                  + (f"; fixed costs in a fresh process: `serve-cleanup --version` {fixed['version_s']:.2f} s, "
+                     f"`list --json` with no record {fixed['empty_list_s']:.2f} s" if fixed else "") + ".", ""]
     return lines
 
 
