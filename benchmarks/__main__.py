@@ -1,121 +1,138 @@
-"""python -m benchmarks [--quick] [--only SECTION,...] [--baseline FILE] [--address ADDR] [--out DIR]
+"""python -m benchmarks [--quick] [--only SECTION,...] [--label before|after] [--baseline FILE] [--address ADDR] [--out DIR]
 
-Runs every section (or the ``--only`` ones, merged into the results already in
-``OUT/benchmarks.json``), then writes ``OUT/benchmarks.md``, the JSON and the plots.
-``--baseline`` names an earlier ``benchmarks.json`` whose target figures are shown
-beside the new ones ("before" / "after").
+Runs issue 14's sections (or the ``--only`` ones, merged into the results already in
+``OUT/benchmarks.json``), each on a fresh local Ray cluster (an empty actor table and
+KV; not with ``--address``), then writes ``OUT/benchmarks.md`` and the JSON.
+
+Before/after: the report has a "before" and an "after" column per target. Without
+``--baseline`` this run fills the column ``--label`` names. With ``--baseline FILE`` (an
+earlier ``benchmarks.json``, e.g. ``docs/benchmarks-before.json``) that file fills
+"before" and this run "after". Each section records the commit of the serve_cleanup it
+imported (``-dirty`` if that checkout's src/ had changes) and the command that ran it.
+
+Start Ray only under the machine's lock: ``flock /work/ray.lock python -m benchmarks ...``.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import ray
 
-import serve_cleanup
+from benchmarks import cases, floor, history, owners, report, scale, shutdown
+from benchmarks.harness import (
+    connect,
+    fresh_cluster,
+    log,
+    package_commit,
+    package_dir,
+    purge_records,
+    set_profile_dir,
+    stop_serve,
+)
 
-from benchmarks import cases, report, targets
-from benchmarks.harness import connect, log, purge_records, stop_serve
-
-# name -> (what it measures, function(sizes, target_sizes) -> result)
+# name -> (what it measures, full sizes, quick sizes, function(sizes) -> result)
 SECTIONS = {
-    "floor": ("targets 1+2: new/repeat registration vs plain + KV put; burst CPU and throughput",
-              lambda s, t: targets.floor_and_burst(t)),
-    "scale": ("target 3: 100,000 records", lambda s, t: targets.scale(t)),
-    "owners": ("target 4: many owners, idle CPU and control loop", lambda s, t: targets.owners(t)),
-    "shutdown": ("target 5 and the K table: shutdown with K real actors", lambda s, t: cases.shutdown_time(s)),
-    "latency": ("registration latency A/B (real actors)", lambda s, t: cases.registration_latency(s)),
-    "breakdown": ("latency breakdown", lambda s, t: cases.latency_breakdown(s)),
-    "scaling": ("latency vs stored records", lambda s, t: cases.latency_vs_records(s)),
-    "concurrent": ("8 concurrent registrants, nothing lost", lambda s, t: cases.concurrent_registration(s)),
-    "restart": ("controller restart time", lambda s, t: cases.restart_time(s, s.record_counts[-1])),
+    "floor": ("target 1: new registration vs plain + one KV put; burst CPU vs plain + a probe's put CPU",
+              floor.FloorSizes(), floor.QUICK, floor.floor),
+    "history": ("target 2: registration and gcs_server idle CPU at 0 / 40k / 100k dead actors",
+                history.HistorySizes(), history.QUICK, history.history),
+    "shutdown": ("target 3: serve.shutdown() with 100k dead/unknown records; with 1,000 live registered",
+                 shutdown.ShutdownSizes(), shutdown.QUICK, shutdown.shutdown),
+    "memory": ("target 4: controller RSS and restart with 100k records",
+               scale.ScaleSizes(), scale.QUICK, scale.memory),
+    "list": ("target 5: serve-cleanup list --json over 100k records",
+             scale.ScaleSizes(), scale.QUICK, scale.list_json),
+    # Earlier figures (issue 11), run only with --only.
+    "owners": ("issue 11: many owners, idle controller CPU and control loop",
+               owners.OwnerSizes(), owners.QUICK, owners.owners),
+    "latency": ("issue 11: registration latency A/B (real actors)", cases.Sizes(), cases.SMOKE,
+                cases.registration_latency),
+    "breakdown": ("issue 11: latency breakdown", cases.Sizes(), cases.SMOKE, cases.latency_breakdown),
+    "scaling": ("issue 11: latency vs stored records", cases.Sizes(), cases.SMOKE, cases.latency_vs_records),
+    "concurrent": ("issue 11: 8 concurrent registrants, nothing lost", cases.Sizes(), cases.SMOKE,
+                   cases.concurrent_registration),
+    "restart": ("issue 11: controller restart time", cases.Sizes(), cases.SMOKE,
+                lambda s: cases.restart_time(s, s.record_counts[-1])),
+    "shutdown_k": ("issue 11: shutdown with K real actors", cases.Sizes(), cases.SMOKE, cases.shutdown_time),
 }
 
-
-# --quick without --only: the issue-11 targets at tiny sizes (the smoke test; ~1 min).
-QUICK_SECTIONS = ("floor", "scale", "owners", "shutdown")
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except Exception:
-        return "unknown"
+DEFAULT_SECTIONS = ("floor", "history", "shutdown", "memory", "list")
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", "--smoke", dest="quick", action="store_true",
                    help="tiny sizes: checks the scripts, not the speed")
-    p.add_argument("--only", default=None,
-                   help="comma-separated sections: " + ", ".join(SECTIONS))
-    p.add_argument("--baseline", default=None, help="an earlier benchmarks.json to compare with")
+    p.add_argument("--only", default=None, help="comma-separated sections: " + ", ".join(SECTIONS))
+    p.add_argument("--label", choices=("before", "after"), default="after",
+                   help="the column this run fills when there is no --baseline (default: after)")
+    p.add_argument("--baseline", default=None, help="an earlier benchmarks.json: the 'before' column")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: rewrite the report from OUT/benchmarks.json")
     p.add_argument("--commit", default=None,
-                   help="label the sections with this commit (default: git HEAD here), e.g. when "
-                        "PYTHONPATH points at another checkout's src")
-    p.add_argument("--address", default=None, help="use this running cluster instead of a local one")
-    p.add_argument("--out", default="docs", help="where benchmarks.md and the plots go")
+                   help="label the sections with this commit (default: that of the imported serve_cleanup)")
+    p.add_argument("--address", default=None, help="use this running cluster instead of local ones")
+    p.add_argument("--out", default="docs", help="where benchmarks.md and benchmarks.json go")
+    p.add_argument("--profile", default=None, metavar="DIR",
+                   help="attach py-spy to the controller in the shutdown and history sections and run "
+                        "`list --json` once more under it; stacks and summaries go to DIR (figures of such a "
+                        "run are not for the report: py-spy costs CPU)")
     args = p.parse_args(argv)
-    if args.only:
-        names = [n.strip() for n in args.only.split(",") if n.strip()]
-    else:
-        names = list(QUICK_SECTIONS if args.quick else SECTIONS)
+    names = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else list(DEFAULT_SECTIONS)
     unknown = [n for n in names if n not in SECTIONS]
     if unknown:
         p.error(f"unknown section(s) {unknown}; known: {list(SECTIONS)}")
-    sizes = cases.SMOKE if args.quick else cases.Sizes()
-    tsizes = targets.QUICK if args.quick else targets.TargetSizes()
     out_dir = Path(args.out)
-    results: dict = {}
     previous = out_dir / "benchmarks.json"
+    baseline = json.loads(Path(args.baseline).read_text()) if args.baseline else None
     if args.report_only:
         results = json.loads(previous.read_text())
-        baseline = json.loads(Path(args.baseline).read_text()) if args.baseline else None
-        md = report.write(results, out_dir, "python -m benchmarks", False, baseline)
+        md = report.write(results, out_dir, baseline)
         print(md.read_text())
         return 0
+    results: dict = {}
     if args.only and previous.exists():
         results = json.loads(previous.read_text())  # merge: keep the sections not re-run
     results.setdefault("sections", {})
+    results["label"] = "after" if baseline else args.label
+    command = " ".join(["python -m benchmarks", *argv])
+    commit = args.commit or package_commit()
+    set_profile_dir(args.profile)
     started = time.monotonic()
     connect(args.address)
     try:
-        stop_serve()
-        purge_records()
-        for name in names:
-            log(f"{name}: {SECTIONS[name][0]} ...")
+        for i, name in enumerate(names):
+            what, full, quick, run = SECTIONS[name]
+            if i:
+                fresh_cluster()
+            stop_serve()
+            purge_records()
+            log(f"{name}: {what} ...")
             t0 = time.monotonic()
-            commit = args.commit or _git_commit()  # the code this process imported
-            results[name] = SECTIONS[name][1](sizes, tsizes)
+            sizes = quick if args.quick else full
+            results[name] = run(sizes)
             results["sections"][name] = {
                 "commit": commit, "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                "seconds": round(time.monotonic() - t0, 1), "quick": args.quick,
-                "serve_cleanup": str(Path(serve_cleanup.__file__).parent),
+                "seconds": round(time.monotonic() - t0, 1), "quick": args.quick, "profiled": bool(args.profile),
+                "command": command, "serve_cleanup": package_dir(),
+                "sizes": {k: v for k, v in vars(sizes).items()},
             }
+            out_dir.mkdir(parents=True, exist_ok=True)
+            previous.write_text(json.dumps(results, indent=2, default=list))  # each section as it ends
     finally:
         try:
             stop_serve()
             purge_records()
         finally:
             ray.shutdown()
-    results["sizes"] = dataclasses.asdict(sizes)
-    results["target_sizes"] = dataclasses.asdict(tsizes)
-    results["restart_records"] = sizes.record_counts[-1]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    previous.write_text(json.dumps(results, indent=2))  # before the report, which may fail
-    baseline = json.loads(Path(args.baseline).read_text()) if args.baseline else None
-    command = "python -m benchmarks" + (" --quick" if args.quick else "")
-    md = report.write(results, out_dir, command, args.quick, baseline)
+    md = report.write(results, out_dir, baseline)
     print(md.read_text())
     log(f"done in {time.monotonic() - started:.0f}s; wrote {md}")
     return 0

@@ -22,7 +22,10 @@ from benchmarks.harness import (
     seed_synthetic,
     start_serve,
     stop_serve,
+    stored_actor_ids,
+    unregister,
 )
+from benchmarks.harness import gcs as driver_gcs
 from ray import serve
 
 
@@ -53,10 +56,7 @@ def _register(ctrl, actor) -> float:
 
 
 def _unregister_all(actors) -> None:
-    import serve_cleanup
-
-    for a in actors:
-        serve_cleanup.unregister(a)
+    unregister(actors)
 
 
 def registration_latency(sizes: Sizes) -> dict:
@@ -139,9 +139,7 @@ def concurrent_registration(sizes: Sizes) -> dict:
             total = sizes.concurrent * sizes.per_registrant
             rates.append(total / took)
             if kind == DURABLE:
-                import serve_cleanup
-
-                stored = {r.actor_id for r in serve_cleanup.list_registrations()}
+                stored = stored_actor_ids()
                 lost += sum(1 for g in groups for a in g if a._actor_id.hex() not in stored)
             stop_serve()
             for g in groups:
@@ -187,8 +185,6 @@ def latency_breakdown(sizes: Sizes) -> dict:
     import asyncio
     import statistics
 
-    from serve_cleanup import _compat
-
     n = max(50, sizes.pool * sizes.passes // 2)
 
     def timed(f, count=n) -> float:
@@ -225,7 +221,7 @@ def latency_breakdown(sizes: Sizes) -> dict:
         _unregister_all(actors)
     out["durable: new registration (+ KV put and actor lookup, concurrent)"] = s.ms()
 
-    gcs = _compat.driver_gcs_client()
+    gcs = driver_gcs()
     key = b"serve-cleanup-bench-probe"
     actor_id = actors[0]._actor_id
 

@@ -1,37 +1,106 @@
-"""Shared plumbing: the cluster, starting/stopping each kind of Serve, stats, seeding."""
+"""Shared plumbing: the cluster, each kind of Serve, actors, records, stats.
+
+The ONE module of ``benchmarks`` that imports serve_cleanup. What the benchmarks use of it:
+
+* the public API (``serve_cleanup.start``, ``register``, ``unregister``,
+  ``controller_kind``), and the durable controller's remote ``serve_cleanup_status``;
+* the documented v1 record layout (``src/serve_cleanup/records.py``, moving to
+  ``core/records.py``), restated below as constants: records are seeded, counted and
+  purged through raw GCS KV calls, so the sections run unchanged on any code that keeps
+  reading that layout;
+* ``internals()``: private modules, for ``benchmarks.micro`` only. When the package is
+  restructured, fix the import there (one place).
+
+Everything else is Ray (its private GCS client and protos included).
+"""
 
 from __future__ import annotations
 
-import threading
-
 import asyncio
+import collections
+import contextlib
 import os
+import shutil
+import signal
 import statistics
+import subprocess
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable, Iterable, Optional
 
-import sys
-
+import msgpack
+import psutil
 import ray
 from ray import cloudpickle, serve
+from ray.core.generated import core_worker_pb2
+from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 
 import serve_cleanup
-from serve_cleanup import _compat, client
-from serve_cleanup.core import records
-from serve_cleanup.core.records import Record
-from serve_cleanup.adapters import GcsRecordStore
 
 PLAIN, DURABLE = "plain", "durable"
 
-# Workers need not import the benchmarks package: ship these classes by value.
+# --- the documented v1 record layout (serve_cleanup's records module docstring) ---------
+KV_NAMESPACE = b"serve"
+RECORD_KEY_PREFIX = b"ray-serve-serve-serve-cleanup-actor-"
+SCHEMA_VERSION = 1
+
+NEVER_RESOURCE = "serve_cleanup_bench_never"  # no node has it
+BENCH_NAMESPACE = "serve-cleanup-bench"
+
+# Workers need not import the benchmarks package: ship this module's classes by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def internals() -> SimpleNamespace:
+    """serve_cleanup's private modules (``benchmarks.micro`` and ``benchmarks.memory_per_record``
+    only). Fix moves here."""
+    from serve_cleanup import _compat
+    from serve_cleanup.core import records, registry
+
+    return SimpleNamespace(compat=_compat, records=records, registry=registry)
+
+
+def package_commit() -> str:
+    """Which serve_cleanup this process imported: the HEAD of its checkout, and the last
+    commit that changed its package directory ("-dirty": uncommitted changes there), e.g.
+    ``c39582f (src 2ad1c19)``: a benchmarks-only commit on top of 2ad1c19's code."""
+    src = Path(serve_cleanup.__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(src), *args], capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        last = git("log", "-1", "--format=%h", "--", ".")
+        dirty = "-dirty" if git("status", "--porcelain", "--", ".") else ""
+        return f"{head} (src {last}{dirty})"
+    except Exception:
+        return "unknown"
+
+
+def package_dir() -> str:
+    return str(Path(serve_cleanup.__file__).resolve().parent)
+
+
+# --- actors --------------------------------------------------------------------------
 
 
 @ray.remote(num_cpus=0)
 class BenchActor:
+    """A real actor: one worker process (~100 MB here)."""
+
     def ping(self) -> int:
         return 1
+
+
+@ray.remote(num_cpus=0, resources={NEVER_RESOURCE: 1})
+class PendingActor:
+    """Never scheduled: PENDING_CREATION in the actor table (live, killable), no process."""
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0})
@@ -40,11 +109,162 @@ class BenchApp:
         return "ok"
 
 
+def pending_actors(n: int, named: bool = True) -> list:
+    """Detached named actors (with a namespace) or anonymous ones, all PENDING_CREATION."""
+    if not named:
+        return [PendingActor.remote() for _ in range(n)]
+    tag = os.urandom(4).hex()
+    return [PendingActor.options(lifetime="detached", name=f"pending-{tag}-{i}",
+                                 namespace=BENCH_NAMESPACE).remote() for i in range(n)]
+
+
+def make_actors(n: int) -> list:
+    """``n`` real detached actors, started."""
+    actors = [BenchActor.options(lifetime="detached").remote() for _ in range(n)]
+    ray.get([a.ping.remote() for a in actors])
+    return actors
+
+
+def kill_actors(actors: Iterable) -> None:
+    for a in actors:
+        try:
+            ray.kill(a, no_restart=True)
+        except Exception:
+            pass
+
+
+def make_dead_actors(n: int, batch: int = 2000) -> float:
+    """Add ``n`` dead actors to GCS's cache (created PENDING and killed: no process);
+    waits until GCS has processed every kill. Returns seconds."""
+    started = time.perf_counter()
+    while n > 0:
+        group = [PendingActor.remote() for _ in range(min(batch, n))]
+        for a in group:
+            ray.kill(a, no_restart=True)
+        n -= len(group)
+        del group
+    wait_for(lambda: count_actors("PENDING_CREATION") == 0 and count_actors("DEPENDENCIES_UNREADY") == 0,
+             300, "GCS to process the kills")
+    return time.perf_counter() - started
+
+
+def handle_bytes(actor) -> bytes:
+    """Ray's own serialization of a handle (what the durable controller stores)."""
+    return actor._serialization_helper()[0]
+
+
+def handle_like(template: bytes, actor_id: bytes, name: str = "", namespace: str = "") -> bytes:
+    """``template`` (a real serialized handle) with another actor id, name and namespace."""
+    proto = core_worker_pb2.ActorHandle()
+    proto.ParseFromString(template)
+    proto.actor_id = actor_id
+    proto.name = name
+    proto.ray_namespace = namespace
+    return proto.SerializeToString()
+
+
+def handle_name_namespace(data: bytes) -> tuple[str, str]:
+    proto = core_worker_pb2.ActorHandle()
+    proto.ParseFromString(data)
+    return proto.name, proto.ray_namespace
+
+
+def unknown_actor_id() -> bytes:
+    """An id shaped like this job's actor ids (12 unique bytes + the job id) that GCS never knew."""
+    return os.urandom(12) + bytes.fromhex(ray.get_runtime_context().get_job_id())
+
+
+# --- the cluster ---------------------------------------------------------------------
+
+
+_cluster = {"address": None}
+
+
+def connect(address: Optional[str]) -> bool:
+    """Start a local cluster (True) or connect to ``address`` (False)."""
+    _cluster["address"] = address
+    if address:
+        ray.init(address=address, namespace="serve-cleanup-bench", log_to_driver=False)
+        return False
+    # address="local": a new cluster even if /tmp/ray/ray_current_cluster names a running one
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="serve-cleanup-bench",
+             log_to_driver=False)
+    return True
+
+
+def fresh_cluster() -> bool:
+    """A new local cluster (an empty actor table and KV) unless running on ``--address``.
+    True if it is new."""
+    if _cluster["address"]:
+        return False
+    ray.shutdown()
+    connect(None)
+    return True
+
+
+def gcs():
+    """This driver's GCS client."""
+    return ray._private.worker.global_worker.gcs_client
+
+
+def state_accessor():
+    """Ray's GlobalStateAccessor (synchronous by-id ``get_actor_info``: a hash lookup)."""
+    return ray._private.state.state._connect_and_get_accessor()
+
+
+def count_actors(state: Optional[str] = None) -> int:
+    """Actors GCS holds (registered + cached dead), optionally of one state; no parsing."""
+    return len(state_accessor().get_actor_table(None, state))
+
+
+def gcs_server_process() -> psutil.Process:
+    """The gcs_server of the cluster this driver is connected to (its own child, or the
+    one started with this session's directory, or the one listening on the GCS port)."""
+    for p in psutil.Process().children(recursive=True):
+        if p.name() == "gcs_server":
+            return p
+    session = session_dir()
+    port = int(ray.get_runtime_context().gcs_address.rsplit(":", 1)[1])
+    for p in psutil.process_iter(["name", "cmdline"]):
+        if p.info["name"] != "gcs_server":
+            continue
+        if session is not None and f"--session-dir={session}" in (p.info["cmdline"] or ()):
+            return p
+        try:
+            if any(c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN for c in p.net_connections()):
+                return p
+        except psutil.Error:
+            pass
+    raise RuntimeError(f"no gcs_server process found for {ray.get_runtime_context().gcs_address}")
+
+
+def cpu_s(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return t.user + t.system
+
+
+def cores_over(proc: psutil.Process, seconds: float) -> float:
+    """CPU cores ``proc`` used over a window of ``seconds``."""
+    c0, t0 = cpu_s(proc), time.perf_counter()
+    time.sleep(seconds)
+    return (cpu_s(proc) - c0) / (time.perf_counter() - t0)
+
+
+def session_dir() -> Optional[Path]:
+    try:
+        return Path(ray._private.worker.global_worker.node.get_session_dir_path())
+    except Exception:
+        return None
+
+
+# --- Serve ---------------------------------------------------------------------------
+
+
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def wait_for(predicate: Callable[[], object], timeout_s: float, what: str) -> object:
+def wait_for(predicate: Callable[[], object], timeout_s: float, what: str, every_s: float = 0.02) -> object:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -53,21 +273,28 @@ def wait_for(predicate: Callable[[], object], timeout_s: float, what: str) -> ob
                 return value
         except Exception:
             pass
-        time.sleep(0.02)
+        time.sleep(every_s)
     raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
 
 
-def connect(address: Optional[str]) -> bool:
-    """Start a local cluster (True) or connect to ``address`` (False)."""
-    if address:
-        ray.init(address=address, namespace="serve-cleanup-bench", log_to_driver=False)
-        return False
-    ray.init(num_cpus=2, include_dashboard=False, namespace="serve-cleanup-bench", log_to_driver=False)
-    return True
+def find_controller():
+    try:
+        return ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    except ValueError:
+        return None
 
 
 def controller():
-    return ray.get_actor(_compat.SERVE_CONTROLLER_NAME, namespace=_compat.SERVE_NAMESPACE)
+    return ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+
+
+def controller_process() -> psutil.Process:
+    return psutil.Process(ray.get(controller().get_pid.remote()))
+
+
+def controller_status() -> dict:
+    """The durable controller's own view (``serve_cleanup_status``: records, rehydrate_ms)."""
+    return ray.get(controller().serve_cleanup_status.remote(), timeout=60)
 
 
 def start_serve(kind: str, **kwargs) -> None:
@@ -76,29 +303,15 @@ def start_serve(kind: str, **kwargs) -> None:
         serve_cleanup.start(**kwargs)
     else:
         serve.start(**kwargs)
-    assert client.controller_kind() == kind
+    assert serve_cleanup.controller_kind() == kind
 
 
 def stop_serve() -> float:
     """serve.shutdown(), then wait until the controller is gone; returns seconds."""
     started = time.perf_counter()
     serve.shutdown()
-    wait_for(lambda: client.find_controller() is None, 120, "the controller to exit")
+    wait_for(lambda: find_controller() is None, 300, "the controller to exit")
     return time.perf_counter() - started
-
-
-def make_actors(n: int) -> list:
-    actors = [BenchActor.options(lifetime="detached").remote() for _ in range(n)]
-    ray.get([a.ping.remote() for a in actors])
-    return actors
-
-
-def kill_actors(actors: list) -> None:
-    for a in actors:
-        try:
-            ray.kill(a, no_restart=True)
-        except Exception:
-            pass
 
 
 def kill_controller_and_wait() -> float:
@@ -109,62 +322,38 @@ def kill_controller_and_wait() -> float:
     ray.kill(ctrl, no_restart=False)
     # Calls queue while the controller restarts (infinite task retries); the old process
     # may still answer one or two before the kill lands.
-    wait_for(lambda: ray.get(ctrl.get_pid.remote(), timeout=60) != old_pid, 120, "restart")
+    wait_for(lambda: ray.get(ctrl.get_pid.remote(), timeout=120) != old_pid, 300, "restart", every_s=0.005)
     return time.perf_counter() - started
 
 
-def store() -> GcsRecordStore:
-    return GcsRecordStore(_compat.driver_gcs_client())
+def register_upstream(ctrl, actor) -> float:
+    """One registration through Serve's upstream method; seconds."""
+    started = time.perf_counter()
+    ray.get(ctrl._register_shutdown_cleanup_actor.remote(actor))
+    return time.perf_counter() - started
 
 
-def seed_synthetic(n: int) -> None:
-    """``n`` records of actors that never existed, written through the package's store."""
-    s = store()
-    now = time.time()
-
-    async def put_all() -> None:
-        batch = []
-        for i in range(n):
-            r = Record(
-                actor_id=os.urandom(16).hex(), name=f"synthetic-{i}", namespace="bench",
-                handle=b"", registered_at=now,
-            )
-            batch.append(s.put(r.key, records.encode(r)))
-            if len(batch) >= 500:
-                await asyncio.gather(*batch)
-                batch = []
-        await asyncio.gather(*batch)
-
-    asyncio.run(put_all())
+def register_public(actor) -> float:
+    """One registration through ``serve_cleanup.register`` (the public path); seconds."""
+    started = time.perf_counter()
+    serve_cleanup.register(actor)
+    return time.perf_counter() - started
 
 
-def purge_records() -> None:
-    gcs = _compat.driver_gcs_client()
-    gcs.internal_kv_del(
-        _compat.kv_key(records.KEY_PREFIX), True,
-        _compat.KV_NAMESPACE,
-    )
+def register_owned(actor, scope: str, app: str, deployment: Optional[str] = None) -> None:
+    """``serve_cleanup.register`` with an owner (app or deployment scope)."""
+    serve_cleanup.register(actor, scope=scope, app=app, deployment=deployment)
 
 
-@dataclass
-class Samples:
-    values: list[float] = field(default_factory=list)
+def unregister(actors: Iterable) -> None:
+    for a in actors:
+        serve_cleanup.unregister(a)
 
-    def add(self, seconds: float) -> None:
-        self.values.append(seconds)
 
-    @property
-    def p50(self) -> float:
-        return statistics.median(self.values)
-
-    @property
-    def p99(self) -> float:
-        if len(self.values) < 100:
-            return max(self.values)
-        return statistics.quantiles(self.values, n=100, method="inclusive")[98]
-
-    def ms(self, which: str = "p50") -> float:
-        return getattr(self, which) * 1000
+def stored_actor_ids() -> set[str]:
+    """Actor ids of every record the KV holds (decoded from the keys)."""
+    n = len(RECORD_KEY_PREFIX)
+    return {bytes(k)[n:].decode() for k in record_keys()}
 
 
 def burst(ctrl, groups: list[list]) -> float:
@@ -189,3 +378,233 @@ def burst(ctrl, groups: list[list]) -> float:
     if errors:
         raise RuntimeError(f"{len(errors)} registrant(s) failed: {errors[0]!r}")
     return time.perf_counter() - started
+
+
+# --- records, through raw GCS KV calls -------------------------------------------------
+
+
+def record_value(actor_id_hex: str, name: str, namespace: str, handle: bytes,
+                 registered_at: float, scope: str = "serve", app: str = "", deployment: str = "") -> bytes:
+    """A record as serve_cleanup 0.1.0 writes it (schema v1, msgpack map)."""
+    return msgpack.packb({
+        "v": SCHEMA_VERSION, "actor_id": actor_id_hex, "name": name, "namespace": namespace,
+        "handle": handle, "scope": scope, "app": app, "deployment": deployment,
+        "registered_at": float(registered_at),
+    }, use_bin_type=True)
+
+
+def record_keys() -> list[bytes]:
+    return gcs().internal_kv_keys(RECORD_KEY_PREFIX, KV_NAMESPACE, timeout=60)
+
+
+def record_count() -> int:
+    return len(record_keys())
+
+
+def purge_records() -> None:
+    gcs().internal_kv_del(RECORD_KEY_PREFIX, True, KV_NAMESPACE, timeout=60)
+
+
+def put_records(items: Iterable[tuple[bytes, bytes]], in_flight: int = 2000) -> float:
+    """Raw async KV puts of ``(actor id bytes, value)`` pairs; seconds."""
+    client = gcs()
+
+    async def run() -> None:
+        batch = []
+        for actor_id, value in items:
+            batch.append(client.async_internal_kv_put(RECORD_KEY_PREFIX + actor_id.hex().encode(), value,
+                                                      True, KV_NAMESPACE, timeout=60))
+            if len(batch) >= in_flight:
+                await asyncio.gather(*batch)
+                batch = []
+        await asyncio.gather(*batch)
+
+    started = time.perf_counter()
+    asyncio.run(run())
+    return time.perf_counter() - started
+
+
+def template_handle() -> bytes:
+    """A real serialized handle of a named actor with a namespace (the actor is killed)."""
+    actor = PendingActor.options(lifetime="detached", name=f"template-{os.urandom(4).hex()}",
+                                 namespace=BENCH_NAMESPACE).remote()
+    data = handle_bytes(actor)
+    kill_actors([actor])
+    return data
+
+
+def seed_unknown_records(n: int, registered_at: float, template: Optional[bytes] = None) -> dict:
+    """``n`` records of actors GCS never knew (as after it evicted them from its cache of
+    dead actors), with real-sized handles: ``template`` with each record's own id; half
+    named with a namespace, half anonymous. Returns the seeding time and value sizes."""
+    template = template or template_handle()
+    sizes: list[int] = []
+
+    def items():
+        for i in range(n):
+            aid = unknown_actor_id()
+            name, ns = (f"seeded-{i}", BENCH_NAMESPACE) if i % 2 == 0 else ("", "")
+            h = handle_like(template, aid, name, ns)
+            v = record_value(aid.hex(), name, ns, h, registered_at)
+            if i < 1000:
+                sizes.append(len(v))
+            yield aid, v
+
+    took = put_records(items())
+    return {"records": n, "seed_s": took, "value_bytes_mean": statistics.mean(sizes) if sizes else 0,
+            "handle_bytes_template": len(template)}
+
+
+def _cli() -> tuple[str, dict]:
+    return (str(Path(sys.executable).with_name("serve-cleanup")),
+            {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address})
+
+
+def cli_seconds(args: list[str]) -> float:
+    """Wall time of ``serve-cleanup ARGS`` in a fresh process."""
+    script, env = _cli()
+    started = time.perf_counter()
+    subprocess.run([script, *args], capture_output=True, check=True, env=env, timeout=600)
+    return time.perf_counter() - started
+
+
+def cli_list_json(profile_as: Optional[str] = None) -> tuple[float, int]:
+    """``serve-cleanup list --json`` as a user runs it: a fresh process (the console script
+    beside this Python), RAY_ADDRESS set. Wall time, and how many entries it printed.
+    With --profile and ``profile_as``, run under py-spy (the time then includes it)."""
+    import json
+    import tempfile
+
+    script, env = _cli()
+    cmd = [script, "list", "--json"]
+    if profile_as:
+        cmd = profiled_command(cmd, profile_as)
+    with tempfile.TemporaryFile("w+") as out:
+        started = time.perf_counter()
+        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.PIPE,
+                              text=True, env=env, timeout=600)
+        took = time.perf_counter() - started
+        if proc.returncode != 0:
+            raise RuntimeError(f"serve-cleanup list --json failed: {proc.stderr[-2000:]}")
+        out.seek(0)
+        # py-spy prints its own lines into the same stdout: no entry count under it.
+        entries = -1 if profile_as and _profile["dir"] is not None else len(json.load(out))
+    if profile_as and _profile["dir"] is not None:
+        summarize_profile(_profile["dir"] / f"{profile_as}.txt")
+    return took, entries
+
+
+def seed_synthetic(n: int) -> None:
+    """``n`` records of actors that never existed (used by the older ``cases`` sections)."""
+    seed_unknown_records(n, time.time())
+
+
+# --- py-spy, when --profile DIR is given ----------------------------------------------
+
+_profile: dict = {"dir": None}
+RATE_HZ = 100
+
+
+def set_profile_dir(path: Optional[str]) -> None:
+    _profile["dir"] = Path(path) if path else None
+    if path:
+        Path(path).mkdir(parents=True, exist_ok=True)
+
+
+def profiling() -> bool:
+    return _profile["dir"] is not None
+
+
+def _pyspy() -> str:
+    return shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+
+
+@contextlib.contextmanager
+def profiled(pid: int, name: str):
+    """``py-spy record`` attached to ``pid`` for the block (a no-op without --profile):
+    raw stacks in DIR/NAME.txt, a summary in DIR/NAME.summary.txt."""
+    if _profile["dir"] is None:
+        yield
+        return
+    raw = _profile["dir"] / f"{name}.txt"
+    spy = subprocess.Popen([_pyspy(), "record", "--pid", str(pid), "--rate", str(RATE_HZ), "--format", "raw",
+                            "--nolineno", "--threads", "--nonblocking", "--output", str(raw)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # attach
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)
+        try:
+            spy.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+        summarize_profile(raw)
+
+
+def profiled_command(cmd: list[str], name: str) -> list[str]:
+    """``cmd`` run under ``py-spy record`` (with --profile; else ``cmd`` unchanged)."""
+    if _profile["dir"] is None:
+        return cmd
+    raw = _profile["dir"] / f"{name}.txt"
+    return [_pyspy(), "record", "--rate", str(RATE_HZ), "--format", "raw", "--nolineno", "--output", str(raw),
+            "--", *cmd]
+
+
+def summarize_profile(raw: Path, top: int = 40) -> None:
+    """Self and inclusive time per function (seconds of samples) beside the raw stacks."""
+    if not raw.exists():
+        return
+    total = 0
+    self_c: collections.Counter = collections.Counter()
+    incl: collections.Counter = collections.Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = [f for f in stack.split(";") if not f.startswith(("thread (", "process "))]
+        total += n
+        if frames:
+            self_c[frames[-1]] += n
+        for f in set(frames):
+            incl[f] += n
+    lines = [f"{total} samples at {RATE_HZ} Hz ({total / RATE_HZ:.1f} s of thread time)", "", "self:"]
+    lines += [f"  {c / RATE_HZ:8.2f} s {100 * c / max(total, 1):5.1f}%  {f}" for f, c in self_c.most_common(top)]
+    lines += ["", "inclusive:"]
+    lines += [f"  {c / RATE_HZ:8.2f} s {100 * c / max(total, 1):5.1f}%  {f}" for f, c in incl.most_common(top)]
+    raw.with_suffix(".summary.txt").write_text("\n".join(lines) + "\n")
+
+
+# --- statistics ----------------------------------------------------------------------
+
+
+@dataclass
+class Samples:
+    values: list[float] = field(default_factory=list)
+
+    def add(self, seconds: float) -> None:
+        self.values.append(seconds)
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.values)
+
+    @property
+    def p99(self) -> float:
+        if len(self.values) < 100:
+            return max(self.values)
+        return statistics.quantiles(self.values, n=100, method="inclusive")[98]
+
+    def ms(self, which: str = "p50") -> float:
+        return getattr(self, which) * 1000
+
+
+def ratio(a: float, b: float) -> float:
+    """a / b, NaN when b is 0 (tiny --quick sizes: CPU times tick every 10 ms)."""
+    return a / b if b else float("nan")
+
+
+def median(xs: Iterable[float]) -> float:
+    xs = list(xs)
+    return statistics.median(xs) if xs else float("nan")

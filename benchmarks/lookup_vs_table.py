@@ -1,11 +1,20 @@
-"""Does one actor-table lookup by id get slower as GCS knows more actors?
+"""What an actor-table read costs as GCS caches more dead actors: three ways to ask.
 
-    python -m benchmarks.lookup_vs_table [--steps 3] [--per-step 2000]
+    python -m benchmarks.lookup_vs_table [--levels 0,10000,40000,100000] [--n 300]
 
-Measures ``async_get_all_actor_info(actor_id=...)`` for one live actor (p50 of 300 awaited
-one at a time, and the driver's CPU per call), then adds ``--per-step`` actors that are
-killed at once (they stay in GCS's cache of dead actors) and measures again; a GCS KV put
-is the control. Actors ask for a resource no node has, so none starts a process.
+At each level (dead actors cached in GCS: actors created PENDING and killed, so no
+process is started), for one live (PENDING_CREATION) actor:
+
+* ``by_id_filter``: ``await gcs_client.async_get_all_actor_info(actor_id=...)``, what the
+  durable controller at 1984f6e calls per record (GCS filters its whole table);
+* ``accessor_by_id``: ``GlobalStateAccessor.get_actor_info(actor_id)``, GCS's
+  ``GetActorInfo`` (a hash lookup; synchronous in Ray's Python);
+* ``alive_filter``: ``await gcs_client.async_get_all_actor_info(actor_state_name="ALIVE")``
+  (the live set in one read);
+
+each awaited one at a time from this driver: p50 wall time, and the CPU the gcs_server
+process spent per call (psutil on its pid, the window's idle rate not subtracted).
+A GCS KV put is the control. ``history`` in ``python -m benchmarks`` calls ``probe``.
 """
 
 from __future__ import annotations
@@ -17,62 +26,89 @@ import statistics
 import sys
 import time
 
-import ray
+import psutil
 
-from benchmarks.harness import connect, log
-from benchmarks.targets import PendingActor
-from serve_cleanup import _compat
+from benchmarks.harness import (
+    connect,
+    count_actors,
+    cpu_s,
+    gcs,
+    gcs_server_process,
+    kill_actors,
+    log,
+    make_dead_actors,
+    pending_actors,
+    state_accessor,
+)
 
 
-def probe(gcs, aid, n: int = 300) -> dict:
+def probe(n: int = 300, gcs_proc: psutil.Process | None = None) -> dict:
+    """The three reads (and a KV put) for one live actor, ``n`` times each."""
+    client = gcs()
+    acc = state_accessor()
+    gcs_proc = gcs_proc or gcs_server_process()
+    [live] = pending_actors(1)
+    aid = live._actor_id
+    time.sleep(0.2)
+    calls = {
+        "by_id_filter": lambda: client.async_get_all_actor_info(actor_id=aid, timeout=30),
+        "accessor_by_id": lambda: acc.get_actor_info(aid),
+        "alive_filter": lambda: client.async_get_all_actor_info(actor_state_name="ALIVE", timeout=30),
+        "kv_put": lambda: client.async_internal_kv_put(b"serve-cleanup-bench-lvt", b"x" * 300, True, b"serve",
+                                                       timeout=30),
+    }
+
     async def run() -> dict:
         out = {}
-        for label, make in (
-            ("lookup", lambda: gcs.async_get_all_actor_info(actor_id=aid, timeout=10)),
-            ("kv_put", lambda: gcs.async_internal_kv_put(b"serve-cleanup-bench-lvt", b"x" * 300, True, b"serve", timeout=10)),
-        ):
+        for label, call in calls.items():
+            for _ in range(3):  # warm up
+                r = call()
+                if asyncio.isfuture(r) or asyncio.iscoroutine(r):
+                    await r
             xs = []
-            c0 = time.process_time()
+            g0 = cpu_s(gcs_proc)
             for _ in range(n):
                 t = time.perf_counter()
-                await make()
+                r = call()
+                if asyncio.isfuture(r) or asyncio.iscoroutine(r):
+                    r = await r
                 xs.append(time.perf_counter() - t)
             out[label] = {"p50_ms": statistics.median(xs) * 1000,
-                          "cpu_us": (time.process_time() - c0) / n * 1e6}
-        t = time.perf_counter()
-        table = await gcs.async_get_all_actor_info(timeout=60)
-        out["full_table_read_ms"] = (time.perf_counter() - t) * 1000
-        out["actors_in_table"] = len(table)
+                          "gcs_cpu_ms": (cpu_s(gcs_proc) - g0) / n * 1000}
+            if label == "alive_filter":
+                out[label]["returned"] = len(r)
         return out
 
-    return asyncio.run(run())
+    try:
+        result = asyncio.run(run())
+    finally:
+        kill_actors([live])
+    return result
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.lookup_vs_table", description=__doc__)
-    p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--per-step", type=int, default=2000)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.lookup_vs_table", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--levels", default="0,10000,40000,100000", help="dead actors cached, ascending")
+    p.add_argument("--n", type=int, default=300)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    import ray
+
     connect(None)
     rows = []
+    made = 0
     try:
-        gcs = _compat.driver_gcs_client()
-        live = PendingActor.options(lifetime="detached").remote()
-        aid = live._actor_id
-        time.sleep(0.5)
-        for step in range(args.steps + 1):
-            row = probe(gcs, aid)
+        for level in (int(x) for x in args.levels.split(",")):
+            if level > made:
+                took = make_dead_actors(level - made)
+                log(f"made {level - made} dead actors in {took:.0f}s")
+                made = level
+            row = {"dead_made": made, "dead_in_table": count_actors("DEAD"), **probe(args.n)}
             rows.append(row)
-            log(f"{row['actors_in_table']} actors known to GCS: lookup p50 {row['lookup']['p50_ms']:.3f} ms "
-                f"({row['lookup']['cpu_us']:.0f} us CPU), put p50 {row['kv_put']['p50_ms']:.3f} ms, "
-                f"whole table {row['full_table_read_ms']:.1f} ms")
-            if step < args.steps:
-                batch = [PendingActor.options(lifetime="detached").remote() for _ in range(args.per_step)]
-                for a in batch:
-                    ray.kill(a, no_restart=True)
-                time.sleep(2.0)
-        ray.kill(live, no_restart=True)
+            log(f"{row['dead_in_table']} dead: " + ", ".join(
+                f"{k} {v['p50_ms']:.3f} ms ({v['gcs_cpu_ms']:.3f} ms GCS CPU)"
+                for k, v in row.items() if isinstance(v, dict)))
     finally:
         ray.shutdown()
     if args.json:

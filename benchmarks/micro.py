@@ -23,10 +23,11 @@ from typing import Callable
 import msgpack
 import ray
 
-from benchmarks.harness import connect, log
-from serve_cleanup import _compat
-from serve_cleanup.core import records
-from serve_cleanup.core.records import Record
+from benchmarks.harness import connect, internals, log
+
+_internal = internals()
+_compat, records = _internal.compat, _internal.records
+Record = records.Record
 
 BATCHES = 10
 

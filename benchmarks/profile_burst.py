@@ -32,7 +32,18 @@ from pathlib import Path
 import psutil
 import ray
 
-from benchmarks.harness import DURABLE, PLAIN, burst, connect, controller, log, purge_records, start_serve, stop_serve
+from benchmarks.harness import (
+    DURABLE,
+    PLAIN,
+    burst,
+    connect,
+    controller,
+    log,
+    package_commit,
+    purge_records,
+    start_serve,
+    stop_serve,
+)
 
 RATE_HZ = 250
 
@@ -240,9 +251,11 @@ def main(argv=None) -> int:
             purge_records()
         finally:
             ray.shutdown()
-    (out / "profile.json").write_text(json.dumps(results, indent=2))
+    meta = {"_meta": {"commit": package_commit(), "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                      "registrants": args.registrants, "per_registrant": args.per_registrant}}
+    (out / "profile.json").write_text(json.dumps({**meta, **results}, indent=2))
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        Path(args.json).write_text(json.dumps({**meta, **results}, indent=2))
     for kind, r in results.items():
         print(f"\n== {kind}: {r['registrations']} registrations, {r['per_s']:.0f}/s, "
               f"process CPU {r['cpu_ms_per_registration']:.3f} ms per registration")

@@ -1,0 +1,189 @@
+"""Issue 14, target 3: ``serve.shutdown()`` with many records, and with many live actors.
+
+``records`` (durable only): ``records`` records in the KV when the durable controller
+starts (it rehydrates them), none of whose actors lives: ``dead_records`` of actors that
+existed and are DEAD in GCS's actor table (created PENDING, their real handles stored,
+then killed), the rest of actors GCS never knew (as after it evicted them from its cache
+of dead actors), with real-sized handles. Every record is dated 10 minutes back (older
+than any grace for actors GCS does not know yet). Then ``serve.shutdown()``; a thread
+counts the records left (``internal_kv_keys`` on the record prefix) every second and at
+exactly 10 s after the call, until none is left or ``records_wait_s`` passed.
+
+``live`` (plain vs durable, order alternating, ``live_reps`` each): one app deployed,
+``live_pending`` actors that stay PENDING_CREATION (they ask for a resource no node has:
+live in the actor table and killable, but no process; half named with a namespace, half
+anonymous) plus ``live_real`` real actors (one process each, ~100 MB here, so only a
+few tens), all registered through the upstream method; then ``serve.shutdown()`` until
+the controller is gone. Afterwards, how many of those actors were not yet DEAD.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from dataclasses import dataclass
+
+import ray
+from ray import serve
+from ray.core.generated import gcs_pb2
+
+from benchmarks.harness import (
+    DURABLE,
+    PLAIN,
+    BenchApp,
+    controller,
+    controller_status,
+    find_controller,
+    handle_bytes,
+    handle_name_namespace,
+    kill_actors,
+    log,
+    make_actors,
+    median,
+    pending_actors,
+    profiled,
+    purge_records,
+    put_records,
+    record_count,
+    record_value,
+    seed_unknown_records,
+    start_serve,
+    state_accessor,
+    stop_serve,
+    template_handle,
+    wait_for,
+)
+
+
+@dataclass
+class ShutdownSizes:
+    records: int = 100_000
+    dead_records: int = 20_000
+    records_wait_s: float = 120.0
+    live_pending: int = 1000
+    live_real: int = 20
+    live_reps: int = 2
+    with_app: bool = True
+
+
+QUICK = ShutdownSizes(records=300, dead_records=60, records_wait_s=30.0, live_pending=20, live_real=1,
+                      live_reps=1, with_app=False)
+
+
+def _dead_actor_records(n: int, registered_at: float, batch: int = 2000) -> list[tuple[bytes, bytes]]:
+    """Records of ``n`` actors that existed and are dead now (their real handles; batches
+    alternate named-with-a-namespace and anonymous actors)."""
+    items = []
+    made = 0
+    while made < n:
+        group = pending_actors(min(batch, n - made), named=(made // batch) % 2 == 0)
+        for a in group:
+            h = handle_bytes(a)
+            name, ns = handle_name_namespace(h)
+            items.append((a._actor_id.binary(), record_value(a._actor_id.hex(), name, ns if name else "", h,
+                                                              registered_at)))
+        kill_actors(group)
+        made += len(group)
+    return items
+
+
+def records_shutdown(sizes: ShutdownSizes) -> dict:
+    purge_records()
+    stop_serve()
+    registered_at = time.time() - 600
+    started = time.perf_counter()
+    dead = _dead_actor_records(sizes.dead_records, registered_at)
+    seed = {"dead_s": time.perf_counter() - started}
+    seed["dead_put_s"] = put_records(dead)
+    seed.update(seed_unknown_records(sizes.records - sizes.dead_records, registered_at, template_handle()))
+    stored = record_count()
+    start_serve(DURABLE)
+    time.sleep(2.0)
+    at_call = {"kv": record_count(), "controller": controller_status().get("records")}
+    samples: list[tuple[float, int]] = []
+    stop = threading.Event()
+    spy = profiled(ray.get(controller().get_pid.remote()), "shutdown-records-controller")
+    spy.__enter__()
+    t0 = time.perf_counter()
+
+    def sample() -> None:
+        marks = [float(s) for s in range(1, int(sizes.records_wait_s) + 1)]
+        for mark in marks:
+            if stop.wait(max(0.0, t0 + mark - time.perf_counter())):
+                return
+            left = record_count()
+            samples.append((time.perf_counter() - t0, left))
+            if left == 0:
+                return
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    serve.shutdown()
+    returned_s = time.perf_counter() - t0
+    wait_for(lambda: find_controller() is None, 300, "the controller to exit")
+    controller_gone_s = time.perf_counter() - t0
+    sampler.join(timeout=sizes.records_wait_s + 30)
+    stop.set()
+    spy.__exit__(None, None, None)
+    gone = next((t for t, n in samples if n == 0), None)
+    at_10 = 0 if gone is not None and gone <= 10.0 else next((n for t, n in samples if t >= 10.0), None)
+    out = {
+        "records": sizes.records, "dead_records": sizes.dead_records, "stored": stored, "at_call": at_call,
+        "seed": seed, "returned_s": returned_s, "controller_gone_s": controller_gone_s,
+        "left_at_10s": at_10, "all_gone_s": gone, "left_at_end": samples[-1][1] if samples else None,
+        "waited_s": sizes.records_wait_s, "samples": samples,
+    }
+    log(f"shutdown with {stored} dead/unknown records: serve.shutdown() returned after {returned_s:.1f} s; "
+        f"{at_10} left at 10 s; " + (f"all gone after {gone:.1f} s" if gone is not None else
+                                     f"{out['left_at_end']} left after {sizes.records_wait_s:.0f} s"))
+    purge_records()
+    return out
+
+
+def _not_dead(actor_ids: list) -> int:
+    acc = state_accessor()
+    n = 0
+    for aid in actor_ids:
+        raw = acc.get_actor_info(aid)
+        if raw is not None and gcs_pb2.ActorTableData.FromString(raw).state != gcs_pb2.ActorTableData.DEAD:
+            n += 1
+    return n
+
+
+def live_shutdown(sizes: ShutdownSizes) -> dict:
+    by_kind: dict = {PLAIN: [], DURABLE: []}
+    for rep in range(sizes.live_reps):
+        for kind in ((PLAIN, DURABLE) if rep % 2 == 0 else (DURABLE, PLAIN)):
+            start_serve(kind)
+            if sizes.with_app:
+                serve.run(BenchApp.bind(), name="bench", route_prefix=None)
+            half = sizes.live_pending // 2
+            actors = (pending_actors(half) + pending_actors(sizes.live_pending - half, named=False)
+                      + make_actors(sizes.live_real))
+            ctrl = controller()
+            for i in range(0, len(actors), 100):
+                ray.get([ctrl._register_shutdown_cleanup_actor.remote(a) for a in actors[i:i + 100]])
+            stored = record_count() if kind == DURABLE else None
+            time.sleep(2.0)
+            with profiled(ray.get(ctrl.get_pid.remote()), f"shutdown-live-{kind}-controller") if rep == 0 \
+                    else contextlib.nullcontext():
+                took = stop_serve()
+            ids = [a._actor_id for a in actors]
+            row = {"shutdown_s": took, "registered": len(actors), "stored": stored,
+                   "not_dead_at_return": _not_dead(ids)}
+            time.sleep(5.0)
+            row["not_dead_after_5s"] = _not_dead(ids)
+            by_kind[kind].append(row)
+            kill_actors(actors)
+            purge_records()
+            log(f"shutdown with {len(actors)} registered live actors, rep {rep + 1} {kind}: {took:.2f} s "
+                f"({row['not_dead_at_return']} not dead at return, {row['not_dead_after_5s']} 5 s later)")
+    return {"by_rep": by_kind, "pending": sizes.live_pending, "real": sizes.live_real,
+            "with_app": sizes.with_app, "reps": sizes.live_reps,
+            **{k: {"shutdown_s": median(r["shutdown_s"] for r in by_kind[k]),
+                   "not_dead_after_5s": max(r["not_dead_after_5s"] for r in by_kind[k])} for k in by_kind}}
+
+
+def shutdown(sizes: ShutdownSizes) -> dict:
+    return {"records": records_shutdown(sizes), "live": live_shutdown(sizes)}
