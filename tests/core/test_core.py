@@ -178,6 +178,35 @@ async def test_a_failed_unregister_keeps_a_pending_take_back():
     assert stored(w) == set()
 
 
+async def test_an_unregister_while_a_restarted_core_loads_is_not_undone_by_the_load():
+    """Found by the simulation (tests/core/test_simulation.py, seed 241 of 300, once the
+    actor table and killer died with their process): a restarted core read a record; an
+    unregister then deleted it from the KV and forgot it in a memory the load had not
+    filled yet; the load then remembered it. Memory claimed a record the KV did not hold,
+    so the retried registration of that actor returned it without writing (I1), and the
+    actor leaked after the next restart. In the controller, calls reach a core that is
+    still loading when its first read failed: the reconcile tick then reads again while
+    calls are served."""
+    w = World()
+    a = w.actor("n")
+    await (await w.core()).register(a)
+    core = w.new_process()  # Ray restarted the controller; it reads the records
+    w.store.read_gate = gate = Gate()
+    loading = asyncio.ensure_future(core.load())
+    while gate.waiting == 0:
+        await asyncio.sleep(0)  # the record is read; the answer is on its way back
+    w.store.read_gate = None
+    unregistering = asyncio.ensure_future(core.unregister(a.actor_id))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    gate.open()
+    await loading
+    assert await unregistering is True
+    assert stored(w) == set() and core.status()["records"] == 0
+    await core.register(a)  # registered again: written again
+    assert stored(w) == {a.actor_id}
+
+
 # --- I4: nothing in the KV stops the controller from starting ------------------------------
 
 
