@@ -200,15 +200,15 @@ class CleanupCore:
                 "was registered. Start Serve again and register then."
             )
 
-    async def _wait_loaded(self) -> None:
+    async def _wait_loaded(self, nothing_done: str = "nothing was registered") -> None:
         deadline = self._clock.monotonic() + self.config.load_wait_s
         while self._state in (State.LOADING, State.LOADING_FOR_SHUTDOWN) and self._clock.monotonic() < deadline:
             await self._clock.sleep(0.05)
         if self._state in (State.LOADING, State.LOADING_FOR_SHUTDOWN):
             raise PersistenceError(
                 "the controller could not read its registrations from the GCS KV yet, so "
-                "it cannot tell what is registered; nothing was registered. Retry once "
-                "GCS is reachable."
+                f"it cannot tell what is registered; {nothing_done}. Retry once GCS is "
+                "reachable."
             )
 
     async def _lookup_known(self, actor_id: str) -> Optional[ActorInfo]:
@@ -314,7 +314,10 @@ class CleanupCore:
                     await self._take_back(actor_id, previous)
 
     async def unregister(self, actor_id: str) -> bool:
-        """Remove the record (durably) without killing the actor."""
+        """Remove the record (durably) without killing the actor. Waits for the records
+        to be read: a delete landing between the load's read and its end would be undone
+        in memory (memory would claim a record the KV does not hold)."""
+        await self._wait_loaded("nothing was unregistered")
         async with self.locks.hold(actor_id):
             removed = await self.registry.remove(actor_id)  # raises if the delete failed
             self._retract.pop(actor_id, None)  # only now: a failed delete keeps it queued
