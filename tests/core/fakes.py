@@ -165,6 +165,21 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         self._virtual_now += seconds
 
 
+def run_in_virtual_time(main: Callable[[asyncio.AbstractEventLoop], Coroutine[Any, Any, Any]]) -> Any:
+    """Run ``main(loop)`` on a fresh ``VirtualTimeLoop`` (for tests that measure time while
+    several tasks sleep at once, which a ``VirtualClock`` adds up)."""
+    loop = VirtualTimeLoop()
+    try:
+        return loop.run_until_complete(main(loop))
+    finally:
+        tasks = asyncio.all_tasks(loop)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        loop.close()
+
+
 class LoopClock:
     """The core's ``Clock`` (and the fakes' ``now``) on a ``VirtualTimeLoop``."""
 
@@ -314,16 +329,18 @@ class Process:
         self.number = number
         self.alive = True
         self.tasks: set[asyncio.Task] = set()
-        self.errors: list[BaseException] = []  # unexpected exceptions of its tasks
         self.seen_dead: set[str] = set()  # actor ids a read of the actor table showed DEAD
         self.core: Optional[CleanupCore] = None
+        self.on_death: Optional[Callable[[], None]] = None
 
     def check(self) -> None:
         if not self.alive:
             raise Crash()
 
     def die(self) -> None:
-        self.alive = False
+        was_alive, self.alive = self.alive, False
+        if was_alive and self.on_death is not None:
+            self.on_death()
         current = asyncio.current_task() if _running() else None
         for task in list(self.tasks):
             if task is not current:
@@ -338,9 +355,7 @@ class Process:
     def _done(self, task: asyncio.Task) -> None:
         self.tasks.discard(task)
         if not task.cancelled():
-            e = task.exception()
-            if e is not None and not isinstance(e, Crash):
-                self.errors.append(e)
+            task.exception()  # retrieved: a task that died with its process is no news
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task:
         """Run ``coro`` as a task of this process (a remote call's handler, its loops)."""
@@ -349,6 +364,7 @@ class Process:
             return await coro
 
         task = asyncio.ensure_future(inside())
+        task.add_done_callback(lambda _: coro.close())  # cancelled before it started: no warning
         self.adopt(task)
         return task
 
@@ -623,6 +639,8 @@ class World:
         self.current: Optional[CleanupCore] = None
         self.process: Optional[Process] = None
         self.processes = 0
+        self.logger: Any = None  # given to every core (None: the core's default)
+        self.metrics: Any = None
 
     @property
     def _view(self) -> Optional[Process]:
@@ -658,6 +676,7 @@ class World:
             ProcessStore(self.store, process), ProcessTable(self.table, process),
             ProcessKiller(self.killer, process), self.owners,
             clock=self.clock, faults=ProcessFaults(self, process), config=self.config,
+            logger=self.logger, metrics=self.metrics,
         )
         process.core = self.current = core
         return core

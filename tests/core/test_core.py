@@ -15,7 +15,7 @@ import logging
 
 import pytest
 
-from fakes import CONTROLLER_ID, Crash, Gate, World
+from fakes import CONTROLLER_ID, Crash, Gate, LoopClock, World, run_in_virtual_time
 from serve_cleanup.core import Config, Registration, State
 from serve_cleanup.core import records as rec
 from serve_cleanup.core.locks import WriteGate
@@ -334,6 +334,40 @@ async def test_the_sweep_drops_a_thousand_dead_records_with_one_prefix_delete():
     await w.ticks(core, 12)
     assert stored(w) == {keep.actor_id} and w.killer.kills == []
     assert len(w.store.prefix_deletes) >= 1  # buckets, not 999 deletes
+
+
+def test_dead_actors_records_go_within_the_sweep_bound_while_an_owner_pass_waits_for_an_undying_actor():
+    """Found by the simulation (tests/core/test_simulation.py, seeds 53, 954 and 975 of
+    1000): the owner pass ran inside the reconcile tick, so while it waited (up to
+    ``confirm_death_s``, 5 s) for a killed actor that does not die, no sweep ran and the
+    record of an actor killed in the same pass stayed: I5's bound did not hold."""
+    async def main(loop):
+        config = Config(liveness_interval_s=1.0)
+        bound = config.liveness_interval_s + 2 * config.reconcile_interval_s
+        w = World(config, clock=LoopClock(loop))
+        w.owners.deploy("shop", "D")
+        core = await w.core()
+        stuck, helper, other = w.actor("stuck"), w.actor("helper"), w.actor("other")
+        await core.register(owned(stuck, "app", "shop"))
+        await core.register(owned(helper, "app", "shop"))
+        await core.register(other)
+        w.killer.undying.add(stuck.actor_id)
+        deadline: dict[str, float] = {}
+        w.killer.on_kill = lambda r, was_alive: r.actor_id == helper.actor_id and deadline.setdefault(
+            r.actor_id, loop.time() + bound)
+        reconcile = asyncio.ensure_future(core.run())
+        await asyncio.sleep(2.0)
+        w.owners.delete_app("shop")  # the owner pass kills helper, and stuck, which lives on
+        w.table.die(other.actor_id)  # other dies on its own
+        deadline[other.actor_id] = loop.time() + bound
+        while stored(w) - {stuck.actor_id} or len(deadline) < 2:
+            for actor_id, at in deadline.items():
+                assert actor_id not in stored(w) or loop.time() <= at, "a dead actor's record outlived I5's bound"
+            await asyncio.sleep(0.05)
+        assert w.table.alive(stuck.actor_id) and stored(w) == {stuck.actor_id}
+        reconcile.cancel()
+
+    run_in_virtual_time(main)
 
 
 # --- I1 and I3: passes never delete the record of a registration in flight ------------------
