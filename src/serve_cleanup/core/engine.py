@@ -109,7 +109,8 @@ class CleanupCore:
         self._next_sweep = 0.0
         self._stuck_since: Optional[float] = None  # first "not yet" of Serve's shutdown step
         self._next_pass_at = 0.0
-        self._pass: Optional[asyncio.Task] = None
+        self._pass: Optional[asyncio.Task] = None  # the shutdown pass
+        self._owner_pass: Optional[asyncio.Task] = None  # the reconcile loop's owner pass
         self.stats = _Stats()
 
     # --- lifecycle --------------------------------------------------------------------
@@ -367,8 +368,10 @@ class CleanupCore:
         took = self._clock.monotonic() - started
         self.stats.last_reconcile = {"at": self._clock.time(), "seconds": round(took, 6), "orphans": len(orphans)}
         self._metrics.reconcile_duration(took)
-        if orphans:
-            await self.run_pass(orphans, Reason.OWNER_DELETED)
+        if orphans and (self._owner_pass is None or self._owner_pass.done()):
+            # Beside the tick, one at a time: a pass may wait up to confirm_death_s for an
+            # actor to die, and the sweep must not wait with it (I5's bound).
+            self._owner_pass = asyncio.get_running_loop().create_task(self.run_pass(orphans, Reason.OWNER_DELETED))
         await self.sweep()
 
     def _summarize(self) -> None:
