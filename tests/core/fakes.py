@@ -545,8 +545,16 @@ class ProcessTable:
         return found
 
 
+def handle_of(actor_id: str) -> bytes:
+    """The fakes' serialized actor handle: it reaches exactly ``actor_id``."""
+    return b"h" + actor_id.encode()
+
+
 class FakeKiller:
-    """Kills take effect at once, unless the actor is ``undying`` or ``unreachable``.
+    """Reaches an actor as the Ray killer does: through the record's handle bytes if they
+    rebuild a handle to exactly the recorded id, else by the record's name and namespace if
+    the actor of that name has the recorded id; otherwise the actor cannot be reached
+    (False). Kills take effect at once, unless the actor is ``undying`` or ``unreachable``.
     ``check`` asserts at the moment of a kill; ``on_kill(record, was_alive)`` observes
     each kill sent; ``latency`` delays a kill before it is sent (rebuilding the handle,
     the by-name lookup)."""
@@ -563,7 +571,7 @@ class FakeKiller:
     async def kill(self, record: Record) -> bool:
         if self.check is not None:
             self.check(record)
-        if record.actor_id in self.unreachable:
+        if record.actor_id in self.unreachable or not self._reaches(record):
             return False
         was_alive = self.table.alive(record.actor_id)
         self.kills.append(record.actor_id)
@@ -572,6 +580,15 @@ class FakeKiller:
         if self.on_kill is not None:
             self.on_kill(record, was_alive)
         return True
+
+
+    def _reaches(self, record: Record) -> bool:
+        if record.handle == handle_of(record.actor_id):
+            return True
+        if not record.name:
+            return False
+        return any(a.name == record.name and a.namespace == record.namespace and not a.dead
+                   and a.actor_id == record.actor_id for a in self.table.actors.values())
 
 
 class ProcessKiller:
@@ -652,7 +669,7 @@ class World:
         actor_id = f"{self._next_id * 167 % 256:02x}{self._next_id:030x}"
         self.table.add(actor_id, name, namespace, known_in)
         return Registration(actor_id=actor_id, name=name, namespace=namespace if name else "",
-                            handle=b"h" + actor_id.encode())
+                            handle=handle_of(actor_id))
 
     def _crash(self, point: str) -> None:
         if point in self.crash_at:

@@ -161,6 +161,25 @@ async def test_a_failed_take_back_is_retried_and_memory_never_claims_more_than_t
     assert stored(w) == set() and core.status()["take_backs_pending"] == 0  # ...and was retried
 
 
+async def test_a_refused_move_gives_back_the_previous_record_with_its_handle():
+    """Memory holds records without their handle bytes; the take-back of a refused move
+    wrote memory's copy back, so the KV lost the handle and an anonymous actor could no
+    longer be reached by any kill (the fakes' killer now reaches actors as Ray's does)."""
+    w = World()
+    w.owners.deploy("shop", "D")
+    core = await w.core()
+    a = w.actor()  # anonymous: only its handle bytes reach it
+    await core.register(owned(a, "app", "shop"))
+    w.table.fail_lookups = 1  # the move's actor-table lookup fails: refused, taken back
+    with pytest.raises(PersistenceError):
+        await core.register(a)  # a move to scope serve
+    assert w.store.records()[a.actor_id] == dataclasses.replace(
+        w.store.records()[a.actor_id], scope="app", app="shop", handle=a.handle)
+    w.owners.delete_app("shop")
+    await w.ticks(core, 4)
+    assert not w.table.alive(a.actor_id) and stored(w) == set()
+
+
 async def test_a_failed_unregister_keeps_a_pending_take_back():
     """Found by the simulation (seed 48 of 1000): unregister dropped the queued take-back
     before its own delete, so when that delete failed too the refused record stayed."""
