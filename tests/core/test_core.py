@@ -180,6 +180,23 @@ async def test_a_refused_move_gives_back_the_previous_record_with_its_handle():
     assert not w.table.alive(a.actor_id) and stored(w) == set()
 
 
+async def test_a_refused_move_whose_take_back_failed_is_retried_with_its_handle():
+    w = World()
+    w.owners.deploy("shop", "D")
+    core = await w.core()
+    a = w.actor()
+    await core.register(owned(a, "app", "shop"))
+    w.table.fail_lookups = 1  # the move is refused...
+    w.table.on_failure = lambda op: setattr(w.store, "fail_puts", 1)  # ...and its take-back write fails
+    with pytest.raises(PersistenceError):
+        await core.register(a)
+    assert core.status()["take_backs_pending"] == 1 and w.store.records()[a.actor_id].scope == "serve"
+    await w.ticks(core, 1)  # retried
+    assert core.status()["take_backs_pending"] == 0
+    assert w.store.records()[a.actor_id] == dataclasses.replace(
+        w.store.records()[a.actor_id], scope="app", app="shop", handle=a.handle)
+
+
 async def test_a_failed_unregister_keeps_a_pending_take_back():
     """Found by the simulation (seed 48 of 1000): unregister dropped the queued take-back
     before its own delete, so when that delete failed too the refused record stayed."""
