@@ -21,6 +21,7 @@ or one of Serve's own.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -244,6 +245,10 @@ class CleanupCore:
             actor_id=reg.actor_id, name=reg.name, namespace=reg.namespace, handle=reg.handle,
             scope=reg.scope, app=reg.app, deployment=reg.deployment,
         )
+        if previous is not None and not previous.handle:
+            # Memory keeps no handle bytes: a take-back gives the previous owner back with
+            # this call's handle (it reaches the same actor id), or no kill could reach it.
+            previous = dataclasses.replace(previous, handle=reg.handle)
         # Write and check the actor at once: one GCS round trip of latency, not two.
         lookup = asyncio.ensure_future(self._lookup_known(reg.actor_id)) if reg.check_actor else None
         try:
@@ -311,7 +316,7 @@ class CleanupCore:
             if self.locks.busy(actor_id):
                 continue
             async with self.locks.hold(actor_id):
-                if actor_id in self._retract and self.registry.get(actor_id) is previous:
+                if actor_id in self._retract and _shows(self.registry.get(actor_id), previous):
                     await self._take_back(actor_id, previous)
 
     async def unregister(self, actor_id: str) -> bool:
@@ -514,6 +519,13 @@ class CleanupCore:
             "last_reconcile": dict(self.stats.last_reconcile),
             "last_sweep": dict(self.stats.last_sweep),
         }
+
+
+def _shows(memory: Optional[Record], record: Optional[Record]) -> bool:
+    """Memory, which keeps records without their handle, still holds ``record``."""
+    if memory is None or record is None:
+        return memory is record
+    return memory == dataclasses.replace(record, handle=b"")
 
 
 def _store_failed(actor_id: str, error: BaseException) -> PersistenceError:
