@@ -197,6 +197,42 @@ async def test_a_refused_move_whose_take_back_failed_is_retried_with_its_handle(
         w.store.records()[a.actor_id], scope="app", app="shop", handle=a.handle)
 
 
+async def test_a_take_back_made_moot_by_a_drop_does_not_hold_the_shutdown(caplog):
+    """Found by the simulation (seeds 1518 and 1977 of 3000): the take-back of a refused
+    move failed and was queued; before its retry a pass dropped the actor's record (the
+    actor had died); the queued take-back then matched memory no more, so it was neither
+    retried nor dropped, and the shutdown waited for it until the grace, then gave up with
+    nothing left, saying the records could not be read."""
+    w = World(Config(shutdown_grace_s=5.0))
+    w.owners.deploy("shop", "D")
+    core = await w.core()
+    a = w.actor("n")
+    await core.register(owned(a, "app", "shop"))
+    w.table.fail_lookups = 1  # the move is refused...
+    w.table.on_failure = lambda op: setattr(w.store, "fail_puts", 1)  # ...and its take-back write fails
+    with pytest.raises(PersistenceError):
+        await core.register(a)
+    w.table.on_failure = None
+    assert core.status()["take_backs_pending"] == 1
+    w.table.die(a.actor_id)
+    await core.sweep(force=True)  # the sweep drops the record of the dead actor
+    assert stored(w) == set()
+    with caplog.at_level(logging.ERROR, logger="serve_cleanup"):
+        await shut_down(w, core)
+    assert core.status()["state"] == "closed", caplog.text
+
+
+async def test_a_give_up_after_the_records_were_read_does_not_say_they_could_not_be(caplog):
+    w = World(Config(shutdown_grace_s=1.0))
+    core = await w.core()
+    a = w.actor()
+    await core.register(a)
+    w.killer.undying.add(a.actor_id)
+    with caplog.at_level(logging.ERROR, logger="serve_cleanup"):
+        await shut_down(w, core)
+    assert "giving up" in caplog.text and "could not be read" not in caplog.text
+
+
 async def test_a_failed_unregister_keeps_a_pending_take_back():
     """Found by the simulation (seed 48 of 1000): unregister dropped the queued take-back
     before its own delete, so when that delete failed too the refused record stayed."""
