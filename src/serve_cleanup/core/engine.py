@@ -312,12 +312,17 @@ class CleanupCore:
             )
 
     async def _retry_retractions(self) -> None:
-        for actor_id, previous in list(self._retract.items()):
+        for actor_id in list(self._retract):
             if self.locks.busy(actor_id):
                 continue
             async with self.locks.hold(actor_id):
-                if actor_id in self._retract and _shows(self.registry.get(actor_id), previous):
+                if actor_id not in self._retract:
+                    continue
+                previous = self._retract[actor_id]
+                if _shows(self.registry.get(actor_id), previous):
                     await self._take_back(actor_id, previous)
+                else:  # a later write or delete of that key landed (a drop): nothing to take back
+                    del self._retract[actor_id]
 
     async def unregister(self, actor_id: str) -> bool:
         """Remove the record (durably) without killing the actor. Waits for the records
