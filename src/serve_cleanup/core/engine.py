@@ -479,13 +479,14 @@ class CleanupCore:
         return False
 
     def _give_up(self) -> None:
+        loaded = self.registry_loaded  # before the move: GAVE_UP says nothing about it
         self._move(Event.GRACE_OVER)
         left = self.registry.records()
         self._log.error(
             f"serve_cleanup: giving up after {self.config.shutdown_grace_s:.0f}s of shutdown on "
             f"{len(left)} registration(s)"
             + (f" (and {self.inflight} registration call(s) in flight)" if self.inflight else "")
-            + ("" if self.registry_loaded else " (the records could not be read from the GCS KV)")
+            + ("" if loaded else " (the records could not be read from the GCS KV)")
             + (": " + ", ".join(f"{r.display_name} ({r.actor_id})" for r in left[:20]) if left else "")
             + ". Their records stay in the KV for the next durable controller; "
             "`serve-cleanup list` shows them."
