@@ -21,6 +21,7 @@ import asyncio
 import contextvars
 import gc
 import selectors
+import weakref
 from typing import Any, Callable, Collection, Coroutine, Optional, Union
 
 from serve_cleanup.core import records as rec
@@ -340,7 +341,11 @@ class Process:
         self.number = number
         self.alive = True
         self.tasks: dict[asyncio.Task, None] = {}  # in creation order: a death cancels them in it
-        self.seen_dead: set[str] = set()  # actor ids a read of the actor table showed DEAD
+        # What its reads of the actor table showed: per task, the ids the task's latest bulk
+        # read found alive (and when); per actor id, when a lookup last found it alive.
+        self.live_read: weakref.WeakKeyDictionary[asyncio.Task, tuple[float, frozenset[str]]] = (
+            weakref.WeakKeyDictionary())
+        self.found_alive: dict[str, float] = {}
         self.core: Optional[CleanupCore] = None
         self.on_death: Optional[Callable[[], None]] = None
 
@@ -529,7 +534,8 @@ class FakeActorTable:
 
 class ProcessTable:
     """One controller process's reads of the actor table: a read in flight when the
-    process dies never answers. Notes which actors a read showed DEAD (``seen_dead``)."""
+    process dies never answers. Notes what each read found alive (``Process.live_read``,
+    ``Process.found_alive``)."""
 
     def __init__(self, table: FakeActorTable, process: Process) -> None:
         self._table = table
@@ -539,8 +545,8 @@ class ProcessTable:
         self.process.check()
         info = await self._table.lookup(actor_id)
         self.process.check()
-        if info is not None and info.dead:
-            self.process.seen_dead.add(actor_id)
+        if info is not None and not info.dead:
+            self.process.found_alive[actor_id] = self._table.clock.now
         return info
 
     async def live(self, actor_ids: Collection[str]) -> dict[str, ActorInfo]:
@@ -548,11 +554,9 @@ class ProcessTable:
         ids = list(actor_ids)
         found = await self._table.live(ids)
         self.process.check()
-        for a in ids:
-            if a not in found:
-                info = self._table._known(a)
-                if info is not None and info.dead:
-                    self.process.seen_dead.add(a)
+        task = asyncio.current_task()
+        if task is not None:
+            self.process.live_read[task] = (self._table.clock.now, frozenset(found))
         return found
 
 

@@ -45,10 +45,10 @@ I5   a record of a dead actor (unknown for ``unknown_grace_s``, or Serve's own) 
 I6   shutdown finishes (``closed``) only with no record in the KV and no write after it;
      gives up only after the grace and with work left, and then the records stay for the
      following controller, which adopts and kills them.
-died_on_its_own: a kill is never sent to an actor the process has seen dead, and the
-     core's ``killed`` count never exceeds the kills that killed (plus the kills that
-     raced a death: the actor died between the core's read and its kill, or after a kill
-     that did not take, while the core waited for it to die).
+died_on_its_own: a kill is sent only to an actor the pass's own read of the actor table
+     found alive, and the core's ``killed`` count never exceeds the kills that killed
+     (plus the kills that raced a death: the actor died between that read and the kill,
+     or after a kill that did not take, while the core waited for it to die).
 
 Behaviours that docs/architecture.md lists as *Limits* are allowed, each exactly (see
 ``Sim._limit``): the actor's state becomes unknown to the checks of I1-I3 for that one
@@ -245,6 +245,7 @@ class Actor:
     key_failed_at: float = -1.0  # last failed put/delete of its key
     takeback_pending: bool = False  # a refused call's take-back write failed; not retried yet
     takeback_since: float = 0.0
+    takeback_window: float = 0.0  # since when the reconcile loop could have retried it
     i5_window: float = 0.0  # since when it has been continuously sweepable
     kill_sent_at: Optional[float] = None
 
@@ -632,7 +633,7 @@ class Sim:
                 self.fail("I6", f"shutdown gave up after {held:.2f}s, before the grace "
                                 f"({self.p.config.shutdown_grace_s:g}s)")
             elif (not records and not info.registering and info.loaded_at is not None
-                    and not (core.status()["take_backs_pending"] and self._store_failed_since(self.shutdown_at))):
+                    and not (core.status()["take_backs_pending"] and self._take_back_failing)):
                 self.fail("I6", f"shutdown was held for the whole grace ({held:.2f}s) with nothing "
                                 "left: no record, no registration in flight, no take-back that could "
                                 f"not be written ({core.status()['take_backs_pending']} pending)")
@@ -935,8 +936,12 @@ class Sim:
         if a is not None and a.takeback_pending:
             a.takeback_pending = False  # the take-back's retry landed (or another write did)
 
-    def _store_failed_since(self, t: Optional[float]) -> bool:
-        return t is not None and self.last_store_failure >= t
+    @property
+    def _take_back_failing(self) -> bool:
+        """A take-back is being retried and failing: during the shutdown, a write of the key
+        of an actor that has no record failed (a take-back that is never retried is not)."""
+        return any(a.key_failed_at >= (self.shutdown_at or math.inf) and a.actor_id not in self.kv
+                   for a in self.actors.values())
 
     def _on_store_failure(self, op: str, key: bytes) -> None:
         self.last_store_failure = self.now
@@ -967,10 +972,20 @@ class Sim:
         elif self.shutdown_at is None and not any(self._owner_gone(o, t) for o, t in [*a.claims.items(), *a.asked]):
             self.fail("I3", f"killed {a.label} while its owner lives ({sorted(a.claims)}, asked for "
                             f"{sorted(o for o, _ in a.asked)}) and Serve runs")
-        elif p is not None and a.actor_id in p.seen_dead:
-            self.fail("died_on_its_own", f"killed {a.label}, which this process had already seen dead")
+        elif p is not None and not self._read_alive(p, a.actor_id):
+            self.fail("died_on_its_own", f"killed {a.label}, which the pass's own read of the actor "
+                                         "table did not find alive")
         else:
             self.note(f"kill {a.label}")
+
+    def _read_alive(self, p: Process, actor_id: str) -> bool:
+        """The read that decided this kill (the pass's bulk read, in the same task, or a
+        lookup by id after it) found the actor alive."""
+        read = p.live_read.get(asyncio.current_task())
+        if read is None:
+            return True  # no bulk read in this task: nothing to hold the kill against
+        at, alive = read
+        return actor_id in alive or p.found_alive.get(actor_id, -1.0) >= at
 
     def _on_kill(self, record: Record, was_alive: bool) -> None:
         a = self.by_id[record.actor_id]
@@ -1038,16 +1053,18 @@ class Sim:
             if (state is State.OPEN and self.serve.state() is ServeState.RUNNING
                     and self.calm_since == math.inf):
                 self.calm_since = self.now
-        if core is not None and info is not None and info.loaded_at is not None:  # I2: retried
-            limit_s = 3 * self.p.config.reconcile_interval_s + self.p.config.shutdown_retry_s + self.bound - \
-                self.p.config.liveness_interval_s
-            for a in self.actors.values():
-                if a.takeback_pending and not a.calls and not core.locks.busy(a.actor_id):
-                    since = max(a.takeback_since, a.busy_until, self.last_store_failure, info.loaded_at)
-                    if self.now - since > limit_s:
-                        self.fail("I2", f"the failed take-back of {a.label}'s refused registration was not "
-                                        f"retried for {self.now - since:.2f}s (last: {a.last})")
-                        return
+        # I2: a failed take-back is retried by the reconcile loop (while a process is OPEN;
+        # during a shutdown its passes retry it, and I6 holds the shutdown for it).
+        retry_s = 3 * self.p.config.reconcile_interval_s + self.p.config.confirm_death_s + 2.0
+        for a in self.actors.values():
+            if not a.takeback_pending:
+                continue
+            if a.calls or core is None or core.state is not State.OPEN or core.locks.busy(a.actor_id):
+                a.takeback_window = self.now
+            elif self.now - max(a.takeback_window, a.takeback_since, self.last_store_failure) > retry_s:
+                self.fail("I2", f"the failed take-back of {a.label}'s refused registration was not retried "
+                                f"in {retry_s:g}s (last: {a.last})")
+                return
         # I5: each record of a gone actor is dropped within the bound of its sweepable window.
         if self.shutdown_at is not None or core is None or core.state is not State.OPEN:
             return
