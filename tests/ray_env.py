@@ -22,7 +22,7 @@ def start_local_ray() -> None:
     """
     # Replicas unpickle deployment classes defined in test modules by reference; the
     # raylet (and so every worker) inherits this path from the driver.
-    paths = [os.path.join(_HERE, d) for d in ("integration", "chaos")]
+    paths = [_HERE] + [os.path.join(_HERE, d) for d in ("integration", "chaos")]
     os.environ["PYTHONPATH"] = os.pathsep.join(paths + [p for p in [os.environ.get("PYTHONPATH")] if p])
     ray.init(
         address="local", num_cpus=2, include_dashboard=False, namespace=TEST_NAMESPACE,

@@ -50,7 +50,7 @@ from typing import Any, Iterator, Optional
 
 import ray
 
-from serve_cleanup._support import SUPPORTED_RAY, check_ray_version, minor_of
+from serve_cleanup._support import check_ray_version, minor_of
 from serve_cleanup.core.ports import LIVE_STATES, ActorInfo
 
 check_ray_version(ray.__version__)

@@ -20,12 +20,21 @@ few a minute per stuck actor, not by two a second.
 
 from __future__ import annotations
 
+import collections
+
 from ray.util import metrics as ray_metrics
 
+
 class ControllerMetrics:
-    """The core's ``Metrics`` port, exported through ``ray.util.metrics``."""
+    """The core's ``Metrics`` port, exported through ``ray.util.metrics``.
+
+    Registrations are counted in a dict and handed to Ray's counter on the next
+    ``records`` call (every reconcile tick, 0.5 s): a ``Counter.inc`` costs the
+    registration's hot path tens of microseconds, a dict increment well under one.
+    """
 
     def __init__(self) -> None:
+        self._registered: collections.Counter[str] = collections.Counter()
         self.records_gauge = ray_metrics.Gauge(
             "serve_cleanup_records", "Durable cleanup registrations, by scope.", tag_keys=("scope",)
         )
@@ -48,7 +57,7 @@ class ControllerMetrics:
         )
 
     def registered(self, scope: str) -> None:
-        self.registrations.inc(tags={"scope": scope})
+        self._registered[scope] += 1
 
     def killed(self, reason: str) -> None:
         self.kills.inc(tags={"reason": reason})
@@ -57,6 +66,10 @@ class ControllerMetrics:
         self.kill_failures.inc(tags={"reason": reason})
 
     def records(self, counts: dict[str, int], set_aside: int) -> None:
+        if self._registered:
+            for scope, n in self._registered.items():
+                self.registrations.inc(n, tags={"scope": scope})
+            self._registered.clear()
         for scope, n in counts.items():
             self.records_gauge.set(n, tags={"scope": scope})
         self.set_aside.set(set_aside)

@@ -46,7 +46,7 @@ import threading
 import time
 import traceback
 import uuid
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import ray
@@ -440,7 +440,7 @@ def run_round(seed: int, cfg: Config, ledger: Any, bystanders: list,
     attempted: list = []  # every actor made for registration (killed at the end)
     threads: list[threading.Thread] = []
     try:
-        _round(rng, plan, cfg, res, tag, ledger, junk, attempted, bystanders, threads)
+        _round(rng, plan, cfg, res, tag, ledger, junk, attempted, bystanders, threads, log)
     except Exception:
         res.errors.append(traceback.format_exc())
         log(f"round error (seed {seed}):\n{res.errors[-1]}")
@@ -450,7 +450,8 @@ def run_round(seed: int, cfg: Config, ledger: Any, bystanders: list,
 
 
 def _round(rng, plan: _Plan, cfg: Config, res: RoundResult, tag: str, ledger: Any,
-           junk: dict, attempted: list, bystanders: list, threads: list) -> None:
+           junk: dict, attempted: list, bystanders: list, threads: list,
+           log: Callable[[str], None] = print) -> None:
     serve.shutdown()
     if not _wait(lambda: client.find_controller() is None, cfg.timeout_s):
         raise AssertionError("a controller from before this round is still running")

@@ -5,6 +5,7 @@ from ray_helpers import (  # noqa: F401
     actors,
     durable_serve,
     plain_serve,
+    redis_address,
     slow_reconcile_serve,
     unique,
 )

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -108,7 +110,7 @@ def own_cluster(**head_node_args) -> Iterator[Cluster]:
     stop_ray()
     here = os.path.dirname(os.path.abspath(__file__))
     old_path = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([here] + [p for p in [old_path] if p])
+    os.environ["PYTHONPATH"] = os.pathsep.join([here, os.path.dirname(here)] + [p for p in [old_path] if p])
     cluster = Cluster(initialize_head=True, head_node_args={"include_dashboard": False, **head_node_args})
     try:
         ray.init(address=cluster.address, namespace=TEST_NAMESPACE, log_to_driver=False)
@@ -212,3 +214,40 @@ def slow_reconcile_serve(ray_cluster):
     )
     yield
     _teardown_serve()
+
+
+def free_port() -> int:
+    """A TCP port no one listens on now (the OS picks it; it may be taken again later)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def redis_address(tmp_path) -> Iterator[str]:
+    """``127.0.0.1:<port>`` of a Redis server of this test's own (Debian's ``redis-server``),
+    for GCS fault tolerance. Skips the test where redis-server is not installed; fails it
+    in CI, which must run it (``.ci/run`` installs it)."""
+    redis = shutil.which("redis-server")
+    if redis is None:
+        message = "redis-server is not installed (apt-get install redis-server; .ci/run does)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    port = free_port()
+    proc = subprocess.Popen(
+        [redis, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        def pong() -> bool:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+
+        wait_for(pong, 10, "redis-server to answer")
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -42,9 +42,19 @@ def test_dead_actor_is_refused_and_not_stored(durable_serve, actors):
     wait_dead(aux)
     with pytest.raises(serve_cleanup.DeadActorError, match="dead"):
         serve_cleanup.register(aux)
-    with pytest.raises(serve_cleanup.DeadActorError):
-        ray.get(controller_handle()._register_shutdown_cleanup_actor.remote(aux))
     assert kv_record_keys() == []
+    assert controller_status()["records"] == 0
+
+
+def test_the_upstream_method_accepts_a_dead_actor_as_plain_serve_and_the_sweep_drops_it(durable_serve, actors):
+    """Upstream's `_register_shutdown_cleanup_actor` never refused a dead actor; the durable
+    one keeps that (one KV put, no actor-table lookup) and the liveness sweep drops the
+    record within I5's bound (liveness interval 5 s, after the 5 s unknown grace)."""
+    aux = actors()
+    ray.kill(aux, no_restart=True)
+    wait_dead(aux)
+    ray.get(controller_handle()._register_shutdown_cleanup_actor.remote(aux))
+    wait_for(lambda: kv_record_keys() == [], 20, "the sweep to drop the dead actor's record")
     assert controller_status()["records"] == 0
 
 

@@ -7,11 +7,6 @@ process is then killed and started again through the head node's own handle on i
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import time
 import uuid
 
 import pytest
@@ -22,45 +17,6 @@ import serve_cleanup
 from ray_helpers import TEST_NAMESPACE, Aux, kv_record_keys, own_cluster, wait_dead, wait_for
 
 pytestmark = pytest.mark.ray
-
-REDIS = shutil.which("redis-server")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def redis_address(tmp_path):
-    if REDIS is None:
-        message = "redis-server is not installed (apt-get install redis-server; .ci/run does)"
-        if os.environ.get("CI"):
-            pytest.fail(message)  # CI must run it
-        pytest.skip(message)
-    port = _free_port()
-    proc = subprocess.Popen(
-        [REDIS, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        break
-            except OSError:
-                time.sleep(0.05)
-        else:
-            pytest.fail("redis-server did not start")
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.fixture

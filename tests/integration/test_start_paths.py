@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from typing import Iterator
 
@@ -21,9 +20,8 @@ import pytest
 import ray
 from ray._private.authentication_test_utils import reset_auth_token_state
 
-import serve_cleanup
 from ray_helpers import TEST_NAMESPACE, stop_ray, wait_dead, wait_for
-from serve_cleanup import _compat, _startup, client
+from serve_cleanup import _startup, client
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
 

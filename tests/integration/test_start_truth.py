@@ -14,7 +14,7 @@ import ray
 from ray import serve
 
 import serve_cleanup
-from ray_helpers import _teardown_serve, controller_handle, controller_status, run_cli, wait_for
+from ray_helpers import _teardown_serve, controller_handle, controller_status, run_cli
 from serve_cleanup import client
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]

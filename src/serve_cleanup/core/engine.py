@@ -21,24 +21,22 @@ or one of Serve's own.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from serve_cleanup.core import admission
 from serve_cleanup.core import lifecycle as lc
 from serve_cleanup.core.admission import Registration
 from serve_cleanup.core.lifecycle import Event, State
 from serve_cleanup.core.locks import KeyedLocks
 from serve_cleanup.core.ports import (
-    ActorInfo, ActorTable, Clock, Faults, Killer, Metrics, NoFaults, NoMetrics, RecordStore, Serve,
+    ActorTable, Clock, Faults, Killer, Metrics, NoFaults, NoMetrics, RecordStore, Serve,
     ServeState, SystemClock,
 )
 from serve_cleanup.core.reaper import DONE, Outcome, Reaper, Reason, gone
 from serve_cleanup.core.records import Record
+from serve_cleanup.core.registration import Registrar
 from serve_cleanup.core.registry import Registry
-from serve_cleanup.errors import PersistenceError, RegistrationError
 
 # Where a test build may end the process (``Faults.reached``): right after a step that
 # changed the KV, before the step that completes it.
@@ -68,7 +66,6 @@ class Config:
 @dataclass
 class _Stats:
     rehydrate_s: float = 0.0
-    registered_since_summary: int = 0
     summary_at: float = float("-inf")
     last_pass: dict[str, Any] = field(default_factory=dict)
     last_reconcile: dict[str, Any] = field(default_factory=dict)
@@ -103,10 +100,10 @@ class CleanupCore:
         )
         self._state = State.LOADING
         self._loading = asyncio.Lock()
-        self.inflight = 0  # registrations between their first check and their last write
-        # Take-backs whose KV write failed: actor id -> the record the KV should hold (None:
-        # none). Memory already shows it; the reconcile loop and shutdown retry the write.
-        self._retract: dict[str, Optional[Record]] = {}
+        self.registrar = Registrar(
+            self.registry, self.locks, table, serve, self.reaper, state=lambda: self._state,
+            clock=self._clock, logger=self._log, metrics=self._metrics, faults=self._faults, config=config,
+        )
         self._next_sweep = 0.0
         self._stuck_since: Optional[float] = None  # first "not yet" of Serve's shutdown step
         self._next_pass_at = 0.0
@@ -162,179 +159,15 @@ class CleanupCore:
     async def register(self, reg: Registration) -> Record:
         """Durably register; returns the stored record. Raises ``RegistrationError`` (or
         ``ValueError`` for bad arguments) and then leaves no record behind."""
-        existing = self.settled(reg)
-        if existing is not None:
-            return existing
-        admission.check_request(reg, self._serve)
-        await self._wait_loaded()
-        self._check_open()
-        self.inflight += 1  # shutdown must not finish while this call may still write
-        try:
-            async with self.locks.hold(reg.actor_id):
-                self._check_open()
-                existing = self.registry.get(reg.actor_id)
-                if existing is not None and reg.matches(existing):
-                    if not reg.check_actor or reg.actor_id in self.registry.verified:
-                        return existing
-                    return await self._verify_existing(existing)
-                admission.check_owner(reg, self._serve)
-                return await self._write(reg, existing)
-        finally:
-            self.inflight -= 1
+        return await self.registrar.register(reg)
 
     def settled(self, reg: Registration) -> Optional[Record]:
-        """The record a repeated registration gets back with no lock and no GCS call: one
-        with a matching owner (checked against the actor table, if the call asks for
-        that), and no other call for it under way. Only ``actor_id``, the owner fields
-        and the flags of ``reg`` are read, so the adapter asks before it serializes the
-        handle."""
-        existing = self.registry.get(reg.actor_id)
-        if (existing is not None and reg.matches(existing) and self._state in lc.ACCEPTING
-                and (not reg.check_actor or reg.actor_id in self.registry.verified)
-                and not self.locks.busy(reg.actor_id)):
-            return existing
-        return None
-
-    def _check_open(self) -> None:
-        if self._state in lc.FINAL:
-            raise RegistrationError(
-                "Serve has finished shutting down and this controller is exiting; nothing "
-                "was registered. Start Serve again and register then."
-            )
-
-    async def _wait_loaded(self, nothing_done: str = "nothing was registered") -> None:
-        deadline = self._clock.monotonic() + self.config.load_wait_s
-        while self._state in (State.LOADING, State.LOADING_FOR_SHUTDOWN) and self._clock.monotonic() < deadline:
-            await self._clock.sleep(0.05)
-        if self._state in (State.LOADING, State.LOADING_FOR_SHUTDOWN):
-            raise PersistenceError(
-                "the controller could not read its registrations from the GCS KV yet, so "
-                f"it cannot tell what is registered; {nothing_done}. Retry once GCS is "
-                "reachable."
-            )
-
-    async def _lookup_known(self, actor_id: str) -> Optional[ActorInfo]:
-        """The table entry, waiting a little for an actor GCS has not heard of yet (Ray
-        registers a new actor with GCS asynchronously). Raises on a failed lookup."""
-        deadline = self._clock.monotonic() + self.config.unknown_actor_wait_s
-        delay = 0.01
-        info = await self._table.lookup(actor_id)
-        while info is None and self._clock.monotonic() < deadline:
-            await self._clock.sleep(delay)
-            delay = min(delay * 2, 0.2)
-            info = await self._table.lookup(actor_id)
-        return info
-
-    async def _verify_existing(self, record: Record) -> Record:
-        """A record read from the KV, registered again: check the actor before saying yes
-        (its first registration may have been refused and cut short by a crash)."""
-        try:
-            info: Any = await self._lookup_known(record.actor_id)
-        except Exception as e:
-            info = e
-        refusal = admission.refusal(record.actor_id, record.display_name, info, self._serve)
-        if refusal is None:
-            self.registry.verified.add(record.actor_id)
-            return record
-        if not isinstance(refusal, PersistenceError):
-            await self._take_back(record.actor_id, None)
-        raise refusal
-
-    async def _write(self, reg: Registration, previous: Optional[Record]) -> Record:
-        record = self.registry.new_record(
-            actor_id=reg.actor_id, name=reg.name, namespace=reg.namespace, handle=reg.handle,
-            scope=reg.scope, app=reg.app, deployment=reg.deployment,
-        )
-        if previous is not None and not previous.handle:
-            # Memory keeps no handle bytes: a take-back gives the previous owner back with
-            # this call's handle (it reaches the same actor id), or no kill could reach it.
-            previous = dataclasses.replace(previous, handle=reg.handle)
-        # Write and check the actor at once: one GCS round trip of latency, not two.
-        lookup = asyncio.ensure_future(self._lookup_known(reg.actor_id)) if reg.check_actor else None
-        try:
-            await self.registry.add(record)
-        except Exception as e:
-            if lookup is not None:
-                lookup.cancel()
-            await self._take_back(reg.actor_id, previous)
-            raise _store_failed(reg.actor_id, e) from None
-        self._retract.pop(reg.actor_id, None)  # our write replaced whatever was to be taken back
-        self._faults.reached("after_record_write")
-        if lookup is not None:
-            try:
-                info: Any = await lookup
-            except Exception as e:
-                info = e
-            refusal = admission.refusal(reg.actor_id, record.display_name, info, self._serve)
-            if refusal is not None:
-                self._faults.reached("after_refusal_decided")
-                await self._take_back(reg.actor_id, previous)
-                raise refusal
-            if (info.name, info.namespace if info.name else "") != (record.name, record.namespace):
-                # The actor table is authoritative (a handle made by the actor itself may
-                # not carry its name).
-                record = self.registry.new_record(
-                    actor_id=reg.actor_id, name=info.name, namespace=info.namespace, handle=reg.handle,
-                    scope=reg.scope, app=reg.app, deployment=reg.deployment,
-                )
-                try:
-                    await self.registry.add(record)
-                except Exception as e:
-                    await self._take_back(reg.actor_id, previous)
-                    raise _store_failed(reg.actor_id, e) from None
-            self.registry.verified.add(reg.actor_id)
-        self._metrics.registered(reg.scope)
-        # One INFO line costs ~130 us of the controller's CPU, a third of the call's floor:
-        # each registration is logged at DEBUG, and the reconcile loop sums them up.
-        self.stats.registered_since_summary += 1
-        if self._log.isEnabledFor(logging.DEBUG):
-            self._log.debug(
-                f"serve_cleanup: registered {record.display_name} (actor {reg.actor_id}, "
-                f"scope {record.owner_label})."
-            )
-        return record
-
-    async def _take_back(self, actor_id: str, previous: Optional[Record]) -> None:
-        """Make the KV hold ``previous`` again (None: nothing). Memory shows it at once; a
-        failed write is queued and retried (reconcile loop, shutdown)."""
-        try:
-            if previous is not None:
-                await self.registry.add(previous)
-            else:
-                await self.registry.remove(actor_id)
-            self._retract.pop(actor_id, None)
-        except Exception as e:
-            self.registry.set_memory(actor_id, previous)
-            self._retract[actor_id] = previous
-            self._log.warning(
-                f"serve_cleanup: could not take back the record of refused actor {actor_id} "
-                f"({e!r}); retrying in the background."
-            )
-
-    async def _retry_retractions(self) -> None:
-        for actor_id in list(self._retract):
-            if self.locks.busy(actor_id):
-                continue
-            async with self.locks.hold(actor_id):
-                if actor_id not in self._retract:
-                    continue
-                previous = self._retract[actor_id]
-                if _shows(self.registry.get(actor_id), previous):
-                    await self._take_back(actor_id, previous)
-                else:  # a later write or delete of that key landed (a drop): nothing to take back
-                    del self._retract[actor_id]
+        return self.registrar.settled(reg)
 
     async def unregister(self, actor_id: str) -> bool:
-        """Remove the record (durably) without killing the actor. Waits for the records
-        to be read: a delete landing between the load's read and its end would be undone
-        in memory (memory would claim a record the KV does not hold)."""
-        await self._wait_loaded("nothing was unregistered")
-        async with self.locks.hold(actor_id):
-            removed = await self.registry.remove(actor_id)  # raises if the delete failed
-            self._retract.pop(actor_id, None)  # only now: a failed delete keeps it queued
-            self.reaper.forget(actor_id)
+        """Remove the record (durably) without killing the actor."""
+        removed = await self.registrar.unregister(actor_id)
         if removed:
-            self._log.info(f"serve_cleanup: unregistered actor {actor_id} (not killed).")
             self.publish_counts()
         return removed
 
@@ -368,8 +201,8 @@ class CleanupCore:
         if self._state is not State.OPEN:
             return  # shutting down (its passes do the work) or done
         self._summarize()
-        if self._retract:
-            await self._retry_retractions()
+        if self.registrar.retract:
+            await self.registrar.retry_take_backs()
         if self._serve.state() is not ServeState.RUNNING:
             return  # before recovery owners are unknown; at shutdown the passes reap
         started = self._clock.monotonic()
@@ -387,13 +220,13 @@ class CleanupCore:
     def _summarize(self) -> None:
         """At most one INFO line a ``SUMMARY_INTERVAL_S`` about new registrations."""
         now = self._clock.monotonic()
-        if self.stats.registered_since_summary and now - self.stats.summary_at >= SUMMARY_INTERVAL_S:
+        if self.registrar.accepted_since_summary and now - self.stats.summary_at >= SUMMARY_INTERVAL_S:
             self._log.info(
-                f"serve_cleanup: {self.stats.registered_since_summary} new registration(s) "
+                f"serve_cleanup: {self.registrar.accepted_since_summary} new registration(s) "
                 f"accepted since the last summary; {len(self.registry)} stored "
                 f"({', '.join(f'{k}={v}' for k, v in self.registry.counts_by_scope().items() if v)})."
             )
-            self.stats.registered_since_summary = 0
+            self.registrar.accepted_since_summary = 0
             self.stats.summary_at = now
 
     async def sweep(self, force: bool = False) -> int:
@@ -463,7 +296,8 @@ class CleanupCore:
             return True
         if self._state not in lc.SHUTTING:
             self._move(Event.SHUTDOWN_STARTED)
-        if self._state is State.SHUTTING_DOWN and not len(self.registry) and not self.inflight and not self._retract:
+        clean = not len(self.registry) and not self.registrar.inflight and not self.registrar.retract
+        if self._state is State.SHUTTING_DOWN and clean:
             self._move(Event.CLEAN)
             return True
         now = self._clock.monotonic()
@@ -473,7 +307,7 @@ class CleanupCore:
         if now - self._stuck_since > self.config.shutdown_grace_s and idle:
             self._give_up()
             return True
-        work = self._state is State.LOADING_FOR_SHUTDOWN or len(self.registry) or self._retract
+        work = self._state is State.LOADING_FOR_SHUTDOWN or len(self.registry) or self.registrar.retract
         if idle and work and now >= self._next_pass_at:  # else: only calls in flight; wait
             self._pass = asyncio.get_running_loop().create_task(self._shutdown_pass())
         return False
@@ -485,7 +319,7 @@ class CleanupCore:
         self._log.error(
             f"serve_cleanup: giving up after {self.config.shutdown_grace_s:.0f}s of shutdown on "
             f"{len(left)} registration(s)"
-            + (f" (and {self.inflight} registration call(s) in flight)" if self.inflight else "")
+            + (f" (and {self.registrar.inflight} registration call(s) in flight)" if self.registrar.inflight else "")
             + ("" if loaded else " (the records could not be read from the GCS KV)")
             + (": " + ", ".join(f"{r.display_name} ({r.actor_id})" for r in left[:20]) if left else "")
             + ". Their records stay in the KV for the next durable controller; "
@@ -500,9 +334,9 @@ class CleanupCore:
         if self._state is State.LOADING_FOR_SHUTDOWN:
             ok = await self.load()
         else:
-            await self._retry_retractions()
+            await self.registrar.retry_take_backs()
             outcomes = await self.run_pass(self.registry.records(), Reason.SHUTDOWN) if len(self.registry) else []
-            ok = Outcome.PENDING not in outcomes and not self._retract
+            ok = Outcome.PENDING not in outcomes and not self.registrar.retract
         if not ok:
             self._next_pass_at = self._clock.monotonic() + self.config.shutdown_retry_s
 
@@ -516,8 +350,8 @@ class CleanupCore:
             "records_by_scope": by_scope,
             "loaded": self.registry_loaded,
             "unverified": self.registry.unverified(),
-            "in_flight": self.inflight,
-            "take_backs_pending": len(self._retract),
+            "in_flight": self.registrar.inflight,
+            "take_backs_pending": len(self.registrar.retract),
             "retrying": self.reaper.backing_off(),
             "set_aside": [s.to_dict() for s in self.registry.set_aside()],
             "rehydrate_ms": round(self.stats.rehydrate_s * 1000, 3),
@@ -526,16 +360,3 @@ class CleanupCore:
             "last_sweep": dict(self.stats.last_sweep),
         }
 
-
-def _shows(memory: Optional[Record], record: Optional[Record]) -> bool:
-    """Memory, which keeps records without their handle, still holds ``record``."""
-    if memory is None or record is None:
-        return memory is record
-    return memory == dataclasses.replace(record, handle=b"")
-
-
-def _store_failed(actor_id: str, error: BaseException) -> PersistenceError:
-    return PersistenceError(
-        f"could not store the registration of actor {actor_id} in the GCS KV ({error!r}); "
-        "it is not registered. Retry once GCS is reachable."
-    )

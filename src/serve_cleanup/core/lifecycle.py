@@ -49,6 +49,7 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
 }
 
 LOADED = frozenset({State.OPEN, State.SHUTTING_DOWN})  # the records are in memory
+UNREAD = frozenset({State.LOADING, State.LOADING_FOR_SHUTDOWN})  # registrations wait
 ACCEPTING = LOADED  # a registration may write
 FINAL = frozenset({State.CLOSED, State.GAVE_UP})
 SHUTTING = frozenset({State.LOADING_FOR_SHUTDOWN, State.SHUTTING_DOWN})

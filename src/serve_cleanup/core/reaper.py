@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 60.0
 _YIELD_EVERY = 64  # kills between two yields to the event loop
+_CHUNK = 4096  # records looked at between two yields to the event loop (100,000 records: ~25 yields)
 _DELETES_IN_FLIGHT = 64
 _LOOKUPS_IN_FLIGHT = 64
 
@@ -106,6 +107,8 @@ class Reaper:
     # --- backoff ----------------------------------------------------------------------
 
     def due(self, actor_id: str) -> bool:
+        if not self._failures:
+            return True
         f = self._failures.get(actor_id)
         return f is None or self._clock.monotonic() >= f.next_at
 
@@ -132,10 +135,12 @@ class Reaper:
 
     # --- classification ---------------------------------------------------------------
 
-    def _current(self, records: list[Record], outcomes: dict[str, Outcome]) -> list[Record]:
+    async def _current(self, records: list[Record], outcomes: dict[str, Outcome]) -> list[Record]:
         """Records still current and with no call in flight; the others get their outcome."""
         current = []
-        for r in records:
+        for i, r in enumerate(records):
+            if i and not i % _CHUNK:
+                await self._clock.sleep(0)  # Serve's control loop shares this event loop
             if self._registry.get(r.actor_id) is not r:
                 outcomes[r.actor_id] = Outcome.SUPERSEDED
             elif self._locks.busy(r.actor_id):
@@ -161,8 +166,12 @@ class Reaper:
         is gone either way. Raises if the table cannot be read."""
         live = await self._table.live([r.actor_id for r in records])
         now = self._clock.time()
-        young = [r.actor_id for r in records
-                 if r.actor_id not in live and not gone(r, None, now, self._config.unknown_grace_s)]
+        young = []
+        for i, r in enumerate(records):
+            if i and not i % _CHUNK:
+                await self._clock.sleep(0)
+            if r.actor_id not in live and not gone(r, None, now, self._config.unknown_grace_s):
+                young.append(r.actor_id)
         found: dict[str, Optional[ActorInfo]] = dict(live)
         for i in range(0, len(young), _LOOKUPS_IN_FLIGHT):
             chunk = young[i:i + _LOOKUPS_IN_FLIGHT]
@@ -170,13 +179,35 @@ class Reaper:
                 found[actor_id] = info
         return found
 
+    async def _classify(self, records: list[Record], table: dict[str, Optional[ActorInfo]]
+                        ) -> tuple[list[Record], dict[str, tuple[Record, Outcome]], list[Record]]:
+        """Split ``records`` by what the table says: (live, to drop with their outcome,
+        not known to the table yet)."""
+        now = self._clock.time()
+        live: list[Record] = []
+        to_drop: dict[str, tuple[Record, Outcome]] = {}
+        unknown: list[Record] = []
+        for i, r in enumerate(records):
+            if i and not i % _CHUNK:
+                await self._clock.sleep(0)  # Serve's control loop shares this event loop
+            info = table.get(r.actor_id)
+            if gone(r, info, now, self._config.unknown_grace_s):
+                to_drop[r.actor_id] = (r, Outcome.ALREADY_DEAD)
+            elif info is None:
+                unknown.append(r)
+            elif self._own(r, info):
+                to_drop[r.actor_id] = (r, Outcome.DROPPED)
+            else:
+                live.append(r)
+        return live, to_drop, unknown
+
     # --- the passes -------------------------------------------------------------------
 
     async def reap(self, records: list[Record], reason: Reason) -> list[Outcome]:
         """Kill the actors of ``records`` and drop their records; outcomes in the order of
         ``records``. Never raises."""
         outcomes: dict[str, Outcome] = {}
-        current = self._current(records, outcomes)
+        current = await self._current(records, outcomes)
         if current:
             try:
                 table = await self.read_table(current)
@@ -184,19 +215,9 @@ class Reaper:
                 for r in current:
                     outcomes[r.actor_id] = self._failed(r, reason, f"reading the actor table failed ({e!r})")
                 return [outcomes[r.actor_id] for r in records]
-            now = self._clock.time()
-            to_kill: list[Record] = []
-            to_drop: dict[str, tuple[Record, Outcome]] = {}
-            for r in current:
-                info = table.get(r.actor_id)
-                if gone(r, info, now, self._config.unknown_grace_s):
-                    to_drop[r.actor_id] = (r, Outcome.ALREADY_DEAD)
-                elif info is None:
-                    outcomes[r.actor_id] = self._failed(r, reason, "the actor table does not know it yet")
-                elif self._own(r, info):
-                    to_drop[r.actor_id] = (r, Outcome.DROPPED)
-                else:
-                    to_kill.append(r)
+            to_kill, to_drop, unknown = await self._classify(current, table)
+            for r in unknown:
+                outcomes[r.actor_id] = self._failed(r, reason, "the actor table does not know it yet")
             if to_kill:
                 killed = await self._kill(to_kill, reason, outcomes)
                 if killed:
@@ -217,23 +238,11 @@ class Reaper:
         of Serve's own); kill nothing. Returns the ids seen alive and how many records were
         dropped. Raises if the actor table cannot be read."""
         outcomes: dict[str, Outcome] = {}
-        current = self._current(records, outcomes)
+        current = await self._current(records, outcomes)
         if not current:
             return set(), 0
         table = await self.read_table(current)
-        now = self._clock.time()
-        alive: set[str] = set()
-        to_drop: dict[str, tuple[Record, Outcome]] = {}
-        for r in current:
-            info = table.get(r.actor_id)
-            if gone(r, info, now, self._config.unknown_grace_s):
-                to_drop[r.actor_id] = (r, Outcome.ALREADY_DEAD)
-            elif info is None:
-                continue  # not known to the table yet: checked again next time
-            elif self._own(r, info):
-                to_drop[r.actor_id] = (r, Outcome.DROPPED)
-            else:
-                alive.add(r.actor_id)
+        live, to_drop, _ = await self._classify(current, table)  # the unknown: next time
         if to_drop:
             self._faults.reached("after_lookup_before_drop")
             await self._drop_all(to_drop, Reason.SWEEP, outcomes)
@@ -243,7 +252,7 @@ class Reaper:
                 f"serve_cleanup: the liveness sweep removed {dropped} record(s) of actors that "
                 "are dead (or Serve's own); nothing was killed."
             )
-        return alive, dropped
+        return {r.actor_id for r in live}, dropped
 
     async def _kill(self, records: list[Record], reason: Reason, outcomes: dict[str, Outcome]) -> list[Record]:
         """Send the kills; returns the records whose kill was sent."""
