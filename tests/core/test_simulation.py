@@ -10,6 +10,7 @@ No Ray: this runs where Ray is not installed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import subprocess
 import sys
@@ -19,8 +20,11 @@ from pathlib import Path
 import pytest
 
 from fakes import Gate, LoopClock, World, run_in_virtual_time
+from serve_cleanup.core import engine, lifecycle, reaper, registration, registry
+from serve_cleanup.core import records as rec
+from serve_cleanup.core.lifecycle import Event, State
 from serve_cleanup.core.ports import ServeState
-from simulation import run, schedule, shrink
+from simulation import Failure, run, schedule, shrink
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -34,20 +38,23 @@ TRACE_TAIL = 60  # lines of the minimal run's log shown
 @pytest.mark.timeout(600)
 def test_simulation(seed: int) -> None:
     sim, failure = run(seed)
-    if failure is None:
-        return
+    if failure is not None:
+        pytest.fail(report(seed, failure), pytrace=False)
+
+
+def report(seed: int, failure: Failure) -> str:
+    """The seed, what broke, a minimal schedule that still breaks it, and what happened."""
     profile, events = schedule(seed)
     minimal, minimal_failure = shrink(seed, failure)
     log = minimal_failure.log
-    pytest.fail(
+    return (
         f"seed {seed}: {failure}\n"
         f"profile: {profile}\n"
         f"replay: pytest tests/core/test_simulation.py -k 'test_simulation[{seed}]'\n\n"
         f"minimal schedule ({len(minimal)} of {len(events)} events), which fails with "
         f"{minimal_failure}:\n" + "\n".join(str(e) for e in minimal) + "\n\n"
         f"what happened in it (last {min(TRACE_TAIL, len(log))} of {len(log)} lines):\n"
-        + "\n".join(log[-TRACE_TAIL:]),
-        pytrace=False,
+        + "\n".join(log[-TRACE_TAIL:])
     )
 
 
@@ -109,3 +116,135 @@ def test_a_crashed_process_sends_none_of_its_pending_kills():
 
 def stored(w: World) -> set[str]:
     return set(w.store.records())
+
+
+# --- every check can fail: a deliberately broken core is caught -------------------------------
+
+
+def _sweep_drops_a_live_record(m: pytest.MonkeyPatch) -> None:
+    classify = reaper.Reaper._classify
+
+    async def broken(self, records, table):
+        live, to_drop, unknown = await classify(self, records, table)
+        for r in live[:1]:
+            to_drop[r.actor_id] = (r, reaper.Outcome.ALREADY_DEAD)
+        return live[1:], to_drop, unknown
+
+    m.setattr(reaper.Reaper, "_classify", broken)
+
+
+def _take_back_without_handle(m: pytest.MonkeyPatch) -> None:
+    add = registry.Registry.add
+
+    async def broken(self, record):
+        if record.registered_at < self._clock() - 1e-9:  # an earlier record, given back
+            record = dataclasses.replace(record, handle=b"")
+        await add(self, record)
+
+    m.setattr(registry.Registry, "add", broken)
+
+
+def _no_take_back(m: pytest.MonkeyPatch) -> None:
+    async def broken(self, actor_id, previous):
+        pass
+
+    m.setattr(registration.Registrar, "_take_back", broken)
+
+
+def _bulk_drop_deletes_every_bucket(m: pytest.MonkeyPatch) -> None:
+    async def broken(self, records, busy):
+        async with self.gate.alone():
+            doomed = {r.actor_id: r for r in records if self.get(r.actor_id) is r and not busy(r.actor_id)}
+            for bucket in {rec.bucket_of(k) for k in await self._store.keys(rec.KEY_PREFIX)}:
+                await self._store.delete_prefix(bucket)
+            self._forget_all(doomed)
+            return set(doomed)
+
+    m.setattr(registry.Registry, "drop_bulk", broken)
+
+
+def _unreadable_entry_is_fatal(m: pytest.MonkeyPatch) -> None:
+    m.setattr(registry, "read_entry", lambda key, value, **how: rec.decode(value, **how))
+
+
+def _sweep_three_times_slower(m: pytest.MonkeyPatch) -> None:
+    sweep = engine.CleanupCore.sweep
+
+    async def broken(self, force=False):
+        dropped = await sweep(self, force)
+        if self._next_sweep > self._clock.monotonic():
+            self._next_sweep = self._clock.monotonic() + 3 * self.config.liveness_interval_s
+        return dropped
+
+    m.setattr(engine.CleanupCore, "sweep", broken)
+
+
+def _closes_with_records_left(m: pytest.MonkeyPatch) -> None:
+    step = engine.CleanupCore.shutdown_step
+
+    def broken(self):
+        if self.state is State.SHUTTING_DOWN and self._clock.monotonic() % 1 < 0.3:
+            self._move(Event.CLEAN)
+            return True
+        return step(self)
+
+    m.setattr(engine.CleanupCore, "shutdown_step", broken)
+
+
+def _gives_up_before_the_grace(m: pytest.MonkeyPatch) -> None:
+    m.setattr(engine.CleanupCore, "_give_up", lambda self: (self._move(Event.GRACE_OVER), None)[1])
+    step = engine.CleanupCore.shutdown_step
+
+    def broken(self):
+        if self._stuck_since is not None and self._clock.monotonic() - self._stuck_since > 1.0 \
+                and self.state in lifecycle.SHUTTING and (self._pass is None or self._pass.done()):
+            self._give_up()
+            return True
+        return step(self)
+
+    m.setattr(engine.CleanupCore, "shutdown_step", broken)
+
+
+def _kills_actors_it_read_as_dead(m: pytest.MonkeyPatch) -> None:
+    def broken(record, info, now, grace_s):
+        return info is None and now - record.registered_at > grace_s
+
+    m.setattr(reaper, "gone", broken)
+
+
+BROKEN_CORES = {  # what is broken: (the check that must catch it, how)
+    "the sweep drops a live actor's record": ("I1", _sweep_drops_a_live_record),
+    "a take-back writes the record without its handle": ("I1", _take_back_without_handle),
+    "a refused registration is not taken back": ("I2", _no_take_back),
+    "every record counts as an orphan": ("I3", lambda m: m.setattr(registry.Registry, "orphans",
+                                                                   lambda self, apps, deps: self.records())),
+    "Serve's own actors are killed": ("I3", lambda m: m.setattr(reaper.Reaper, "_own", lambda self, r, info: False)),
+    "a bulk drop deletes every bucket": ("I4", _bulk_drop_deletes_every_bucket),
+    "an unreadable entry is fatal": ("I4", _unreadable_entry_is_fatal),
+    "the sweep runs three times less often": ("I5", _sweep_three_times_slower),
+    "shutdown closes with records left": ("I6", _closes_with_records_left),
+    "shutdown gives up after 1 s": ("I6", _gives_up_before_the_grace),
+    "the reaper kills actors its read found dead": ("died_on_its_own", _kills_actors_it_read_as_dead),
+}
+
+
+@pytest.mark.parametrize("broken", list(BROKEN_CORES))
+def test_a_broken_core_is_caught(broken: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    check, breaking = BROKEN_CORES[broken]
+    breaking(monkeypatch)
+    for seed in range(12):
+        failure = run(seed)[1]
+        if failure is not None:
+            assert failure.label == check, f"seed {seed}: {failure}"
+            return
+    pytest.fail(f"no seed of 12 caught it ({check})")
+
+
+def test_a_failure_is_reported_with_a_minimal_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_take_back(monkeypatch)
+    failure = run(0)[1]
+    assert failure is not None and failure.label == "I2"
+    text = report(0, failure)
+    minimal = text.split("minimal schedule (")[1].split(" ")[0]
+    assert "seed 0: I2" in text and "test_simulation[0]" in text and "what happened in it" in text
+    assert int(minimal) < len(schedule(0)[1]) / 4, text
