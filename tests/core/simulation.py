@@ -245,6 +245,8 @@ class Actor:
     busy_until: float = 0.0  # end of its last call
     last: str = ""  # its last call and how it ended
     key_failed_at: float = -1.0  # last failed put/delete of its key
+    key_failed_seq: int = 0  # ... in the order of all writes (Sim.writes)
+    key_changed_seq: int = 0  # the last write or delete of its key that landed
     takeback_pending: bool = False  # a refused call's take-back write failed; not retried yet
     takeback_since: float = 0.0
     takeback_window: float = 0.0  # since when the reconcile loop could have retried it
@@ -433,6 +435,7 @@ class Sim:
         self.faults_on = True
         self.calm_since = math.inf  # the sweep can run since then (a process OPEN, no failure)
         self.last_store_failure = -1.0
+        self.writes = 0  # KV writes and deletes of record keys, landed or failed
         self.bulk_s = 0.0  # how long bulk drops have held the write gate alone (sampled)
         self.kill_deaths = 0
         self.race_kills = 0
@@ -756,7 +759,8 @@ class Sim:
             limit = f"crash, then the retry raised {type(result).__name__}"
         elif self.gave_up_at is not None and started <= self.gave_up_at:
             limit = "in flight when the shutdown gave up"
-        if a.key_failed_at >= started and not limit and a.actor_id in self.kv:
+        if (a.key_failed_at >= started and a.key_failed_seq > a.key_changed_seq and not limit
+                and a.actor_id in self.kv):  # its last write failed: the take-back, not the write
             a.takeback_pending, a.takeback_since = True, self.now
             a.claims.setdefault(*asked)  # if the take-back is lost, its record holds this owner
         self._end(a, a.expect, limit, asked=asked)
@@ -937,7 +941,9 @@ class Sim:
                     and not a.limit and self.w.table.alive(a.actor_id)):  # I1
                 self.fail("I1", f"the record of {a.label} was deleted while its actor lives; its "
                                 "registration returned and it was not unregistered")
-        if a is not None and a.takeback_pending:
+        if a is not None:
+            self.writes += 1
+            a.key_changed_seq = self.writes
             a.takeback_pending = False  # the take-back's retry landed (or another write did)
 
     @property
@@ -954,7 +960,8 @@ class Sim:
         actor_id = self._id_of(key)
         a = self.by_id.get(actor_id) if actor_id else None
         if a is not None and op in ("put", "delete"):
-            a.key_failed_at = self.now
+            self.writes += 1
+            a.key_failed_at, a.key_failed_seq = self.now, self.writes
 
     def _on_table_failure(self, op: str) -> None:
         self.calm_since = max(self.calm_since, self.now)
