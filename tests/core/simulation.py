@@ -661,15 +661,15 @@ class Sim:
 
     # --- callers ----------------------------------------------------------------------
 
-    async def _call(self, fn: Callable[[Any], Any], registering: bool = False) -> tuple[bool, Any, int, bool]:
+    async def _call(self, fn: Callable[[Any], Any], registering: bool = False) -> tuple[bool, Any, int]:
         """Call the controller as a caller does (Ray retries a call whose controller died).
-        Returns (ok, result or exception, attempts cut by a crash, cut by the exit)."""
-        started, delay, cut, cut_by_exit = self.now, 0.05, 0, False
+        Returns (ok, result or exception, attempts cut by a crash or the exit)."""
+        started, delay, cut = self.now, 0.05, 0
         while True:
             p = self._ready_process()
             if p is None:
                 if self.serve_down or self.now - started > CALL_TIMEOUT_S:
-                    return False, Unavailable("no controller"), cut, cut_by_exit
+                    return False, Unavailable("no controller"), cut
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
                 continue
@@ -682,11 +682,10 @@ class Sim:
                 info.registering -= registering
             if task.cancelled() or isinstance(task.exception(), Crash):
                 cut += 1
-                cut_by_exit = cut_by_exit or info.exited is not None
                 continue
             if task.exception() is not None:
-                return False, task.exception(), cut, cut_by_exit
-            return True, task.result(), cut, cut_by_exit
+                return False, task.exception(), cut
+            return True, task.result(), cut
 
     def _start(self, a: Actor, owner: Optional[tuple]) -> None:
         if a.calls:
@@ -744,7 +743,7 @@ class Sim:
         started = self.now
         asked = (SERVE if reg.ensure_only else (reg.scope, reg.app, reg.deployment), started)
         self._start(a, asked[0])
-        ok, result, cut, cut_by_exit = await self._call(lambda core: core.register(reg), registering=True)
+        ok, result, cut = await self._call(lambda core: core.register(reg), registering=True)
         how = "upstream" if reg.ensure_only else f"{reg.scope} {reg.app} {reg.deployment}".strip()
         if ok:
             a.last = f"register {how} returned at {self.now:.3f}s"
@@ -767,7 +766,7 @@ class Sim:
 
     async def _unregister(self, a: Actor) -> None:
         self._start(a, None)
-        ok, result, cut, _ = await self._call(lambda core: core.unregister(a.actor_id))
+        ok, result, _ = await self._call(lambda core: core.unregister(a.actor_id))
         a.last = f"unregister {'returned' if ok else 'raised'} at {self.now:.3f}s"
         self.note(f"unregister {a.label}: {result if ok else type(result).__name__}")
         if ok:
@@ -777,7 +776,7 @@ class Sim:
             a.claims = {}  # whatever it was registered to before, it is not now
 
     async def _gc(self) -> None:
-        ok, result, _, _ = await self._call(lambda core: core.gc())
+        ok, result, _ = await self._call(lambda core: core.gc())
         self.note(f"gc: {[(r['actor_id'][:6], r.get('outcome')) for r in result] if ok else type(result).__name__}")
 
     # --- events -----------------------------------------------------------------------
