@@ -595,6 +595,8 @@ class Sim:
 
     def _died(self, p: Process) -> None:
         info = self.info[p]
+        if info.exited is State.GAVE_UP:  # what it leaves (it may die of a crash meanwhile)
+            self.left_at_give_up = self.w.store.records()
         if info.exited is None:
             self.count("crashes")
             self.note(f"controller process {p.number} crashed"
@@ -652,8 +654,6 @@ class Sim:
             self.fail("I6", f"shutdown step said done in state {state.value}")
         await asyncio.sleep(self.p.exit_s)  # upstream deletes its checkpoints and flag, kills itself
         p.die()
-        if state is State.GAVE_UP:
-            self.left_at_give_up = self.w.store.records()
 
     @property
     def _faulted_during_shutdown(self) -> bool:
