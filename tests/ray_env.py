@@ -14,8 +14,9 @@ TEST_NAMESPACE = "serve-cleanup-tests"
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def start_local_ray() -> None:
-    """The local test cluster: 2 CPUs, no dashboard (the facts note's setup).
+def start_local_ray(**init_kwargs) -> None:
+    """The local test cluster: 2 CPUs, no dashboard (the facts note's setup); a test that
+    needs more (a metrics export port) passes it in ``init_kwargs``.
 
     ``address="local"`` always starts a new cluster, also where ``RAY_ADDRESS`` names
     another one (KubeRay pods set it): the tests never touch a cluster they did not start.
@@ -26,7 +27,7 @@ def start_local_ray() -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(paths + [p for p in [os.environ.get("PYTHONPATH")] if p])
     ray.init(
         address="local", num_cpus=2, include_dashboard=False, namespace=TEST_NAMESPACE,
-        log_to_driver=False,
+        log_to_driver=False, **init_kwargs,
     )
 
 

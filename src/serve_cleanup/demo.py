@@ -87,9 +87,11 @@ def _helpers() -> dict[str, str]:
 def _controller_restarts() -> tuple[int, bool]:
     """(times Ray restarted the controller, whether it is ALIVE and answering)."""
     controller = client.find_controller()
-    info = _compat.actor_entry(_compat.actor_id_hex(controller))
+    actor_id = _compat.actor_id_hex(controller)
+    entry = _compat.actor_entry(actor_id)  # the raw table entry: its state is an enum number
+    info = _compat.actor_info(actor_id)  # parsed: the state's name
     alive = info is not None and info.state == "ALIVE" and ray.get(controller.check_alive.remote(), timeout=5) is None
-    return (info.num_restarts if info else 0), alive
+    return (entry.num_restarts if entry else 0), alive
 
 
 def _play(r: Round, start: Callable[[], None], durable: bool) -> None:
