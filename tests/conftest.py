@@ -16,7 +16,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--chaos-seed", type=int, default=20261127, help="seed of the chaos harness")
     parser.addoption(
         "--sim-seeds", type=int, default=300,
-        help="seeds of the core's simulation test (tests/unit/test_simulation.py); e.g. 100000 for a long run",
+        help="seeds of the core's simulation (tests/core/test_simulation.py); e.g. 100000 for a long run",
     )
 
 

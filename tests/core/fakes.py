@@ -1,22 +1,35 @@
 """A world for the Ray-free core: fakes that delay, forget, fail and crash between steps.
 
-``World`` holds one KV store, actor table, killer, Serve and virtual clock, all of which
-outlive a core. ``World.core()`` builds a controller process over them; a simulated crash
-(``Crash``, raised at a crash point or by ``World.crash_now``) kills that process: its
-pending writes never land and it is never used again. ``World.core()`` then builds the
-restarted one from the same store, as Ray would. Nothing here imports Ray.
+``World`` holds one KV store, actor table, killer, Serve and clock, all of which outlive
+a controller process. ``World.core()`` builds a controller process over them: a
+``Process`` and its *views* of those ports (``ProcessStore``, ``ProcessTable``,
+``ProcessKiller``, ``ProcessFaults``). What a real controller holds in memory dies with
+it: once the process crashed (``Crash``, raised at a crash point or by
+``World.crash_now``), every call through its views raises ``Crash``, a request it had
+in flight never answers (a lookup, a read) and a kill it had not yet sent is never sent;
+with ``track_tasks`` its tasks are cancelled too. ``World.core()`` then builds the
+restarted process from the same store, as Ray would. Nothing here imports Ray.
+
+Time is a ``VirtualClock`` (moves when someone sleeps: the unit tests), or the
+``VirtualTimeLoop``'s own clock (``LoopClock``: a discrete-event loop that jumps to the
+next timer when no task can run; the simulation).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Callable, Collection, Optional, Union
+import contextvars
+import gc
+import selectors
+import weakref
+from typing import Any, Callable, Collection, Coroutine, Optional, Union
 
 from serve_cleanup.core import records as rec
 from serve_cleanup.core.admission import Registration
 from serve_cleanup.core.engine import CleanupCore, Config
 from serve_cleanup.core.ports import LIVE_STATES, ActorInfo, ServeState
 from serve_cleanup.core.records import Record
+from serve_cleanup.core.registry import SetAside, read_entry
 
 SYSTEM_NS = "serve"
 CONTROLLER_ID = "c0ffee" * 5 + "00"
@@ -116,6 +129,89 @@ class VirtualClock:
         await asyncio.sleep(0)
 
 
+class SimDeadlock(RuntimeError):
+    """No task can run and no timer is set: every task waits for something that never comes."""
+
+
+class _VirtualSelector(selectors.DefaultSelector):  # type: ignore[misc, valid-type]
+    """Never blocks: a wait for the next timer moves the loop's virtual clock instead."""
+
+    loop: "VirtualTimeLoop"
+
+    def select(self, timeout: Optional[float] = None) -> list:  # type: ignore[override]
+        ready = super().select(0)
+        if ready:
+            return ready
+        if timeout is None:
+            raise SimDeadlock("no task can run and no timer is set")
+        if timeout > 0:
+            self.loop.advance(timeout)
+        return []
+
+
+def _quiet_about_crashes(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    """A task that died with its process (``Crash``) and that nobody awaited is no news.
+    (Reporting it formats a traceback, which parses source: from a finalizer that runs
+    inside another ``ast.parse``, CPython 3.11.7 raises SystemError.)"""
+    if not isinstance(context.get("exception"), Crash):
+        loop.default_exception_handler(context)
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """A discrete-event loop: its clock (``time()``) is virtual and, whenever no task can
+    run, jumps to the next timer. Every ``asyncio.sleep``, timeout and ``call_later`` runs
+    in virtual time; a run is as deterministic as the tasks it runs."""
+
+    def __init__(self) -> None:
+        selector = _VirtualSelector()
+        super().__init__(selector)
+        selector.loop = self
+        self._virtual_now = 0.0
+        self.set_exception_handler(_quiet_about_crashes)
+
+    def time(self) -> float:
+        return self._virtual_now
+
+    def advance(self, seconds: float) -> None:
+        self._virtual_now += seconds
+
+
+def run_in_virtual_time(main: Callable[[asyncio.AbstractEventLoop], Coroutine[Any, Any, Any]]) -> Any:
+    """Run ``main(loop)`` on a fresh ``VirtualTimeLoop`` (for tests that measure time while
+    several tasks sleep at once, which a ``VirtualClock`` adds up)."""
+    loop = VirtualTimeLoop()
+    try:
+        return loop.run_until_complete(main(loop))
+    finally:
+        tasks = asyncio.all_tasks(loop)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        loop.close()
+        gc.collect()  # finalize what the run left now, not inside a later ast.parse (3.11.7 bug)
+
+
+class LoopClock:
+    """The core's ``Clock`` (and the fakes' ``now``) on a ``VirtualTimeLoop``."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    @property
+    def now(self) -> float:
+        return self._loop.time()
+
+    def monotonic(self) -> float:
+        return self._loop.time()
+
+    def time(self) -> float:
+        return 1_700_000_000.0 + self._loop.time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(seconds, 0.0))
+
+
 class Gate:
     """Holds the next operations of a kind until released (an interleaving lever)."""
 
@@ -132,41 +228,78 @@ class Gate:
         self._event.set()
 
 
+# How long a request spends on the wire, by operation and key (or actor id): None, the
+# default, means no time at all. The simulation derives it from the seed, the request and
+# the key, so that the order in which the core issues requests (which may follow the
+# iteration order of a set of str, i.e. the interpreter's hash seed) does not change when
+# each one lands.
+Latency = Callable[[str, str], float]
+
+
+async def _travel(latency: Optional[Latency], op: str, key: Key) -> None:
+    if latency is not None:
+        await asyncio.sleep(latency(op, key if isinstance(key, str) else _b(key).decode("utf-8", "replace")))
+
+
 class FakeStore(InMemoryRecordStore):
     """The KV: outlives every controller process. ``fail_*`` counters fail the next
-    requests of a kind; ``on_keys`` runs right after a listing (an interleaving lever)."""
+    requests of a kind; ``on_keys`` runs right after a listing, ``put_gate`` holds puts
+    and ``read_gate`` the answers of value reads (interleaving levers).
+    Observers for the simulation: ``on_failure(op, key)`` when a request is failed,
+    ``on_change(op, key)`` for every key written or deleted."""
 
     def __init__(self) -> None:
         super().__init__()
         self.put_gate: Optional[Gate] = None
+        self.read_gate: Optional[Gate] = None  # holds the answers of value reads
         self.fail_puts = 0
         self.fail_deletes = 0
         self.fail_reads = 0
         self.on_keys: Optional[Callable[[], None]] = None
+        self.latency: Optional[Latency] = None
+        self.on_failure: Optional[Callable[[str, bytes], None]] = None
+        self.on_change: Optional[Callable[[str, bytes], None]] = None
+
+    def _fail(self, op: str, key: Key) -> None:
+        if self.on_failure is not None:
+            self.on_failure(op, _b(key))
+        raise TimeoutError("GCS did not answer")
+
+    def _changed(self, op: str, key: Key) -> None:
+        if self.on_change is not None:
+            self.on_change(op, _b(key))
 
     async def put(self, key: str, value: bytes) -> None:
         if self.fail_puts:
             self.fail_puts -= 1
-            raise TimeoutError("GCS did not answer")
+            self._fail("put", key)
         await super().put(key, value)
+        self._changed("put", key)
 
     async def delete(self, key) -> None:
         if self.fail_deletes:
             self.fail_deletes -= 1
-            raise TimeoutError("GCS did not answer")
+            self._fail("delete", key)
+        present = self._find(key) is not None
         await super().delete(key)
+        if present:
+            self._changed("delete", key)
 
     async def delete_prefix(self, prefix) -> int:
         if self.fail_deletes:
             self.fail_deletes -= 1
-            raise TimeoutError("GCS did not answer")
+            self._fail("delete", prefix)
         await asyncio.sleep(0)  # a request: others run meanwhile
-        return await super().delete_prefix(prefix)
+        doomed = list(self.scan(prefix)) if self.on_change is not None else []
+        n = await super().delete_prefix(prefix)
+        for key in doomed:
+            self._changed("delete", key)
+        return n
 
     async def keys(self, prefix) -> list[bytes]:
         if self.fail_reads:
             self.fail_reads -= 1
-            raise TimeoutError("GCS did not answer")
+            self._fail("read", prefix)
         found = await super().keys(prefix)
         if self.on_keys is not None:
             self.on_keys()
@@ -176,53 +309,173 @@ class FakeStore(InMemoryRecordStore):
     async def get_many(self, keys: list[bytes]) -> dict[bytes, bytes]:
         if self.fail_reads:
             self.fail_reads -= 1
-            raise TimeoutError("GCS did not answer")
+            self._fail("read", keys[0] if keys else b"")
         return await super().get_many(keys)
 
     def records(self) -> dict[str, Record]:
-        return {r.actor_id: r for r in (rec.decode(v) for v in self.scan(rec.KEY_PREFIX).values())}
+        """The readable records (set-aside entries left out)."""
+        out = {}
+        for key, value in self.scan(rec.KEY_PREFIX).items():
+            entry = read_entry(key, value)
+            if isinstance(entry, Record):
+                out[entry.actor_id] = entry
+        return out
+
+    def set_aside(self) -> dict[bytes, bytes]:
+        """The entries under the record prefix that are not readable records."""
+        return {k: v for k, v in self.scan(rec.KEY_PREFIX).items() if isinstance(read_entry(k, v), SetAside)}
+
+
+# The process whose code is running (set by ``Process.spawn``; inherited by the tasks it
+# creates, which ``track_tasks`` then registers with that process).
+_PROCESS: contextvars.ContextVar[Optional["Process"]] = contextvars.ContextVar("process", default=None)
+
+
+class Process:
+    """One controller process: ``alive`` until it crashed or exited. Its views of the
+    world's ports refuse every call once it is dead; with ``track_tasks`` on the loop,
+    every task it started is cancelled when it dies (a real process takes its coroutines,
+    its pending kills and its requests in flight along)."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.alive = True
+        self.tasks: dict[asyncio.Task, None] = {}  # in creation order: a death cancels them in it
+        # What its reads of the actor table showed: per task, the ids the task's latest bulk
+        # read found alive (and when); per actor id, when a lookup last found it alive.
+        self.live_read: weakref.WeakKeyDictionary[asyncio.Task, tuple[float, frozenset[str]]] = (
+            weakref.WeakKeyDictionary())
+        self.found_alive: dict[str, float] = {}
+        self.core: Optional[CleanupCore] = None
+        self.on_death: Optional[Callable[[], None]] = None
+
+    def check(self) -> None:
+        if not self.alive:
+            raise Crash()
+
+    def die(self) -> None:
+        was_alive, self.alive = self.alive, False
+        if was_alive and self.on_death is not None:
+            self.on_death()
+        current = asyncio.current_task() if _running() else None
+        for task in list(self.tasks):
+            if task is not current:
+                task.cancel()
+
+    def adopt(self, task: asyncio.Task) -> None:
+        if not self.alive:
+            task.cancel()
+        self.tasks[task] = None
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self.tasks.pop(task, None)
+        if not task.cancelled():
+            task.exception()  # retrieved: a task that died with its process is no news
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task:
+        """Run ``coro`` as a task of this process (a remote call's handler, its loops)."""
+        async def inside() -> Any:
+            _PROCESS.set(self)
+            return await coro
+
+        task = asyncio.ensure_future(inside())
+        task.add_done_callback(lambda _: coro.close())  # cancelled before it started: no warning
+        self.adopt(task)
+        return task
+
+
+def _running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def track_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """Register every task with the process whose code created it."""
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task:
+        task = asyncio.Task(coro, loop=loop, **kwargs)
+        process = _PROCESS.get()
+        if process is not None:
+            process.adopt(task)
+        return task
+
+    loop.set_task_factory(factory)
 
 
 class ProcessStore:
     """One controller process's view of the KV: once that process crashed, nothing it
-    still had under way lands (its coroutines die with ``Crash``)."""
+    still had under way lands (its coroutines die with ``Crash``). A request travels to
+    the store and its answer back (``FakeStore.latency``); a crash meanwhile loses the
+    request, or only its answer."""
 
-    def __init__(self, store: FakeStore) -> None:
+    def __init__(self, store: FakeStore, process: Optional[Process] = None) -> None:
         self._kv = store
-        self.alive = True
+        self.process = process or Process(0)
+
+    @property
+    def alive(self) -> bool:
+        return self.process.alive
+
+    @alive.setter
+    def alive(self, value: bool) -> None:
+        self.process.alive = value
 
     def _check(self) -> None:
-        if not self.alive:
-            raise Crash()
+        self.process.check()
+
+    async def _there(self, op: str, key: Key) -> None:
+        await _travel(self._kv.latency, op, key)
+        self._check()
 
     async def put(self, key: str, value: bytes) -> None:
         self._check()
         if self._kv.put_gate is not None:
             await self._kv.put_gate.wait()
             self._check()
+        await self._there("put", key)
         await self._kv.put(key, value)
+        await self._there("put", key)
 
     async def delete(self, key) -> None:
         self._check()
+        await self._there("delete", key)
         await self._kv.delete(key)
+        await self._there("delete", key)
 
     async def get_many(self, keys: list[bytes]) -> dict[bytes, bytes]:
         self._check()
-        return await self._kv.get_many(keys)
+        where = keys[0] if keys else b""
+        await self._there("get_many", where)
+        found = await self._kv.get_many(keys)
+        if self._kv.read_gate is not None:
+            await self._kv.read_gate.wait()
+        await self._there("get_many", where)
+        return found
 
     async def keys(self, prefix) -> list[bytes]:
         self._check()
+        await self._there("keys", prefix)
         found = await self._kv.keys(prefix)
         self._check()
+        await self._there("keys", prefix)
         return found
 
     async def delete_prefix(self, prefix) -> int:
         self._check()
-        return await self._kv.delete_prefix(prefix)
+        await self._there("delete_prefix", prefix)
+        n = await self._kv.delete_prefix(prefix)
+        await self._there("delete_prefix", prefix)
+        return n
 
 
 class FakeActorTable:
-    def __init__(self, clock: VirtualClock) -> None:
+    """GCS's actor table. ``fail_lookups`` fails the next reads (a lookup or a bulk read);
+    ``latency`` delays each; ``on_failure(op)`` observes a failed read."""
+
+    def __init__(self, clock: Any) -> None:
         self.clock = clock
         self.actors: dict[str, ActorInfo] = {}
         self.known_at: dict[str, float] = {}  # not in the table before this virtual time
@@ -230,6 +483,8 @@ class FakeActorTable:
         self.fail_lookups = 0
         self.lookups = 0
         self.bulk_reads = 0
+        self.latency: Optional[Latency] = None
+        self.on_failure: Optional[Callable[[str], None]] = None
 
     def add(self, actor_id: str, name: str = "", namespace: str = "", known_in: float = 0.0) -> None:
         self.actors[actor_id] = ActorInfo(actor_id, name, namespace if name else "", "ALIVE")
@@ -248,22 +503,27 @@ class FakeActorTable:
             return None
         return self.actors.get(actor_id)
 
-    async def _request(self) -> None:
+    async def _request(self, op: str, key: str) -> None:
         if self.gate is not None:
             await self.gate.wait()
-        await asyncio.sleep(0)
+        if self.latency is None:
+            await asyncio.sleep(0)
+        else:
+            await _travel(self.latency, op, key)
         if self.fail_lookups:
             self.fail_lookups -= 1
+            if self.on_failure is not None:
+                self.on_failure(op)
             raise TimeoutError("GCS did not answer")
 
     async def lookup(self, actor_id: str) -> Optional[ActorInfo]:
         self.lookups += 1
-        await self._request()
+        await self._request("lookup", actor_id)
         return self._known(actor_id)
 
     async def live(self, actor_ids: Collection[str]) -> dict[str, ActorInfo]:
         self.bulk_reads += 1
-        await self._request()
+        await self._request("live", min(actor_ids, default=""))
         out = {}
         for a in actor_ids:
             info = self._known(a)
@@ -272,8 +532,47 @@ class FakeActorTable:
         return out
 
 
+class ProcessTable:
+    """One controller process's reads of the actor table: a read in flight when the
+    process dies never answers. Notes what each read found alive (``Process.live_read``,
+    ``Process.found_alive``)."""
+
+    def __init__(self, table: FakeActorTable, process: Process) -> None:
+        self._table = table
+        self.process = process
+
+    async def lookup(self, actor_id: str) -> Optional[ActorInfo]:
+        self.process.check()
+        info = await self._table.lookup(actor_id)
+        self.process.check()
+        if info is not None and not info.dead:
+            self.process.found_alive[actor_id] = self._table.clock.now
+        return info
+
+    async def live(self, actor_ids: Collection[str]) -> dict[str, ActorInfo]:
+        self.process.check()
+        ids = list(actor_ids)
+        found = await self._table.live(ids)
+        self.process.check()
+        task = asyncio.current_task()
+        if task is not None:
+            self.process.live_read[task] = (self._table.clock.now, frozenset(found))
+        return found
+
+
+def handle_of(actor_id: str) -> bytes:
+    """The fakes' serialized actor handle: it reaches exactly ``actor_id``."""
+    return b"h" + actor_id.encode()
+
+
 class FakeKiller:
-    """Kills take effect at once, unless the actor is ``undying`` or ``unreachable``."""
+    """Reaches an actor as the Ray killer does: through the record's handle bytes if they
+    rebuild a handle to exactly the recorded id, else by the record's name and namespace if
+    the actor of that name has the recorded id; otherwise the actor cannot be reached
+    (False). Kills take effect at once, unless the actor is ``undying`` or ``unreachable``.
+    ``check`` asserts at the moment of a kill; ``on_kill(record, was_alive)`` observes
+    each kill sent; ``latency`` delays a kill before it is sent (rebuilding the handle,
+    the by-name lookup)."""
 
     def __init__(self, table: FakeActorTable) -> None:
         self.table = table
@@ -281,16 +580,45 @@ class FakeKiller:
         self.undying: set[str] = set()
         self.unreachable: set[str] = set()
         self.check: Optional[Callable[[Record], None]] = None  # asserts at the moment of a kill
+        self.on_kill: Optional[Callable[[Record, bool], None]] = None
+        self.latency: Optional[Latency] = None
 
     async def kill(self, record: Record) -> bool:
         if self.check is not None:
             self.check(record)
-        if record.actor_id in self.unreachable:
+        if record.actor_id in self.unreachable or not self._reaches(record):
             return False
+        was_alive = self.table.alive(record.actor_id)
         self.kills.append(record.actor_id)
         if record.actor_id not in self.undying and record.actor_id in self.table.actors:
             self.table.die(record.actor_id)
+        if self.on_kill is not None:
+            self.on_kill(record, was_alive)
         return True
+
+
+    def _reaches(self, record: Record) -> bool:
+        if record.handle == handle_of(record.actor_id):
+            return True
+        if not record.name:
+            return False
+        return any(a.name == record.name and a.namespace == record.namespace and not a.dead
+                   and a.actor_id == record.actor_id for a in self.table.actors.values())
+
+
+class ProcessKiller:
+    """One controller process's kills: a kill not yet sent when the process dies is never
+    sent."""
+
+    def __init__(self, killer: FakeKiller, process: Process) -> None:
+        self._killer = killer
+        self.process = process
+
+    async def kill(self, record: Record) -> bool:
+        self.process.check()
+        await _travel(self._killer.latency, "kill", record.actor_id)
+        self.process.check()
+        return await self._killer.kill(record)
 
 
 class FakeServe:
@@ -316,19 +644,22 @@ class FakeServe:
         return is_system(name, namespace)
 
 
-class Faults:
-    """Crash points armed by name; each fires once."""
+class ProcessFaults:
+    """Crash points armed by name in ``World.crash_at``; each fires once, in the process
+    that reaches it first (a dead process's code reaches none)."""
 
-    def __init__(self, world: "World") -> None:
+    def __init__(self, world: "World", process: Process) -> None:
         self._world = world
+        self.process = process
 
     def reached(self, point: str) -> None:
+        self.process.check()
         self._world._crash(point)
 
 
 class World:
-    def __init__(self, config: Optional[Config] = None) -> None:
-        self.clock = VirtualClock()
+    def __init__(self, config: Optional[Config] = None, clock: Any = None) -> None:
+        self.clock = clock or VirtualClock()
         self.store = FakeStore()
         self.table = FakeActorTable(self.clock)
         self.killer = FakeKiller(self.table)
@@ -338,7 +669,14 @@ class World:
         self.crashes: list[str] = []
         self._next_id = 0
         self.current: Optional[CleanupCore] = None
-        self._view: Optional[ProcessStore] = None
+        self.process: Optional[Process] = None
+        self.processes = 0
+        self.logger: Any = None  # given to every core (None: the core's default)
+        self.metrics: Any = None
+
+    @property
+    def _view(self) -> Optional[Process]:
+        return self.process
 
     def actor(self, name: str = "", namespace: str = "ns", known_in: float = 0.0) -> Registration:
         self._next_id += 1
@@ -346,7 +684,7 @@ class World:
         actor_id = f"{self._next_id * 167 % 256:02x}{self._next_id:030x}"
         self.table.add(actor_id, name, namespace, known_in)
         return Registration(actor_id=actor_id, name=name, namespace=namespace if name else "",
-                            handle=b"h" + actor_id.encode())
+                            handle=handle_of(actor_id))
 
     def _crash(self, point: str) -> None:
         if point in self.crash_at:
@@ -355,20 +693,30 @@ class World:
             self.crash_now()
 
     def crash_now(self) -> None:
-        if self._view is not None:
-            self._view.alive = False
+        if self.process is not None:
+            self.process.die()
         raise Crash()
 
-    async def core(self, load: bool = True) -> CleanupCore:
-        """A (re)started controller process over this world (the previous one is dead)."""
-        if self._view is not None:
-            self._view.alive = False
-        self._view = ProcessStore(self.store)
+    def new_process(self) -> CleanupCore:
+        """A (re)started controller process over this world, not loaded yet; the previous
+        one is dead."""
+        if self.process is not None:
+            self.process.die()
+        self.processes += 1
+        process = self.process = Process(self.processes)
         core = CleanupCore(
-            self._view, self.table, self.killer, self.owners,
-            clock=self.clock, faults=Faults(self), config=self.config,
+            ProcessStore(self.store, process), ProcessTable(self.table, process),
+            ProcessKiller(self.killer, process), self.owners,
+            clock=self.clock, faults=ProcessFaults(self, process), config=self.config,
+            logger=self.logger, metrics=self.metrics,
         )
-        self.current = core
+        process.core = self.current = core
+        return core
+
+    async def core(self, load: bool = True) -> CleanupCore:
+        """A (re)started controller process over this world (the previous one is dead).
+        Raises ``Crash`` if it crashed while loading (``mid_rehydrate``)."""
+        core = self.new_process()
         if load:
             await core.load()
         return core
@@ -376,7 +724,7 @@ class World:
     async def shutdown(self, core: CleanupCore, max_steps: int = 10_000) -> int:
         """Drive Serve's shutdown hook tick by tick until the core lets it finish."""
         for step in range(max_steps):
-            if core is self.current and self._view is not None and not self._view.alive:
+            if core is self.current and self.process is not None and not self.process.alive:
                 raise Crash()  # the process died in a pass: Ray restarts it
             if core.shutdown_step():
                 return step

@@ -15,7 +15,7 @@ import logging
 
 import pytest
 
-from fakes import CONTROLLER_ID, Crash, Gate, World
+from fakes import CONTROLLER_ID, Crash, Gate, LoopClock, World, run_in_virtual_time
 from serve_cleanup.core import Config, Registration, State
 from serve_cleanup.core import records as rec
 from serve_cleanup.core.locks import WriteGate
@@ -161,6 +161,78 @@ async def test_a_failed_take_back_is_retried_and_memory_never_claims_more_than_t
     assert stored(w) == set() and core.status()["take_backs_pending"] == 0  # ...and was retried
 
 
+async def test_a_refused_move_gives_back_the_previous_record_with_its_handle():
+    """Memory holds records without their handle bytes; the take-back of a refused move
+    wrote memory's copy back, so the KV lost the handle and an anonymous actor could no
+    longer be reached by any kill (the fakes' killer now reaches actors as Ray's does)."""
+    w = World()
+    w.owners.deploy("shop", "D")
+    core = await w.core()
+    a = w.actor()  # anonymous: only its handle bytes reach it
+    await core.register(owned(a, "app", "shop"))
+    w.table.fail_lookups = 1  # the move's actor-table lookup fails: refused, taken back
+    with pytest.raises(PersistenceError):
+        await core.register(a)  # a move to scope serve
+    assert w.store.records()[a.actor_id] == dataclasses.replace(
+        w.store.records()[a.actor_id], scope="app", app="shop", handle=a.handle)
+    w.owners.delete_app("shop")
+    await w.ticks(core, 4)
+    assert not w.table.alive(a.actor_id) and stored(w) == set()
+
+
+async def test_a_refused_move_whose_take_back_failed_is_retried_with_its_handle():
+    w = World()
+    w.owners.deploy("shop", "D")
+    core = await w.core()
+    a = w.actor()
+    await core.register(owned(a, "app", "shop"))
+    w.table.fail_lookups = 1  # the move is refused...
+    w.table.on_failure = lambda op: setattr(w.store, "fail_puts", 1)  # ...and its take-back write fails
+    with pytest.raises(PersistenceError):
+        await core.register(a)
+    assert core.status()["take_backs_pending"] == 1 and w.store.records()[a.actor_id].scope == "serve"
+    await w.ticks(core, 1)  # retried
+    assert core.status()["take_backs_pending"] == 0
+    assert w.store.records()[a.actor_id] == dataclasses.replace(
+        w.store.records()[a.actor_id], scope="app", app="shop", handle=a.handle)
+
+
+async def test_a_take_back_made_moot_by_a_drop_does_not_hold_the_shutdown(caplog):
+    """Found by the simulation (seeds 1518 and 1977 of 3000): the take-back of a refused
+    move failed and was queued; before its retry a pass dropped the actor's record (the
+    actor had died); the queued take-back then matched memory no more, so it was neither
+    retried nor dropped, and the shutdown waited for it until the grace, then gave up with
+    nothing left, saying the records could not be read."""
+    w = World(Config(shutdown_grace_s=5.0))
+    w.owners.deploy("shop", "D")
+    core = await w.core()
+    a = w.actor("n")
+    await core.register(owned(a, "app", "shop"))
+    w.table.fail_lookups = 1  # the move is refused...
+    w.table.on_failure = lambda op: setattr(w.store, "fail_puts", 1)  # ...and its take-back write fails
+    with pytest.raises(PersistenceError):
+        await core.register(a)
+    w.table.on_failure = None
+    assert core.status()["take_backs_pending"] == 1
+    w.table.die(a.actor_id)
+    await core.sweep(force=True)  # the sweep drops the record of the dead actor
+    assert stored(w) == set()
+    with caplog.at_level(logging.ERROR, logger="serve_cleanup"):
+        await shut_down(w, core)
+    assert core.status()["state"] == "closed", caplog.text
+
+
+async def test_a_give_up_after_the_records_were_read_does_not_say_they_could_not_be(caplog):
+    w = World(Config(shutdown_grace_s=1.0))
+    core = await w.core()
+    a = w.actor()
+    await core.register(a)
+    w.killer.undying.add(a.actor_id)
+    with caplog.at_level(logging.ERROR, logger="serve_cleanup"):
+        await shut_down(w, core)
+    assert "giving up" in caplog.text and "could not be read" not in caplog.text
+
+
 async def test_a_failed_unregister_keeps_a_pending_take_back():
     """Found by the simulation (seed 48 of 1000): unregister dropped the queued take-back
     before its own delete, so when that delete failed too the refused record stayed."""
@@ -176,6 +248,35 @@ async def test_a_failed_unregister_keeps_a_pending_take_back():
     assert core.status()["take_backs_pending"] == 1
     await w.ticks(core, 1)
     assert stored(w) == set()
+
+
+async def test_an_unregister_while_a_restarted_core_loads_is_not_undone_by_the_load():
+    """Found by the simulation (tests/core/test_simulation.py, seed 241 of 300, once the
+    actor table and killer died with their process): a restarted core read a record; an
+    unregister then deleted it from the KV and forgot it in a memory the load had not
+    filled yet; the load then remembered it. Memory claimed a record the KV did not hold,
+    so the retried registration of that actor returned it without writing (I1), and the
+    actor leaked after the next restart. In the controller, calls reach a core that is
+    still loading when its first read failed: the reconcile tick then reads again while
+    calls are served."""
+    w = World()
+    a = w.actor("n")
+    await (await w.core()).register(a)
+    core = w.new_process()  # Ray restarted the controller; it reads the records
+    w.store.read_gate = gate = Gate()
+    loading = asyncio.ensure_future(core.load())
+    while gate.waiting == 0:
+        await asyncio.sleep(0)  # the record is read; the answer is on its way back
+    w.store.read_gate = None
+    unregistering = asyncio.ensure_future(core.unregister(a.actor_id))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    gate.open()
+    await loading
+    assert await unregistering is True
+    assert stored(w) == set() and core.status()["records"] == 0
+    await core.register(a)  # registered again: written again
+    assert stored(w) == {a.actor_id}
 
 
 # --- I4: nothing in the KV stops the controller from starting ------------------------------
@@ -305,6 +406,40 @@ async def test_the_sweep_drops_a_thousand_dead_records_with_one_prefix_delete():
     await w.ticks(core, 12)
     assert stored(w) == {keep.actor_id} and w.killer.kills == []
     assert len(w.store.prefix_deletes) >= 1  # buckets, not 999 deletes
+
+
+def test_dead_actors_records_go_within_the_sweep_bound_while_an_owner_pass_waits_for_an_undying_actor():
+    """Found by the simulation (tests/core/test_simulation.py, seeds 53, 954 and 975 of
+    1000): the owner pass ran inside the reconcile tick, so while it waited (up to
+    ``confirm_death_s``, 5 s) for a killed actor that does not die, no sweep ran and the
+    record of an actor killed in the same pass stayed: I5's bound did not hold."""
+    async def main(loop):
+        config = Config(liveness_interval_s=1.0)
+        bound = config.liveness_interval_s + 2 * config.reconcile_interval_s
+        w = World(config, clock=LoopClock(loop))
+        w.owners.deploy("shop", "D")
+        core = await w.core()
+        stuck, helper, other = w.actor("stuck"), w.actor("helper"), w.actor("other")
+        await core.register(owned(stuck, "app", "shop"))
+        await core.register(owned(helper, "app", "shop"))
+        await core.register(other)
+        w.killer.undying.add(stuck.actor_id)
+        deadline: dict[str, float] = {}
+        w.killer.on_kill = lambda r, was_alive: r.actor_id == helper.actor_id and deadline.setdefault(
+            r.actor_id, loop.time() + bound)
+        reconcile = asyncio.ensure_future(core.run())
+        await asyncio.sleep(2.0)
+        w.owners.delete_app("shop")  # the owner pass kills helper, and stuck, which lives on
+        w.table.die(other.actor_id)  # other dies on its own
+        deadline[other.actor_id] = loop.time() + bound
+        while stored(w) - {stuck.actor_id} or len(deadline) < 2:
+            for actor_id, at in deadline.items():
+                assert actor_id not in stored(w) or loop.time() <= at, "a dead actor's record outlived I5's bound"
+            await asyncio.sleep(0.05)
+        assert w.table.alive(stuck.actor_id) and stored(w) == {stuck.actor_id}
+        reconcile.cancel()
+
+    run_in_virtual_time(main)
 
 
 # --- I1 and I3: passes never delete the record of a registration in flight ------------------
@@ -613,7 +748,7 @@ async def test_reconcile_kills_orphans_after_a_restart_but_not_before_recovery()
     await w.ticks(core, 3)
     assert w.table.alive(a.actor_id)
     w.owners.serve_state = ServeState.RUNNING
-    await w.ticks(core, 2)
+    await w.ticks(core, 4)  # the owner pass runs beside the ticks
     assert not w.table.alive(a.actor_id) and stored(w) == set()
 
 

@@ -107,7 +107,8 @@ class CleanupCore:
         self._next_sweep = 0.0
         self._stuck_since: Optional[float] = None  # first "not yet" of Serve's shutdown step
         self._next_pass_at = 0.0
-        self._pass: Optional[asyncio.Task] = None
+        self._pass: Optional[asyncio.Task] = None  # the shutdown pass
+        self._owner_pass: Optional[asyncio.Task] = None  # the reconcile loop's owner pass
         self.stats = _Stats()
 
     # --- lifecycle --------------------------------------------------------------------
@@ -210,8 +211,10 @@ class CleanupCore:
         took = self._clock.monotonic() - started
         self.stats.last_reconcile = {"at": self._clock.time(), "seconds": round(took, 6), "orphans": len(orphans)}
         self._metrics.reconcile_duration(took)
-        if orphans:
-            await self.run_pass(orphans, Reason.OWNER_DELETED)
+        if orphans and (self._owner_pass is None or self._owner_pass.done()):
+            # Beside the tick, one at a time: a pass may wait up to confirm_death_s for an
+            # actor to die, and the sweep must not wait with it (I5's bound).
+            self._owner_pass = asyncio.get_running_loop().create_task(self.run_pass(orphans, Reason.OWNER_DELETED))
         await self.sweep()
 
     def _summarize(self) -> None:
@@ -310,13 +313,14 @@ class CleanupCore:
         return False
 
     def _give_up(self) -> None:
+        loaded = self.registry_loaded  # before the move: GAVE_UP says nothing about it
         self._move(Event.GRACE_OVER)
         left = self.registry.records()
         self._log.error(
             f"serve_cleanup: giving up after {self.config.shutdown_grace_s:.0f}s of shutdown on "
             f"{len(left)} registration(s)"
             + (f" (and {self.registrar.inflight} registration call(s) in flight)" if self.registrar.inflight else "")
-            + ("" if self.registry_loaded else " (the records could not be read from the GCS KV)")
+            + ("" if loaded else " (the records could not be read from the GCS KV)")
             + (": " + ", ".join(f"{r.display_name} ({r.actor_id})" for r in left[:20]) if left else "")
             + ". Their records stay in the KV for the next durable controller; "
             "`serve-cleanup list` shows them."

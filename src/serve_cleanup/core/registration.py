@@ -11,6 +11,7 @@ order are in docs/architecture.md ("The steps of a registration").
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -87,15 +88,15 @@ class Registrar:
                 "was registered. Start Serve again and register then."
             )
 
-    async def _wait_loaded(self) -> None:
+    async def _wait_loaded(self, nothing_done: str = "nothing was registered") -> None:
         deadline = self._clock.monotonic() + self._config.load_wait_s
         while self._state() in lc.UNREAD and self._clock.monotonic() < deadline:
             await self._clock.sleep(0.05)
         if self._state() in lc.UNREAD:
             raise PersistenceError(
                 "the controller could not read its registrations from the GCS KV yet, so "
-                "it cannot tell what is registered; nothing was registered. Retry once "
-                "GCS is reachable."
+                f"it cannot tell what is registered; {nothing_done}. Retry once GCS is "
+                "reachable."
             )
 
     async def _lookup_known(self, actor_id: str) -> Optional[ActorInfo]:
@@ -130,6 +131,10 @@ class Registrar:
             actor_id=reg.actor_id, name=reg.name, namespace=reg.namespace, handle=reg.handle,
             scope=reg.scope, app=reg.app, deployment=reg.deployment,
         )
+        if previous is not None and not previous.handle:
+            # Memory keeps no handle bytes: a take-back gives the previous owner back with
+            # this call's handle (it reaches the same actor id), or no kill could reach it.
+            previous = dataclasses.replace(previous, handle=reg.handle)
         # Write and check the actor at once: one GCS round trip of latency, not two.
         lookup = asyncio.ensure_future(self._lookup_known(reg.actor_id)) if reg.check_actor else None
         try:
@@ -193,15 +198,23 @@ class Registrar:
             )
 
     async def retry_take_backs(self) -> None:
-        for actor_id, previous in list(self.retract.items()):
+        for actor_id in list(self.retract):
             if self.locks.busy(actor_id):
                 continue
             async with self.locks.hold(actor_id):
-                if actor_id in self.retract and self.registry.get(actor_id) is previous:
+                if actor_id not in self.retract:
+                    continue
+                previous = self.retract[actor_id]
+                if _shows(self.registry.get(actor_id), previous):
                     await self._take_back(actor_id, previous)
+                else:  # a later write or delete of that key landed (a drop): nothing to take back
+                    del self.retract[actor_id]
 
     async def unregister(self, actor_id: str) -> bool:
-        """Remove the record (durably) without killing the actor."""
+        """Remove the record (durably) without killing the actor. Waits for the records
+        to be read: a delete landing between the load's read and its end would be undone
+        in memory (memory would claim a record the KV does not hold)."""
+        await self._wait_loaded("nothing was unregistered")
         async with self.locks.hold(actor_id):
             removed = await self.registry.remove(actor_id)  # raises if the delete failed
             self.retract.pop(actor_id, None)  # only now: a failed delete keeps it queued
@@ -209,6 +222,13 @@ class Registrar:
         if removed:
             self._log.info(f"serve_cleanup: unregistered actor {actor_id} (not killed).")
         return removed
+
+
+def _shows(memory: Optional[Record], record: Optional[Record]) -> bool:
+    """Memory, which keeps records without their handle, still holds ``record``."""
+    if memory is None or record is None:
+        return memory is record
+    return memory == dataclasses.replace(record, handle=b"")
 
 
 def _store_failed(actor_id: str, error: BaseException) -> PersistenceError:

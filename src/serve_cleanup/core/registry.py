@@ -110,7 +110,7 @@ class Registry:
         self._clock = clock
         self._records: dict[str, Record] = {}
         self._set_aside: dict[str, SetAside] = {}
-        self._by_owner: dict[Owner, set[str]] = {}
+        self._by_owner: dict[Owner, dict[str, None]] = {}  # ids in registration order
         self._shared: dict[str, str] = {}
         self.verified: set[str] = set()
         self.gate = WriteGate()
@@ -272,7 +272,7 @@ class Registry:
 
     def _remember(self, record: Record) -> None:
         self._records[record.actor_id] = record
-        self._by_owner.setdefault(record.owner, set()).add(record.actor_id)
+        self._by_owner.setdefault(record.owner, {})[record.actor_id] = None
 
     def _forget(self, actor_id: str) -> bool:
         record = self._records.pop(actor_id, None)
@@ -280,7 +280,7 @@ class Registry:
         if record is None:
             return False
         ids = self._by_owner[record.owner]
-        ids.discard(actor_id)
+        ids.pop(actor_id, None)
         if not ids:
             del self._by_owner[record.owner]
         return True

@@ -1,0 +1,1164 @@
+"""The core's simulation: one seed, one schedule, every invariant checked while it runs.
+
+In the spirit of FoundationDB's simulation tests. A seed draws a *profile* (shutdown grace,
+bulk-drop threshold, sweep interval, request latency, fault level) and a *schedule*: a list
+of events at virtual times (``Event``). ``Sim`` runs the schedule against a ``World``
+(tests/core/fakes.py) on a ``VirtualTimeLoop``, as the durable controller runs in Ray:
+
+* a supervisor (Ray) starts a controller process, and restarts it after a crash. A
+  process reads its records (``CleanupCore.load``; ``mid_rehydrate`` can crash it there),
+  then serves calls, runs the reconcile loop (``CleanupCore.run``) and Serve's control
+  loop, which calls ``shutdown_step`` every 0.1 s once Serve shuts down. Serve recovers
+  its apps for a moment after each start. A crash takes the process's tasks, requests
+  in flight and kills not yet sent along (``fakes.Process``).
+* callers (drivers, replicas, routers) call ``register`` (both kinds: ``serve_cleanup.
+  register``, which checks the actor, and Serve's ``_register_shutdown_cleanup_actor``,
+  ``ensure_only`` and no check), ``unregister`` and ``gc``; a call whose process died is
+  retried on the restarted one, as Ray retries actor tasks.
+* events: actors appear (named or not, not yet known to GCS, long gone from the table,
+  Serve's own, undying, unreachable), are registered (moves between owners, bursts of
+  many), unregistered, die on their own; apps are deleted and deployed again; gc runs;
+  puts, deletes, reads of the KV and reads of the actor table fail; crash points are
+  armed (each fires once, wherever it is reached first); the controller crashes; entries
+  that are not records are planted under the record prefix; Serve shuts down, with calls
+  in flight, and faults and crashes go on during the shutdown.
+
+After the schedule, faults stop; if Serve is not shutting down yet, the run waits until
+every record of a dead actor is gone (or past its bound), then shuts Serve down. If the
+shutdown gave up (short grace, undying or unreachable actors), a following Serve instance
+starts over the same KV, with every actor killable again: it must adopt what was left and
+kill it.
+
+What is checked, and when (docs/architecture.md, "Invariants"):
+
+I1   a registration that returned has a record until its actor is dead or unregistered:
+     at every delete of a record and at every event.
+I2   a registration that raised leaves no record: at every event, for actors with no call
+     in flight (a failed take-back is waited for until its retry lands).
+I3   only registered actors are killed, only while their record is in the KV and their
+     owner is gone (or Serve shuts down); never one of Serve's own: at every kill.
+I4   entries that are not records are never touched and never fatal: at every event, and
+     every controller that read them reports them; once faults stop it loads.
+I5   a record of a dead actor (unknown for ``unknown_grace_s``, or Serve's own) is gone
+     within ``liveness_interval_s`` + 2 reconcile intervals of the moment it could be
+     swept (a process OPEN and Serve running, no failed request since, no call for the
+     actor in flight, its retry backoff over), plus the time bulk drops held the write
+     gate meanwhile: measured per record in virtual time, sampled every 0.1 s.
+I6   shutdown finishes (``closed``) only with no record in the KV and no write after it;
+     gives up only after the grace and with work left, and then the records stay for the
+     following controller, which adopts and kills them.
+died_on_its_own: a kill is sent only to an actor the pass's own read of the actor table
+     found alive, and the core's ``killed`` count never exceeds the kills that killed
+     (plus the kills that raced a death: the actor died between that read and the kill,
+     or after a kill that did not take, while the core waited for it to die).
+
+Behaviours that docs/architecture.md lists as *Limits* are allowed, each exactly (see
+``Sim._limit``): the actor's state becomes unknown to the checks of I1-I3 for that one
+actor and the limit is counted.
+
+A run is deterministic for a given schedule: time is virtual and every request's latency
+is derived from the seed, the request and its key, not from the order in which the core
+issues them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+import os
+import random
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import msgpack
+
+from fakes import (
+    Crash, LoopClock, Process, SimDeadlock, VirtualTimeLoop, World, handle_of, is_system, track_tasks,
+)
+from serve_cleanup.core import CRASH_POINTS, Config, Registration, State
+from serve_cleanup.core import records as rec
+from serve_cleanup.core.lifecycle import LOADED
+from serve_cleanup.core.ports import ServeState
+from serve_cleanup.core.reaper import BACKOFF_MAX_S
+from serve_cleanup.core.records import Record
+from serve_cleanup.core.registry import read_entry
+from serve_cleanup.errors import OwnerNotFoundError, PersistenceError
+
+EPOCH = 1_700_000_000.0  # fakes' wall clock at virtual time 0
+APPS = {"a1": ("D1", "D2"), "a2": ("D1",)}
+SERVE = ("serve", "", "")
+CALL_TIMEOUT_S = 30.0  # a caller gives up on an unreachable controller after this
+SAMPLE_S = 0.1  # how often the I5 clock of each record is sampled
+MAX_RUN_S = 900.0  # virtual seconds; a run that has not finished by then is a failure
+TRACE_CORE_LOG = os.environ.get("SIM_LOG") == "1"
+
+
+class Unavailable(Exception):
+    """No controller answered the call (Serve is down, or the caller's deadline passed)."""
+
+
+# --- schedule ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Event:
+    t: float
+    op: str
+    args: tuple = ()
+
+    def __str__(self) -> str:
+        return f"{self.t:9.3f}s  {self.op} " + " ".join(str(a) for a in self.args)
+
+
+@dataclass(frozen=True)
+class Profile:
+    config: Config
+    latency: float  # the most a request spends on the wire, each way
+    restart_s: float  # Ray's restart of a crashed controller
+    faults: int  # 0 calm, 1 some, 2 storm
+    exit_s: float  # from the last shutdown step to the controller's exit (upstream's last steps)
+
+    def __str__(self) -> str:
+        c = self.config
+        return (f"grace={c.shutdown_grace_s:g}s bulk_drop_min={c.bulk_drop_min} "
+                f"liveness_interval={c.liveness_interval_s:g}s latency<={self.latency:g}s "
+                f"restart={self.restart_s:g}s faults={self.faults} exit={self.exit_s:g}s")
+
+
+def actor_id(i: int) -> str:
+    """Like Ray's, ids spread over the 256 buckets of their first byte."""
+    return f"{i * 167 % 256:02x}{i:030x}"
+
+
+def schedule(seed: int) -> tuple[Profile, list[Event]]:
+    """The seed's profile and events (a pure function of the seed)."""
+    rng = random.Random(seed)
+    short_grace = rng.random() < 0.25
+    faults = rng.choice([0, 1, 1, 2])
+    profile = Profile(
+        config=Config(
+            shutdown_grace_s=round(rng.uniform(1.5, 6.0), 2) if short_grace else 20.0,
+            bulk_drop_min=rng.choice([64, 64, 4, 8, 16]),
+            liveness_interval_s=rng.choice([5.0, 5.0, 5.0, 1.0, 2.0]),
+        ),
+        latency=rng.choice([0.0, 0.002, 0.02]),
+        restart_s=rng.choice([0.2, 1.0]),
+        faults=faults,
+        exit_s=rng.choice([0.05, 0.05, 0.5]),
+    )
+    stuck = 0.15 if short_grace else 0.03  # undying or unreachable actors
+    n = rng.randint(25, 110)
+    shutdown_at = rng.randrange(n // 3, n) if rng.random() < 0.6 else None
+    events: list[Event] = []
+    actors: list[int] = []
+    t = 0.0
+    next_actor = 1
+    for k in range(rng.choice([0, 0, 1, 3])):  # left in the KV before the first start
+        events.append(Event(0.0, "plant", (rng.choice(["non_utf8", "garbage", "future", "misplaced"]),
+                                           rng.randint(1, 40), 1000 + k)))
+
+    def owner() -> tuple[str, str, str]:
+        scope = rng.choice(["serve", "serve", "app", "deployment"])
+        app = rng.choice(["a1", "a2"])
+        if scope == "serve":
+            return SERVE
+        if scope == "app":
+            return ("app", app, "")
+        return ("deployment", app, rng.choice(["D1", "D2"]))  # ("a2", "D2") never exists
+
+    for k in range(n):
+        t += 0.0 if rng.random() < 0.3 else rng.expovariate(5.0)
+        t = round(t, 3)
+        if k == shutdown_at:
+            events.append(Event(t, "shutdown"))
+        roll = rng.random()
+        if roll < 0.27 or not actors:
+            i, next_actor = next_actor, next_actor + 1
+            kind = rng.choices(["plain", "system", "gone"], [0.9, 0.04, 0.06])[0]
+            named = kind == "system" or rng.random() < 0.6
+            name = f"SERVE_REPLICA::a1#{i}" if kind == "system" else (f"n{i}" if named else "")
+            handle_name = "" if kind == "system" or rng.random() < 0.2 else name
+            flag = rng.choices(["", "undying", "unreachable"], [1 - stuck, stuck / 2, stuck / 2])[0]
+            known_in = rng.choice([0.0, 0.0, 0.0, 0.3, 1.5]) if kind == "plain" else 0.0
+            events.append(Event(t, "actor", (i, kind, name, handle_name, known_in, flag)))
+            if rng.random() < 0.08:
+                events.append(Event(t, "die", (i,)))  # dead before it is registered
+            actors.append(i)
+            how = "upstream" if rng.random() < 0.35 else "api"
+            events.append(Event(t, "register", (i, how) + (SERVE if how == "upstream" else owner())))
+        elif roll < 0.40:
+            i = rng.choice(actors)
+            how = "upstream" if rng.random() < 0.3 else "api"
+            events.append(Event(t, "register", (i, how) + (SERVE if how == "upstream" else owner())))
+        elif roll < 0.415:
+            count = rng.randint(profile.config.bulk_drop_min, profile.config.bulk_drop_min + 20)
+            count = min(count, 90)
+            events.append(Event(t, "burst", (next_actor, count, rng.random() < 0.5)))
+            next_actor += count
+        elif roll < 0.48:
+            events.append(Event(t, "unregister", (rng.choice(actors),)))
+        elif roll < 0.56:
+            events.append(Event(t, "die", (rng.choice(actors),)))
+        elif roll < 0.59:
+            events.append(Event(t, "delete_app", (rng.choice(["a1", "a2"]),)))
+        elif roll < 0.61:
+            events.append(Event(t, "deploy", (rng.choice(["a1", "a2"]),)))
+        elif roll < 0.65:
+            events.append(Event(t, "gc"))
+        elif roll < 0.65 + 0.05 * faults:
+            what = rng.choice(["puts", "deletes", "reads", "lookups"])
+            count = rng.choice([1, 1, 2, 3]) if rng.random() < 0.9 else rng.randint(5, 40)
+            events.append(Event(t, "fail", (what, count)))
+        elif roll < 0.80:
+            events.append(Event(t, "arm", (rng.choice(CRASH_POINTS),)))
+        elif roll < 0.83:
+            events.append(Event(t, "crash"))
+        elif roll < 0.86:
+            events.append(Event(t, "plant", (rng.choice(["non_utf8", "garbage", "future", "misplaced"]),
+                                              rng.choice(actors), k)))
+        # else: nothing happens for a while
+    return profile, events
+
+
+# --- the model of what callers were told ---------------------------------------------------
+
+
+@dataclass
+class Actor:
+    i: int
+    actor_id: str
+    kind: str  # plain, system (one of Serve's own), gone (long gone from the actor table)
+    name: str
+    handle_name: str
+    known_at: float
+    died_at: Optional[float] = None  # when the actor table started to say DEAD
+    died_on_its_own: bool = False
+    calls: int = 0  # register/unregister calls in flight
+    overlapped: bool = False  # two of its calls were in flight at once since it was quiet
+    expect: str = "absent"  # what its last call left: present, absent, unknown
+    limit: Optional[str] = None  # a documented limit made its state unknown
+    claims: dict = field(default_factory=dict)  # the owner(s) it is registered to -> since when
+    asked: list = field(default_factory=list)  # owners its calls in flight ask for
+    busy_until: float = 0.0  # end of its last call
+    last: str = ""  # its last call and how it ended
+    key_failed_at: float = -1.0  # last failed put/delete of its key
+    key_failed_seq: int = 0  # ... in the order of all writes (Sim.writes)
+    key_changed_seq: int = 0  # the last write or delete of its key that landed
+    takeback_pending: bool = False  # a refused call's take-back write failed; not retried yet
+    takeback_since: float = 0.0
+    takeback_window: float = 0.0  # since when the reconcile loop could have retried it
+    i5_window: float = 0.0  # since when it has been continuously sweepable
+    bulk_mark: float = 0.0  # Sim.bulk_s then
+    kill_sent_at: Optional[float] = None
+
+    @property
+    def label(self) -> str:
+        return f"#{self.i} ({self.actor_id[:6]}{', ' + self.name if self.name else ''}, {self.kind})"
+
+
+@dataclass
+class ProcInfo:
+    booted_at: float
+    recovered_at: float = math.inf
+    loaded_at: Optional[float] = None
+    planted_before: frozenset = frozenset()
+    set_aside_checked: bool = False
+    first_step_at: Optional[float] = None
+    teardown_done_at: Optional[float] = None
+    registering: int = 0  # register handlers running in it
+    exited: Optional[State] = None
+
+
+@dataclass
+class Failure:
+    label: str  # I1 .. I6, died_on_its_own, error
+    message: str
+    at: float
+    log: list[str]
+
+    def __str__(self) -> str:
+        return f"{self.label} at {self.at:.3f}s: {self.message}"
+
+
+class _CoreLog(logging.Handler):
+    """The core's log. An exception it logged (``log.exception``) is a bug, never an
+    expected failure. With ``SIM_LOG=1`` in the environment, its lines (DEBUG and up) go
+    into the run's trace too."""
+
+    def __init__(self, sim: "Sim") -> None:
+        super().__init__(logging.DEBUG)
+        self.sim = sim
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if TRACE_CORE_LOG:
+            self.sim.note(f"  core {record.levelname}: {record.getMessage()}")
+        if record.exc_info:
+            self.sim.fail("error", f"the core logged an exception: {record.getMessage()} "
+                                   f"{record.exc_info[1]!r}")
+
+
+class SimServe:
+    """Serve, as the core sees it: apps and deployments (durable), recovering for a moment
+    after each controller start, shutting down once asked (Serve's flag, durable)."""
+
+    controller_id = "c0ffee" * 5 + "00"
+
+    def __init__(self, sim: "Sim") -> None:
+        self.sim = sim
+        self.deployments: set[tuple[str, str]] = set()
+
+    def state(self) -> ServeState:
+        if self.sim.shutdown_at is not None:
+            return ServeState.SHUTTING_DOWN
+        info = self.sim.info.get(self.sim.w.process)
+        if info is None or self.sim.now < info.recovered_at:
+            return ServeState.RECOVERING
+        return ServeState.RUNNING
+
+    def live_owners(self, apps: set[str]) -> tuple[set[str], set[tuple[str, str]]]:
+        return {a for a in apps if any(a == x for x, _ in self.deployments)}, set(self.deployments)
+
+    def is_own_actor(self, name: str, namespace: str) -> bool:
+        return is_system(name, namespace)
+
+
+class SimMetrics:
+    def __init__(self) -> None:
+        self.killed_n = 0
+
+    def registered(self, scope: str) -> None: ...
+
+    def killed(self, reason: str) -> None:
+        self.killed_n += 1
+
+    def kill_failed(self, reason: str) -> None: ...
+
+    def records(self, counts: dict[str, int], set_aside: int) -> None: ...
+
+    def reconcile_duration(self, seconds: float) -> None: ...
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
+class Sim:
+    def __init__(self, seed: int, profile: Profile, events: list[Event]) -> None:
+        self.seed = seed
+        self.p = profile
+        self.events = events
+        self.failure: Optional[Failure] = None
+        self._log: list[tuple[float, str]] = []
+        self.limits: dict[str, int] = {}  # documented limits met, and how often
+        self.stats: dict[str, int] = {}
+
+    # --- driving ----------------------------------------------------------------------
+
+    def run(self) -> Optional[Failure]:
+        loop = VirtualTimeLoop()
+        track_tasks(loop)
+        self.loop = loop
+        try:
+            loop.run_until_complete(self._main())
+        except SimDeadlock as e:
+            self.fail("error", f"deadlock: {e}")
+        except Exception as e:  # a bug in the simulation or an exception the core let out
+            self.fail("error", f"{e!r}")
+        finally:
+            tasks = asyncio.all_tasks(loop)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            loop.close()
+        return self.failure
+
+    @property
+    def now(self) -> float:
+        return self.loop.time()
+
+    def note(self, what: str) -> None:
+        self._log.append((self.now, what))
+
+    def count(self, what: str, n: int = 1) -> None:
+        self.stats[what] = self.stats.get(what, 0) + n
+
+    def fail(self, label: str, message: str) -> None:
+        if self.failure is None:
+            self.note(f"FAILED {label}: {message}")
+            self.failure = Failure(label, message, self.now if hasattr(self, "loop") else 0.0,
+                                   [f"{t:9.3f}s  {m}" for t, m in self._log])
+
+    def _latency(self, op: str, key: str) -> float:
+        """A request's time on the wire: from the seed, the request and its key only."""
+        if not self.p.latency:
+            return 0.0
+        n = self._requests[(op, key)] = self._requests.get((op, key), 0) + 1
+        return self.p.latency * (zlib.crc32(f"{self.seed}:{op}:{key}:{n}".encode()) / 2**32)
+
+    def _u(self, *what: object) -> float:
+        """A uniform number in [0, 1) from the seed and ``what``."""
+        return zlib.crc32(":".join(map(str, (self.seed,) + what)).encode()) / 2**32
+
+    async def _main(self) -> None:
+        self.w = w = World(self.p.config, clock=LoopClock(self.loop))
+        self.serve = w.owners = SimServe(self)  # type: ignore[assignment]
+        for app, deployments in APPS.items():
+            self.serve.deployments |= {(app, d) for d in deployments}
+        self.metrics = w.metrics = SimMetrics()
+        logger = logging.Logger("serve_cleanup")  # this run's own: not in logging's registry
+        logger.setLevel(logging.DEBUG if TRACE_CORE_LOG else logging.ERROR)
+        logger.addHandler(_CoreLog(self))
+        w.logger = logger
+        self._requests: dict[tuple[str, str], int] = {}
+        w.store.latency = w.table.latency = self._latency
+        w.store.on_change = self._on_change
+        w.store.on_failure = self._on_store_failure
+        w.table.on_failure = self._on_table_failure
+        w.killer.check = self._on_kill_attempt
+        w.killer.on_kill = self._on_kill
+
+        self.actors: dict[int, Actor] = {}
+        self.by_id: dict[str, Actor] = {}
+        self.kv: dict[str, float] = {}  # actor ids with a record in the KV -> when written
+        self.planted: dict[bytes, bytes] = {}
+        self.plant_queue: list[tuple] = [e.args for e in self.events if e.op == "plant" and e.t == 0.0]
+        self.deleted_at: dict[str, list[float]] = {}
+        self.info: dict[Process, ProcInfo] = {}
+        self.shutdown_at: Optional[float] = None
+        self.serve_down = False
+        self.exit_state: Optional[State] = None
+        self.closed_at: Optional[float] = None
+        self.gave_up_at: Optional[float] = None
+        self.faults_on = True
+        self.calm_since = math.inf  # the sweep can run since then (a process OPEN, no failure)
+        self.last_store_failure = -1.0
+        self.writes = 0  # KV writes and deletes of record keys, landed or failed
+        self.bulk_s = 0.0  # how long bulk drops have held the write gate alone (sampled)
+        self.kill_deaths = 0
+        self.race_kills = 0
+        self.calls: list[asyncio.Task] = []
+        self.stuck_registered = False
+        self.left_at_give_up: Optional[dict[str, Record]] = None
+        self._ready: Optional[Process] = None
+        self.bound = (self.p.config.liveness_interval_s + 2 * self.p.config.reconcile_interval_s
+                      + SAMPLE_S + 12 * self.p.latency + 0.01)
+
+        supervisor = asyncio.ensure_future(self._supervise())
+        observer = asyncio.ensure_future(self._observe())
+        for ev in self.events:
+            if ev.op == "plant" and ev.t == 0.0:
+                continue  # planted before the first start
+            await asyncio.sleep(max(0.0, ev.t - self.now))
+            if self.failure:
+                return
+            self._apply(ev)
+            self._check()
+        await self._finish()
+        supervisor.cancel()
+        observer.cancel()
+
+    async def _finish(self) -> None:
+        """Faults stop; Serve shuts down (if it has not yet) once the dead are swept; a
+        following controller adopts whatever a give-up left."""
+        w = self.w
+        self._faults_off()
+        if self.shutdown_at is None:
+            quiet_until = self.now + BACKOFF_MAX_S + self.bound + 5.0
+            while self.now < quiet_until and not self.failure and self._gone_in_kv():
+                await asyncio.sleep(0.5)
+                self._check()
+            self._apply(Event(self.now, "shutdown"))
+        await self._until_down()
+        if self.failure:
+            return
+        await self._settle_calls()
+        self._check()
+        if self.exit_state is State.GAVE_UP and not self.failure:
+            await self._following_controller()
+        if not self.failure:
+            self._final_checks()
+
+    async def _until_down(self) -> None:
+        started = self.now
+        while not self.serve_down or self._ready_process() is not None:
+            if self.failure:
+                return
+            if self.now - started > MAX_RUN_S:
+                self.fail("I6", f"Serve's shutdown has not finished {MAX_RUN_S:.0f}s after it started")
+                return
+            await asyncio.sleep(0.25)
+            self._check()
+
+    async def _settle_calls(self) -> None:
+        pending = [t for t in self.calls if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=CALL_TIMEOUT_S + self.p.config.load_wait_s + 10)
+        if any(not t.done() for t in pending):
+            self.fail("error", f"{sum(not t.done() for t in pending)} call(s) never returned")
+
+    def _faults_off(self) -> None:
+        self.faults_on = False
+        self.faults_off_at = self.now
+        s, t = self.w.store, self.w.table
+        s.fail_puts = s.fail_deletes = s.fail_reads = t.fail_lookups = 0
+        self.w.crash_at.clear()
+        self.note("faults stop")
+
+    async def _following_controller(self) -> None:
+        """A new Serve instance over the same KV (no apps yet), every actor killable
+        again: it must adopt the records the give-up left, and kill their actors."""
+        w = self.w
+        left = self.left_at_give_up or {}
+        self.count("gave_up")
+        self.note(f"a following Serve instance starts; {len(left)} record(s) left: "
+                  + ", ".join(self.by_id[a].label if a in self.by_id else a for a in sorted(left)))
+        if w.store.records() != left:
+            self.fail("I6", "the records a give-up left changed before the next controller started: "
+                            f"{sorted(left)} then {sorted(w.store.records())}")
+            return
+        w.killer.undying.clear()
+        w.killer.unreachable.clear()
+        self.serve.deployments = set()
+        self.shutdown_at = None
+        self.serve_down = False
+        self.exit_state = None
+        self.closed_at = None
+        self.calm_since = math.inf
+        supervisor = asyncio.ensure_future(self._supervise())
+        started = self.now
+        while self._ready_process() is None or self.w.current.state not in LOADED:
+            await asyncio.sleep(0.1)
+            if self.now - started > 10:
+                self.fail("I6", "the following controller did not load the records")
+                return
+        status = self.w.current.status()
+        if status["records"] != len(left):
+            self.fail("I6", f"the following controller adopted {status['records']} of the "
+                            f"{len(left)} record(s) a give-up left")
+            return
+        await asyncio.sleep(3.0)  # its reconcile kills the app-scoped ones (no app exists)
+        self._check()
+        self._apply(Event(self.now, "shutdown"))
+        await self._until_down()
+        supervisor.cancel()
+        if self.exit_state is not State.CLOSED and not self.failure:
+            self.fail("I6", f"the following controller did not finish the shutdown ({self.exit_state})")
+        for actor_id in left:
+            a = self.by_id.get(actor_id)
+            if a is not None and a.kind == "system":
+                continue  # Serve's own: its record is dropped, the actor never killed
+            if self.w.table.alive(actor_id) and not self.failure:
+                self.fail("I6", f"the following controller left {self.by_id[actor_id].label} alive, "
+                                "whose record a give-up had left")
+
+    # --- the controller process (Ray's side) ------------------------------------------
+
+    def _ready_process(self) -> Optional[Process]:
+        p = self._ready
+        return p if p is not None and p.alive else None
+
+    async def _supervise(self) -> None:
+        while not self.serve_down:
+            p = self.w.process
+            if p is None or not p.alive:
+                if p is not None:
+                    await asyncio.sleep(self.p.restart_s)
+                if self.serve_down or self.failure:
+                    return
+                await self._boot()
+            else:
+                await asyncio.sleep(0.05)
+
+    async def _boot(self) -> None:
+        while self.plant_queue:
+            self._plant(*self.plant_queue.pop(0))
+        core = self.w.new_process()
+        p = self.w.process
+        assert p is not None
+        info = self.info[p] = ProcInfo(booted_at=self.now, planted_before=frozenset(self.planted))
+        p.on_death = lambda: self._died(p)
+        self.calm_since = math.inf
+        self.note(f"controller process {p.number} starts, reads the records")
+        load = p.spawn(core.load())
+        await asyncio.wait([load])
+        if not p.alive:
+            self.note(f"controller process {p.number} crashed while reading the records")
+            return
+        info.recovered_at = self.now + 0.6 * self._u("recover", p.number)
+        p.spawn(core.run())
+        p.spawn(self._control_loop(p, core))
+        self._ready = p
+        self.note(f"controller process {p.number} serves calls ({core.state.value})")
+
+    def _died(self, p: Process) -> None:
+        info = self.info[p]
+        if info.exited is State.GAVE_UP:  # what it leaves (it may die of a crash meanwhile)
+            self.left_at_give_up = self.w.store.records()
+        if info.exited is None:
+            self.count("crashes")
+            self.note(f"controller process {p.number} crashed"
+                      + (f" at {self.w.crashes[-1]}" if self.w.crashes else ""))
+        for a in self.actors.values():
+            if a.takeback_pending:  # the failed take-back's retry died with the process
+                self._limit(a, "take-back lost in a crash")
+
+    async def _control_loop(self, p: Process, core: Any) -> None:
+        """Serve's control loop: once Serve shuts down, its teardown, then the shutdown step
+        (``_kill_registered_cleanup_actors``) every tick until the core says done."""
+        info = self.info[p]
+        while True:
+            await asyncio.sleep(0.1)
+            if self.shutdown_at is None:
+                continue
+            if info.teardown_done_at is None:
+                info.teardown_done_at = self.now + 0.5 * self._u("teardown", p.number)
+            if self.now < info.teardown_done_at:
+                continue
+            if info.first_step_at is None:
+                info.first_step_at = self.now
+            if core.shutdown_step():
+                await self._exit(p, core)
+                return
+
+    async def _exit(self, p: Process, core: Any) -> None:
+        info = self.info[p]
+        state = info.exited = core.state
+        self.exit_state = state
+        self.serve_down = True
+        records = self.w.store.records()
+        self.note(f"shutdown step says done: {state.value}; records in the KV: {len(records)}")
+        if state is State.CLOSED:
+            self.closed_at = self.now
+            if records:  # I6
+                self.fail("I6", "shutdown finished (closed) with records left in the KV: "
+                                + ", ".join(self._label(a) for a in sorted(records)))
+        elif state is State.GAVE_UP:
+            self.gave_up_at = self.now
+            held = self.now - (info.first_step_at or self.now)
+            if held < self.p.config.shutdown_grace_s - 1e-6:
+                self.fail("I6", f"shutdown gave up after {held:.2f}s, before the grace "
+                                f"({self.p.config.shutdown_grace_s:g}s)")
+            elif (not records and not info.registering and info.loaded_at is not None
+                    and not (core.status()["take_backs_pending"] and self._take_back_failing)):
+                self.fail("I6", f"shutdown was held for the whole grace ({held:.2f}s) with nothing "
+                                "left: no record, no registration in flight, no take-back that could "
+                                f"not be written ({core.status()['take_backs_pending']} pending)")
+            elif (not self.stuck_registered and not self._faulted_during_shutdown
+                    and self.p.config.shutdown_grace_s >= 4 * self.p.config.unknown_grace_s):
+                self.fail("I6", "shutdown gave up though every registered actor could be killed and "
+                                "no fault happened during the shutdown")
+        else:
+            self.fail("I6", f"shutdown step said done in state {state.value}")
+        await asyncio.sleep(self.p.exit_s)  # upstream deletes its checkpoints and flag, kills itself
+        p.die()
+
+    @property
+    def _faulted_during_shutdown(self) -> bool:
+        return self.shutdown_at is None or self.faults_on or self.faults_off_at > self.shutdown_at
+
+    # --- callers ----------------------------------------------------------------------
+
+    async def _call(self, fn: Callable[[Any], Any], registering: bool = False) -> tuple[bool, Any, int]:
+        """Call the controller as a caller does (Ray retries a call whose controller died).
+        Returns (ok, result or exception, attempts cut by a crash or the exit)."""
+        started, delay, cut = self.now, 0.05, 0
+        while True:
+            p = self._ready_process()
+            if p is None:
+                if self.serve_down or self.now - started > CALL_TIMEOUT_S:
+                    return False, Unavailable("no controller"), cut
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            info = self.info[p]
+            info.registering += registering
+            task = p.spawn(fn(p.core))
+            try:
+                await asyncio.wait([task])
+            finally:
+                info.registering -= registering
+            if task.cancelled() or isinstance(task.exception(), Crash):
+                cut += 1
+                continue
+            if task.exception() is not None:
+                return False, task.exception(), cut
+            return True, task.result(), cut
+
+    def _start(self, a: Actor, owner: Optional[tuple]) -> None:
+        if a.calls:
+            a.overlapped = True
+        a.calls += 1
+        if owner is not None:
+            a.asked.append((owner, self.now))
+
+    def _end(self, a: Actor, new: str, limit: Optional[str] = None,
+             asked: Optional[tuple] = None, owner: Optional[tuple] = None) -> None:
+        """A call of ``a`` ended: ``new`` is what it leaves if no other call overlapped;
+        ``owner`` the owner a registration returned; ``asked`` what the call asked for."""
+        a.calls -= 1
+        if asked is not None:
+            a.asked.remove(asked)
+        if owner is not None:
+            if a.overlapped:
+                a.claims.setdefault(owner, asked[1] if asked else self.now)
+            else:
+                a.claims = {owner: asked[1] if asked else self.now}
+        if (limit or a.overlapped) and asked is not None:
+            a.claims.setdefault(*asked)  # its record may hold what it asked for
+        if a.overlapped:
+            new = "unknown"
+        if not a.calls:
+            a.overlapped = False
+        a.expect = new
+        a.busy_until = self.now
+        if limit:
+            self._limit(a, limit)
+        elif new != "unknown" and not a.calls:
+            a.limit = None
+
+    def _limit(self, a: Actor, why: str) -> None:
+        """A behaviour docs/architecture.md lists under "Limits", met by actor ``a``: its
+        record may outlive a call that raised, and the actor may be killed with the owner
+        it asked for. Exactly these:
+
+        * "A crash, then a retry that fails": a registration cut short by a crash whose
+          retry raised ``OwnerNotFoundError`` (its owner was deleted meanwhile) or
+          ``PersistenceError`` (the restarted controller could not read its records in
+          time, or could not look the actor up);
+        * "A registration whose write had an unknown outcome" (the take-back part): a
+          refused registration whose take-back failed, then a crash before its retry;
+        * "A stuck record is given up on" (I6: "the records stay"): a registration in
+          flight when the shutdown gave up.
+        """
+        a.limit = why
+        a.expect = "unknown"
+        a.takeback_pending = False
+        self.limits[why] = self.limits.get(why, 0) + 1
+        self.note(f"limit for {a.label}: {why}")
+
+    async def _register(self, a: Actor, reg: Registration) -> None:
+        started = self.now
+        asked = (SERVE if reg.ensure_only else (reg.scope, reg.app, reg.deployment), started)
+        self._start(a, asked[0])
+        ok, result, cut = await self._call(lambda core: core.register(reg), registering=True)
+        how = "upstream" if reg.ensure_only else f"{reg.scope} {reg.app} {reg.deployment}".strip()
+        if ok:
+            a.last = f"register {how} returned at {self.now:.3f}s"
+            self.note(f"register {a.label} {how}: ok ({result.owner_label})" + (f" after {cut} cut" if cut else ""))
+            self.count("registered")
+            self._end(a, "present", asked=asked, owner=result.owner)
+            return
+        a.last = f"register {how} raised {type(result).__name__} at {self.now:.3f}s" + (f" after {cut} cut" if cut else "")
+        self.note(f"register {a.label} {how}: {type(result).__name__}" + (f" after {cut} cut" if cut else ""))
+        limit = None
+        if cut and isinstance(result, (OwnerNotFoundError, PersistenceError)):
+            limit = f"crash, then the retry raised {type(result).__name__}"
+        elif self.gave_up_at is not None and started <= self.gave_up_at:
+            limit = "in flight when the shutdown gave up"
+        if (a.key_failed_at >= started and a.key_failed_seq > a.key_changed_seq and not limit
+                and a.actor_id in self.kv):  # its last write failed: the take-back, not the write
+            a.takeback_pending, a.takeback_since = True, self.now
+            a.claims.setdefault(*asked)  # if the take-back is lost, its record holds this owner
+        self._end(a, a.expect, limit, asked=asked)
+
+    async def _unregister(self, a: Actor) -> None:
+        self._start(a, None)
+        ok, result, _ = await self._call(lambda core: core.unregister(a.actor_id))
+        a.last = f"unregister {'returned' if ok else 'raised'} at {self.now:.3f}s"
+        self.note(f"unregister {a.label}: {result if ok else type(result).__name__}")
+        if ok:
+            a.takeback_pending = False
+        self._end(a, "absent" if ok else "unknown")
+        if a.expect == "absent" and not a.calls:
+            a.claims = {}  # whatever it was registered to before, it is not now
+
+    async def _gc(self) -> None:
+        ok, result, _ = await self._call(lambda core: core.gc())
+        self.note(f"gc: {[(r['actor_id'][:6], r.get('outcome')) for r in result] if ok else type(result).__name__}")
+
+    # --- events -----------------------------------------------------------------------
+
+    def _spawn_call(self, coro: Any) -> None:
+        self.calls.append(asyncio.ensure_future(coro))
+
+    def _new_actor(self, i: int, kind: str, name: str, handle_name: str, known_in: float, flag: str) -> Actor:
+        a = Actor(i, actor_id(i), kind, name, handle_name, self.now + known_in)
+        ns = "serve" if kind == "system" else "ns"
+        self.w.table.add(a.actor_id, name, ns, known_in)
+        if kind == "gone":
+            del self.w.table.actors[a.actor_id]  # long gone: the table does not know it
+        if flag == "undying":
+            self.w.killer.undying.add(a.actor_id)
+        elif flag == "unreachable":
+            self.w.killer.unreachable.add(a.actor_id)
+        self.actors[i] = a
+        self.by_id[a.actor_id] = a
+        return a
+
+    def _registration(self, a: Actor, how: str, scope: str, app: str, deployment: str) -> Registration:
+        ns = "serve" if a.kind == "system" else "ns"
+        if how == "upstream":
+            scope, app, deployment = SERVE
+        reg = Registration(
+            actor_id=a.actor_id, name=a.handle_name, namespace=ns if a.handle_name else "",
+            handle=handle_of(a.actor_id), scope=scope, app=app, deployment=deployment,
+            ensure_only=how == "upstream", check_actor=how != "upstream",
+        )
+        if a.actor_id in self.w.killer.undying or a.actor_id in self.w.killer.unreachable:
+            self.stuck_registered = True
+        return reg
+
+    def _apply(self, ev: Event) -> None:
+        op, args = ev.op, ev.args
+        w = self.w
+        if op == "actor":
+            self._new_actor(*args)
+        elif op == "register":
+            a = self.actors.get(args[0])
+            if a is not None:
+                self._spawn_call(self._register(a, self._registration(a, *args[1:])))
+        elif op == "burst":
+            first, n, upstream = args
+            for i in range(first, first + n):
+                a = self._new_actor(i, "plain", "", "", 0.0, "")
+                self._spawn_call(self._register(a, self._registration(a, "upstream" if upstream else "api", *SERVE)))
+            self.count("bursts")
+        elif op == "unregister":
+            a = self.actors.get(args[0])
+            if a is not None:
+                self._spawn_call(self._unregister(a))
+        elif op == "die":
+            a = self.actors.get(args[0])
+            if a is not None and a.died_at is None and a.kind != "gone":
+                w.table.die(a.actor_id)
+                a.died_at, a.died_on_its_own = self.now, True
+                if a.kill_sent_at is not None and self.now - a.kill_sent_at <= self.p.config.confirm_death_s:
+                    self.race_kills += 1  # a kill that did not take, then this death: the core sees a kill
+                self.note(f"{a.label} dies on its own")
+        elif op == "delete_app":
+            self.serve.deployments = {(x, d) for x, d in self.serve.deployments if x != args[0]}
+            self.deleted_at.setdefault(args[0], []).append(self.now)
+            self.note(f"app {args[0]} deleted")
+        elif op == "deploy":
+            self.serve.deployments |= {(args[0], d) for d in APPS[args[0]]}
+            self.note(f"app {args[0]} deployed")
+        elif op == "gc":
+            self._spawn_call(self._gc())
+        elif op == "fail" and self.faults_on:
+            what, n = args
+            if what == "lookups":
+                w.table.fail_lookups += n
+            else:
+                setattr(w.store, f"fail_{what}", getattr(w.store, f"fail_{what}") + n)
+            self.note(f"the next {n} {what} fail")
+        elif op == "arm" and self.faults_on:
+            w.crash_at.add(args[0])
+            self.note(f"crash point {args[0]} armed")
+        elif op == "crash" and self.faults_on:
+            p = self._ready_process()
+            if p is not None and not self.serve_down:
+                self.note(f"controller process {p.number} is killed")
+                p.die()
+        elif op == "plant":
+            self.plant_queue.append(args)  # written while no controller runs (see _plant)
+        elif op == "shutdown" and self.shutdown_at is None:
+            self.shutdown_at = self.now
+            self.note("serve.shutdown(): Serve shuts down")
+            self.count("shutdowns")
+
+    def _plant(self, kind: str, near: int, k: int) -> None:
+        """An entry under the record prefix that is not a record, in a bucket that holds
+        records (so that bulk deletes must leave it). Written while no controller process
+        runs (before the first start, in a restart gap: an older version, a crash, a
+        person): a bulk delete holds back only the controller's own writes, so an entry
+        written by someone else while it runs is outside I4."""
+        bucket = actor_id(near)[:2]
+        other = bucket + f"f{k:029x}"  # an id no actor of the simulation has
+        if kind == "non_utf8":
+            key: Any = rec.KEY_PREFIX.encode() + bucket.encode() + b"\xff\xfe" + str(k).encode()
+            value = b"\x00"
+        elif kind == "garbage":
+            key, value = rec.KEY_PREFIX + bucket + f"junk{k}", b"\xc1 not msgpack"
+        elif kind == "future":
+            key = rec.record_key(other)
+            value = msgpack.packb({"v": 99, "actor_id": other}, use_bin_type=True)
+        else:  # a valid record under another actor's key
+            key = rec.record_key(other)
+            value = rec.encode(Record(actor_id=actor_id(near), name="", namespace="", handle=b"x",
+                                      registered_at=EPOCH))
+        raw = key if isinstance(key, bytes) else key.encode()
+        if self.w.store._find(key) is not None:
+            return
+        self.w.store.data[key] = value
+        self.planted[raw] = value
+        self.note(f"planted {kind} entry {raw!r}")
+
+    # --- observers (hooks of the fakes) -----------------------------------------------
+
+    def _id_of(self, key: bytes) -> Optional[str]:
+        prefix = rec.KEY_PREFIX.encode()
+        if not key.startswith(prefix):
+            return None
+        try:
+            return key[len(prefix):].decode()
+        except UnicodeDecodeError:
+            return None
+
+    def _record(self, actor_id: str) -> Optional[Record]:
+        """The readable record the KV holds for ``actor_id`` now."""
+        key = rec.record_key(actor_id)
+        found = self.w.store._find(key)
+        if found is None:
+            return None
+        entry = read_entry(key.encode(), self.w.store.data[found])
+        return entry if isinstance(entry, Record) else None
+
+    def _label(self, actor_id: str) -> str:
+        a = self.by_id.get(actor_id)
+        return a.label if a is not None else actor_id
+
+    def _on_change(self, op: str, key: bytes) -> None:
+        if key in self.planted:
+            self.fail("I4", f"a set-aside entry was {op}d: {key!r}")
+            return
+        actor_id = self._id_of(key)
+        a = self.by_id.get(actor_id) if actor_id else None
+        if op == "put":
+            if self.closed_at is not None:
+                self.fail("I6", f"a record was written after shutdown finished (closed): {self._label(actor_id)}")
+            self.kv[actor_id] = self.now
+            record = self._record(actor_id) if a is not None else None
+            if record is not None and record.handle != handle_of(actor_id):  # I1: a record that reaches its actor
+                self.fail("I1", f"the record of {a.label} was written without the handle its registration "
+                                f"gave ({record.handle!r}): no kill can reach an anonymous actor")
+        else:
+            self.kv.pop(actor_id, None)
+            if (a is not None and a.expect == "present" and not a.calls and a.kind != "system"
+                    and not a.limit and self.w.table.alive(a.actor_id)):  # I1
+                self.fail("I1", f"the record of {a.label} was deleted while its actor lives; its "
+                                "registration returned and it was not unregistered")
+        if a is not None:
+            self.writes += 1
+            a.key_changed_seq = self.writes
+            a.takeback_pending = False  # the take-back's retry landed (or another write did)
+
+    @property
+    def _take_back_failing(self) -> bool:
+        """A take-back is being retried and failing: during the shutdown, a write of the key
+        of an actor that has no record failed (a take-back that is never retried is not)."""
+        return any(a.key_failed_at >= (self.shutdown_at or math.inf) and a.actor_id not in self.kv
+                   for a in self.actors.values())
+
+    def _on_store_failure(self, op: str, key: bytes) -> None:
+        self.last_store_failure = self.now
+        self.calm_since = max(self.calm_since, self.now)
+        self.count(f"failed_{op}s")
+        actor_id = self._id_of(key)
+        a = self.by_id.get(actor_id) if actor_id else None
+        if a is not None and op in ("put", "delete"):
+            self.writes += 1
+            a.key_failed_at, a.key_failed_seq = self.now, self.writes
+
+    def _on_table_failure(self, op: str) -> None:
+        self.calm_since = max(self.calm_since, self.now)
+        self.count("failed_table_reads")
+
+    def _on_kill_attempt(self, record: Record) -> None:
+        """I3, at the moment of every kill."""
+        a = self.by_id.get(record.actor_id)
+        p = self.w.process
+        self.count("kills")
+        if a is None:
+            self.fail("I3", f"killed {record.actor_id}, which no caller ever registered")
+        elif a.kind == "system":
+            self.fail("I3", f"killed {a.label}, one of Serve's own actors")
+        elif a.actor_id not in self.kv:
+            self.fail("I3", f"killed {a.label}, which has no record in the KV")
+        elif a.expect == "absent" and not a.calls and not a.takeback_pending and not a.limit:
+            self.fail("I3", f"killed {a.label}, which is not registered (last call: {a.last})")
+        elif self.shutdown_at is None and not any(self._owner_gone(o, t) for o, t in [*a.claims.items(), *a.asked]):
+            self.fail("I3", f"killed {a.label} while its owner lives ({sorted(a.claims)}, asked for "
+                            f"{sorted(o for o, _ in a.asked)}) and Serve runs")
+        elif p is not None and not self._read_alive(p, a.actor_id):
+            self.fail("died_on_its_own", f"killed {a.label}, which the pass's own read of the actor "
+                                         "table did not find alive")
+        else:
+            self.note(f"kill {a.label}")
+
+    def _read_alive(self, p: Process, actor_id: str) -> bool:
+        """The read that decided this kill (the pass's bulk read, in the same task, or a
+        lookup by id after it) found the actor alive."""
+        read = p.live_read.get(asyncio.current_task())
+        if read is None:
+            return True  # no bulk read in this task: nothing to hold the kill against
+        at, alive = read
+        return actor_id in alive or p.found_alive.get(actor_id, -1.0) >= at
+
+    def _on_kill(self, record: Record, was_alive: bool) -> None:
+        a = self.by_id[record.actor_id]
+        a.kill_sent_at = self.now
+        if was_alive and not self.w.table.alive(a.actor_id):
+            a.died_at = self.now
+            self.kill_deaths += 1
+        elif not was_alive:
+            self.race_kills += 1  # it died between the core's read of the table and the kill
+
+    def _owner_gone(self, owner: tuple[str, str, str], since: float) -> bool:
+        scope, app, deployment = owner
+        if scope == "serve":
+            return self.shutdown_at is not None
+        alive = (app, deployment) in self.serve.deployments if deployment else any(
+            x == app for x, _ in self.serve.deployments)
+        return not alive or any(t >= since for t in self.deleted_at.get(app, []))
+
+    # --- checks -----------------------------------------------------------------------
+
+    def _gone_since(self, a: Actor) -> Optional[float]:
+        """Since when the table has said ``a`` is gone (for the sweep), or None."""
+        written = self.kv.get(a.actor_id)
+        if written is None:
+            return None
+        if a.kind == "system":
+            return written
+        if a.kind == "gone":
+            record = self._record(a.actor_id)
+            if record is None:
+                return None
+            return record.registered_at - EPOCH + self.p.config.unknown_grace_s
+        if a.died_at is not None:
+            return max(a.died_at, a.known_at)
+        return None
+
+    def _gone_in_kv(self) -> list[Actor]:
+        return [self.by_id[x] for x in self.kv if x in self.by_id and self._gone_since(self.by_id[x]) is not None]
+
+    async def _observe(self) -> None:
+        while True:
+            await asyncio.sleep(SAMPLE_S)
+            if self.failure:
+                return
+            self._sample()
+
+    def _sample(self) -> None:
+        p = self._ready_process()
+        core = p.core if p is not None else None
+        info = self.info.get(p) if p is not None else None
+        if core is not None and info is not None:
+            state = core.state
+            if state in LOADED and info.loaded_at is None:
+                info.loaded_at = self.now
+            if info.loaded_at is not None and not info.set_aside_checked:  # I4: reported
+                info.set_aside_checked = True
+                shown = {s["key"] for s in core.status()["set_aside"]}
+                missing = [k for k in info.planted_before
+                           if k.decode("utf-8", "backslashreplace") not in shown and k in self.planted]
+                if missing:
+                    self.fail("I4", f"controller process {p.number} does not report set-aside entries {missing}")
+            if (not self.faults_on and info.loaded_at is None
+                    and self.now - max(self.faults_off_at, info.booted_at) > 3 * self.p.config.reconcile_interval_s + 1):
+                self.fail("I4", "faults stopped, but the controller has not read its records")
+            if (state is State.OPEN and self.serve.state() is ServeState.RUNNING
+                    and self.calm_since == math.inf):
+                self.calm_since = self.now
+        # I2: a failed take-back is retried by the reconcile loop (while a process is OPEN;
+        # during a shutdown its passes retry it, and I6 holds the shutdown for it).
+        retry_s = 3 * self.p.config.reconcile_interval_s + self.p.config.confirm_death_s + 2.0
+        for a in self.actors.values():
+            if not a.takeback_pending:
+                continue
+            if a.calls or core is None or core.state is not State.OPEN or core.locks.busy(a.actor_id):
+                a.takeback_window = self.now
+            elif self.now - max(a.takeback_window, a.takeback_since, self.last_store_failure) > retry_s:
+                self.fail("I2", f"the failed take-back of {a.label}'s refused registration was not retried "
+                                f"in {retry_s:g}s (last: {a.last})")
+                return
+        # I5: each record of a gone actor is dropped within the bound of its sweepable window,
+        # plus the time a bulk drop (a pass's part that grows with the records) held the
+        # write gate meanwhile ("plus the time of the pass itself").
+        if self.shutdown_at is not None or core is None or core.state is not State.OPEN:
+            return
+        if core.registry.gate.held_alone:
+            self.bulk_s += SAMPLE_S
+        for a in self._gone_in_kv():
+            if a.calls or not core.reaper.due(a.actor_id) or core.locks.busy(a.actor_id):
+                a.i5_window, a.bulk_mark = self.now, self.bulk_s
+                continue
+            gone = self._gone_since(a)
+            start = max(gone, self.kv[a.actor_id], self.calm_since, a.i5_window, a.busy_until)
+            if self.now > start + self.bound + (self.bulk_s - a.bulk_mark):
+                why = ("dead" if a.kind == "plain" else "unknown to the actor table" if a.kind == "gone"
+                       else "one of Serve's own")
+                self.fail("I5", f"the record of {a.label} ({why} since {gone:.3f}s, sweepable since "
+                                f"{start:.3f}s) is still in the KV after {self.now - start:.2f}s; "
+                                f"bound {self.bound:.2f}s")
+                return
+
+    def _check(self) -> None:
+        """I1, I2, I4 at this moment."""
+        if self.failure:
+            return
+        store = self.w.store
+        for key, value in self.planted.items():  # I4: untouched
+            found = store._find(key)
+            if found is None or store.data[found] != value:
+                self.fail("I4", f"set-aside entry {key!r} was changed or deleted")
+                return
+        for a in self.actors.values():
+            if a.calls or a.limit:
+                continue
+            if (a.expect == "present" and a.kind != "system" and a.actor_id not in self.kv
+                    and self.w.table.alive(a.actor_id)):
+                self.fail("I1", f"{a.label} is registered (its registration returned, it was not "
+                                "unregistered) and alive, but has no record in the KV")
+                return
+            if a.expect == "absent" and a.actor_id in self.kv and not a.takeback_pending:
+                self.fail("I2", f"{a.label} has a record in the KV, but its calls left it unregistered "
+                                f"(last: {a.last})")
+                return
+
+    def _final_checks(self) -> None:
+        records = self.w.store.records()
+        if records:
+            self.fail("I6", f"records left after Serve shut down: {[self._label(a) for a in records]}")
+            return
+        for a in self.actors.values():
+            if a.expect == "present" and a.kind != "system" and not a.limit and self.w.table.alive(a.actor_id):
+                self.fail("I1", f"{a.label} outlived serve.shutdown() though its registration returned")
+                return
+        if self.metrics.killed_n > self.kill_deaths + self.race_kills:  # died_on_its_own
+            self.fail("died_on_its_own", f"the core counted {self.metrics.killed_n} kill(s); its kills "
+                                         f"killed {self.kill_deaths} actor(s) (and {self.race_kills} raced a death)")
+        self.count("died_on_its_own", sum(a.died_on_its_own for a in self.actors.values()))
+        self.count("prefix_deletes", len(self.w.store.prefix_deletes))
+
+
+def run(seed: int, events: Optional[list[Event]] = None) -> tuple[Sim, Optional[Failure]]:
+    """Run the seed's schedule, or ``events`` (a part of it) with the seed's profile."""
+    profile, schedule_events = schedule(seed)
+    sim = Sim(seed, profile, schedule_events if events is None else events)
+    return sim, sim.run()
+
+
+def shrink(seed: int, failure: Failure, budget: int = 400) -> tuple[list[Event], Failure]:
+    """The shortest part of the seed's schedule found that still fails the same way:
+    drops chunks of events, then single events, while the run still fails with the same
+    label (at most ``budget`` runs)."""
+    _, events = schedule(seed)
+    best, best_failure, runs = list(events), failure, 0
+    size = max(1, len(best) // 2)
+    while size >= 1 and runs < budget:
+        i, progress = 0, False
+        while i < len(best) and runs < budget:
+            candidate = best[:i] + best[i + size:]
+            _, f = run(seed, candidate)
+            runs += 1
+            if f is not None and f.label == failure.label:
+                best, best_failure, progress = candidate, f, True
+            else:
+                i += size
+        if not progress:
+            size //= 2
+    return best, best_failure
