@@ -17,7 +17,8 @@ import ray
 from ray import cloudpickle, serve
 
 import serve_cleanup
-from serve_cleanup import _compat, client
+from serve_cleanup import _compat
+from serve_cleanup.client.controller import controller_kind, find_controller
 from serve_cleanup.core import records
 from serve_cleanup.core.records import Record
 from serve_cleanup.adapters import GcsRecordStore
@@ -76,14 +77,14 @@ def start_serve(kind: str, **kwargs) -> None:
         serve_cleanup.start(**kwargs)
     else:
         serve.start(**kwargs)
-    assert client.controller_kind() == kind
+    assert controller_kind() == kind
 
 
 def stop_serve() -> float:
     """serve.shutdown(), then wait until the controller is gone; returns seconds."""
     started = time.perf_counter()
     serve.shutdown()
-    wait_for(lambda: client.find_controller() is None, 120, "the controller to exit")
+    wait_for(lambda: find_controller() is None, 120, "the controller to exit")
     return time.perf_counter() - started
 
 

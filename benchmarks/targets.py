@@ -281,9 +281,9 @@ def scale(sizes: TargetSizes) -> dict:
 
 
 def _no_controller() -> bool:
-    from serve_cleanup import client
+    from serve_cleanup.client.controller import find_controller
 
-    return client.find_controller() is None
+    return find_controller() is None
 
 
 # Scaled to zero: Serve 2.60 refuses num_replicas=0 in @serve.deployment, so autoscaling

@@ -23,7 +23,8 @@ from ray.cluster_utils import Cluster
 
 import serve_cleanup
 from ray_env import TEST_NAMESPACE, stop_ray  # noqa: F401  (re-exported for the tests)
-from serve_cleanup import _compat, client
+from serve_cleanup import _compat
+from serve_cleanup.client.controller import find_controller
 from serve_cleanup.core import records
 
 pytestmark = pytest.mark.ray
@@ -182,7 +183,7 @@ def _teardown_serve() -> None:
         serve.shutdown()
     except Exception:
         pass
-    wait_for(lambda: client.find_controller() is None, 60, "the Serve controller to exit")
+    wait_for(lambda: find_controller() is None, 60, "the Serve controller to exit")
     _purge_records()
 
 

@@ -12,7 +12,7 @@ from ray import serve
 
 import serve_cleanup
 from ray_helpers import actor_state, controller_handle, kv_record_keys, run_cli, wait_dead, wait_for
-from serve_cleanup import client
+from serve_cleanup.client.controller import find_controller
 
 pytestmark = pytest.mark.ray
 
@@ -80,7 +80,7 @@ def test_list_while_controller_is_down(durable_serve, actors, unique):
     aux = actors(f"down-{unique}")
     serve_cleanup.register(aux)
     ray.kill(controller_handle(), no_restart=True)  # Serve is down for good
-    wait_for(lambda: client.find_controller() is None, 30, "the controller to be gone")
+    wait_for(lambda: find_controller() is None, 30, "the controller to be gone")
 
     out = run_cli("list", "--json")
     assert out.returncode == 0, out.stderr

@@ -21,7 +21,8 @@ import ray
 from ray._private.authentication_test_utils import reset_auth_token_state
 
 from ray_helpers import TEST_NAMESPACE, stop_ray, wait_dead, wait_for
-from serve_cleanup import _startup, client
+from serve_cleanup import _startup
+from serve_cleanup.client.controller import controller_kind, find_controller
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
 
@@ -111,7 +112,7 @@ def head() -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def no_serve_before(head) -> None:
     """Each test starts without Serve, even after another one failed halfway."""
-    if client.find_controller() is not None:
+    if find_controller() is not None:
         serve_cli("shutdown", "-y", "-a", DASHBOARD, check=False)
         wait_serve_gone()
 
@@ -121,15 +122,15 @@ def helper_handle(name: str):
 
 
 def kind() -> str:
-    return client.controller_kind()
+    return controller_kind()
 
 
 def wait_serve_gone(timeout_s: float = 60) -> None:
-    wait_for(lambda: client.find_controller() is None, timeout_s, "the Serve controller to exit")
+    wait_for(lambda: find_controller() is None, timeout_s, "the Serve controller to exit")
 
 
 def restart_controller() -> None:
-    ctrl = client.find_controller()
+    ctrl = find_controller()
     old = ray.get(ctrl.serve_cleanup_status.remote(), timeout=30)["pid"]
     ray.kill(ctrl, no_restart=False)
     wait_for(
@@ -243,6 +244,7 @@ import json, ray
 from ray import serve
 import serve_cleanup
 ray.init(address="{gcs}", namespace="serve", log_to_driver=False)
+{pretend}
 try:
     serve.start(http_options={{"port": {port}}}, controller_options={controller_options})
     print("KIND", serve_cleanup.controller_kind())
@@ -250,23 +252,29 @@ except Exception as e:
     print("FAILED", type(e).__name__, e)
 """
 
+# A Ray release serve_cleanup does not support, as the factory sees it: this driver reports
+# another version from then on (set after ray.init, whose version check against the
+# cluster would refuse it). Nothing of serve_cleanup is imported before, so the factory's
+# first import of serve_cleanup._compat meets it.
+UNSUPPORTED_RAY = 'ray.__version__ = "2.99.0"'
 
-def drive(controller_options=None, **env: str) -> subprocess.CompletedProcess:
-    code = DRIVER.format(gcs=GCS, port=HTTP_PORT, controller_options=repr(controller_options))
+
+def drive(controller_options=None, pretend: str = "", **env: str) -> subprocess.CompletedProcess:
+    code = DRIVER.format(gcs=GCS, port=HTTP_PORT, controller_options=repr(controller_options), pretend=pretend)
     return run(sys.executable, "-c", code, timeout=120, **env)
 
 
 def test_fallback_when_the_durable_controller_cannot_load(head):
-    out = drive(SERVE_CLEANUP_STARTUP_FAULT="unsupported-ray")
+    out = drive(pretend=UNSUPPORTED_RAY)
     assert "KIND plain" in out.stdout, out.stdout + out.stderr
     assert "could not be loaded" in out.stderr and "UnsupportedRayVersionError" in out.stderr
     assert "NOT durable" in out.stderr
     serve_cli("shutdown", "-y", "-a", DASHBOARD)
     wait_serve_gone()
 
-    strict = drive(SERVE_CLEANUP_STARTUP_FAULT="unsupported-ray", SERVE_CLEANUP_STRICT="1")
+    strict = drive(pretend=UNSUPPORTED_RAY, SERVE_CLEANUP_STRICT="1")
     assert "FAILED RuntimeError" in strict.stdout and "SERVE_CLEANUP_STRICT" in strict.stdout
-    assert client.find_controller() is None  # strict: no controller at all
+    assert find_controller() is None  # strict: no controller at all
 
 
 GUARD = {"runtime_env": {"env_vars": {"RAY_SERVE_CONTROLLER_CALLBACK_IMPORT_PATH": _startup.GUARD_IMPORT_PATH}}}
@@ -290,7 +298,7 @@ def test_guard_lets_the_durable_controller_start_and_stops_a_plain_one(head):
     # Strict guard: the plain controller refuses to start, so Serve does not come up.
     out = drive(GUARD_STRICT, SERVE_CLEANUP_ENABLE="0")
     assert "FAILED" in out.stdout, out.stdout + out.stderr
-    assert client.find_controller() is None
+    assert find_controller() is None
 
 
 def controller_log_containing(text: str, timeout_s: float = 30) -> str:
