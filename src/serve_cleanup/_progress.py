@@ -60,7 +60,7 @@ class Waiting:
 
             self._live = Progress(
                 SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                console=Console(file=self._stream), transient=True,
+                console=Console(file=self._stream, force_terminal=True), transient=True,
             )
             self._live.start()
             self._task = self._live.add_task(f"Waiting for {self._what}", total=None)

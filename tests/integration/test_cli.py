@@ -44,10 +44,12 @@ def test_status_reports_durable_controller(durable_serve, actors):
     out = run_cli("status", "--json")
     assert out.returncode == 0, out.stderr
     status = json.loads(out.stdout)
-    assert status["controller"] == "durable"
-    assert status["records"] == 1 and status["records_by_scope"] == {"serve": 1}
-    assert status["controller_status"]["records"] == 1
-    human = run_cli("status")
+    assert status["controller"] == "durable" and status["records"] == 1
+    assert "controller_status" not in status  # the probe asks GCS only
+    detail = json.loads(run_cli("status", "--json", "--detail").stdout)
+    assert detail["records"] == 1 and detail["records_by_scope"] == {"serve": 1}
+    assert detail["controller_status"]["records"] == 1
+    human = run_cli("status", "--detail")
     assert "durable (serve_cleanup)" in human.stdout and "last reconcile" in human.stdout
 
 
@@ -85,10 +87,13 @@ def test_list_while_controller_is_down(durable_serve, actors, unique):
     out = run_cli("list", "--json")
     assert out.returncode == 0, out.stderr
     assert [r["actor_id"] for r in json.loads(out.stdout)] == [aux._actor_id.hex()]
-    status = json.loads(run_cli("status", "--json").stdout)
-    assert status["controller"] == "none" and status["records"] == 1
-    gc = run_cli("gc")
-    assert gc.returncode == 1 and "serve_cleanup.start" in gc.stderr
+    status = run_cli("status", "--json")
+    assert status.returncode == 4  # no Serve
+    assert json.loads(status.stdout)["controller"] == "none" and json.loads(status.stdout)["records"] == 1
+    for args in (["gc"], ["unregister", aux._actor_id.hex()]):
+        refused = run_cli(*args)  # at once, not after a 30 s wait for a controller
+        assert refused.returncode == 4 and "Serve is not running" in refused.stderr, refused.stderr
+        assert "serve-cleanup purge" in refused.stderr and "Traceback" not in refused.stderr
 
     # A new Serve instance adopts the leftover and kills it at its shutdown.
     serve_cleanup.start()
