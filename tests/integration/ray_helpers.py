@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -119,6 +120,42 @@ def own_cluster(**head_node_args) -> Iterator[Cluster]:
     finally:
         stop_ray()
         cluster.shutdown()
+
+
+# Every process of a `ray start` a test runs carries this variable (with a token of the
+# test's own) in its environment: how the test finds and ends exactly those processes.
+CLUSTER_MARKER = "SERVE_CLEANUP_TEST_CLUSTER"
+
+
+def marked_pids(token: str) -> list[int]:
+    needle = f"{CLUSTER_MARKER}={token}".encode()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    found.append(int(name))
+        except OSError:
+            pass  # gone meanwhile, or not ours to read
+    return found
+
+
+def end_marked_processes(token: str) -> None:
+    """End the processes started with ``CLUSTER_MARKER=token``, by pid: TERM, then KILL
+    (never `ray stop`, which ends every Ray on the machine)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in marked_pids(token):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 10
+        while marked_pids(token) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not marked_pids(token):
+            return
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

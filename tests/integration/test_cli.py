@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -145,3 +146,28 @@ def test_purge_removes_leftovers_only_while_serve_is_down(durable_serve, actors)
     assert kv_record_keys() == [saved[kept._actor_id.hex()].key]
     assert run_cli("purge", "--yes", "--all").returncode == 0
     assert kv_record_keys() == []
+
+
+def test_list_reads_gcs_without_a_driver_and_without_serve(durable_serve, actors):
+    """`list` as a user runs it: no `ray.init` (no new job on the cluster), no Serve import."""
+    from serve_cleanup import _compat
+
+    aux = actors()
+    serve_cleanup.register(aux)
+    jobs_before = len(_compat.driver_gcs_client().get_all_job_info())
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('SERVE' if 'ray.serve' in sys.modules else 'NO SERVE', file=sys.stderr))\n"
+        "from serve_cleanup.cli import main\n"
+        "sys.argv = ['serve-cleanup', 'list', '--json']\n"
+        "main()\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address},
+    )
+    assert out.returncode == 0, out.stderr
+    assert [r["actor_id"] for r in json.loads(out.stdout)] == [aux._actor_id.hex()]
+    assert out.stdout.count("\n") == 1  # compact: one line
+    assert out.stderr.strip().splitlines()[-1] == "NO SERVE"
+    assert len(_compat.driver_gcs_client().get_all_job_info()) == jobs_before

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from ray import serve
 from ray._private.authentication_test_utils import reset_auth_token_state
 
 import serve_cleanup
-from ray_helpers import TEST_NAMESPACE, stop_ray, wait_for
+from ray_helpers import CLUSTER_MARKER, TEST_NAMESPACE, end_marked_processes, stop_ray, wait_for
 from serve_cleanup import _compat
 from serve_cleanup.client.controller import find_controller
 
@@ -36,38 +35,6 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 BIN = os.path.dirname(sys.executable)
 GCS_PORT = 6393
 GCS = f"127.0.0.1:{GCS_PORT}"
-MARKER = "SERVE_CLEANUP_TEST_PROBE_HEAD"
-
-
-def _marked_pids(token: str) -> list[int]:
-    needle = f"{MARKER}={token}".encode()
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{name}/environ", "rb") as f:
-                if needle in f.read().split(b"\0"):
-                    found.append(int(name))
-        except OSError:
-            pass  # gone, or not ours to read
-    return found
-
-
-def _end(token: str) -> None:
-    """End the processes of this head (found by the marker), by pid: TERM, then KILL."""
-    for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
-        pids = _marked_pids(token)
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + wait_s
-        while _marked_pids(token) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if not _marked_pids(token):
-            return
 
 
 def probe_env(**extra: str) -> dict[str, str]:
@@ -91,7 +58,7 @@ def head() -> Iterator[None]:
     temp_dir = tempfile.mkdtemp(prefix="scp-")
     saved_auth_mode = os.environ.get("RAY_AUTH_MODE")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update({MARKER: token, "RAY_AUTH_MODE": "token"})
+    env.update({CLUSTER_MARKER: token, "RAY_AUTH_MODE": "token"})
     try:
         out = subprocess.run(
             [os.path.join(BIN, "ray"), "start", "--head", f"--port={GCS_PORT}", f"--temp-dir={temp_dir}",
@@ -115,7 +82,7 @@ def head() -> Iterator[None]:
         else:
             os.environ["RAY_AUTH_MODE"] = saved_auth_mode
         reset_auth_token_state()
-        _end(token)
+        end_marked_processes(token)
 
 
 @pytest.fixture

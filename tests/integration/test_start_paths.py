@@ -20,7 +20,7 @@ import pytest
 import ray
 from ray._private.authentication_test_utils import reset_auth_token_state
 
-from ray_helpers import TEST_NAMESPACE, stop_ray, wait_dead, wait_for
+from ray_helpers import CLUSTER_MARKER, TEST_NAMESPACE, end_marked_processes, stop_ray, wait_dead, wait_for
 from serve_cleanup import _startup
 from serve_cleanup.client.controller import controller_kind, find_controller
 
@@ -81,6 +81,7 @@ def write_config(tmp_path, helper: str) -> str:
 def head() -> Iterator[None]:
     stop_ray()  # the session's embedded cluster: one cluster at a time
     saved_auth_mode = os.environ.get("RAY_AUTH_MODE")
+    token = uuid.uuid4().hex
     enabled = sc_cli("enable")
     assert "Enabled" in enabled.stdout or "Already enabled" in enabled.stdout
     try:
@@ -89,7 +90,7 @@ def head() -> Iterator[None]:
             f"--dashboard-port={DASHBOARD_PORT}", "--dashboard-host=127.0.0.1",
             "--include-dashboard=true", "--num-cpus=2", "--ray-client-server-port=23021",
             "--dashboard-agent-listen-port=52385", "--disable-usage-stats",
-            timeout=180,
+            timeout=180, **{CLUSTER_MARKER: token},
         )
         # This driver sends the cluster's token only in token mode, too; Ray caches the
         # mode (and the token) per process, so refresh them as Ray's own tests do.
@@ -104,7 +105,7 @@ def head() -> Iterator[None]:
         else:
             os.environ["RAY_AUTH_MODE"] = saved_auth_mode
         reset_auth_token_state()
-        run(os.path.join(BIN, "ray"), "stop", timeout=120, check=False)
+        end_marked_processes(token)
         sc_cli("disable", check=False)
         assert _startup.pth_state() == "off"
 
