@@ -91,12 +91,15 @@ def _need_ray(command: str) -> None:
 
 def _connect(address: str) -> None:
     """Connect as a Ray driver (for commands that call the controller)."""
+    import logging
+
     import ray
 
     from serve_cleanup import _compat
 
-    try:
-        ray.init(address=address, namespace=_compat.SERVE_NAMESPACE, log_to_driver=False)
+    try:  # WARNING: no "Connecting to existing Ray cluster" lines around the command's output
+        ray.init(address=address, namespace=_compat.SERVE_NAMESPACE, log_to_driver=False,
+                 logging_level=logging.WARNING)
     except ConnectionError as e:
         raise Failure(Exit.NO_CLUSTER, f"could not connect to Ray at {address!r}: {e}") from None
 

@@ -120,8 +120,9 @@ def test_plain_controller_leaves_records_and_says_so(plain_serve, actors):
     out = json.loads(stdout)
     assert out["controller"] == "plain" and out["gone"] == []
     assert [(r["actor_id"], r["state"]) for r in out["left"]] == [(aux._actor_id.hex(), "ALIVE")]
-    assert stderr.startswith("Error: 1 record(s) are still stored (a plain controller ignores them)")
-    assert "serve-cleanup purge" in stderr
+    error = stderr.strip().splitlines()[-1]
+    assert error.startswith("Error: 1 record(s) are still stored (a plain controller ignores them)")
+    assert "serve-cleanup purge" in error
     assert find_controller() is None
 
 

@@ -248,20 +248,23 @@ ray.init(address="{gcs}", namespace="serve", log_to_driver=False)
 {pretend}
 try:
     serve.start(http_options={{"port": {port}}}, controller_options={controller_options})
+    {unpretend}
     print("KIND", serve_cleanup.controller_kind())
 except Exception as e:
     print("FAILED", type(e).__name__, e)
 """
 
-# A Ray release serve_cleanup does not support, as the factory sees it: this driver reports
-# another version from then on (set after ray.init, whose version check against the
-# cluster would refuse it). Nothing of serve_cleanup is imported before, so the factory's
-# first import of serve_cleanup._compat meets it.
-UNSUPPORTED_RAY = 'ray.__version__ = "2.99.0"'
+# A Ray release serve_cleanup does not support, as the factory sees it: while serve.start()
+# runs, this driver reports another version (set after ray.init, whose version check
+# against the cluster would refuse it). Nothing of serve_cleanup is imported before, so
+# the factory's first import of serve_cleanup._compat meets it; the real version is put
+# back before the driver asks which controller runs.
+UNSUPPORTED_RAY = ('real_version, ray.__version__ = ray.__version__, "2.99.0"', "ray.__version__ = real_version")
 
 
-def drive(controller_options=None, pretend: str = "", **env: str) -> subprocess.CompletedProcess:
-    code = DRIVER.format(gcs=GCS, port=HTTP_PORT, controller_options=repr(controller_options), pretend=pretend)
+def drive(controller_options=None, pretend: tuple[str, str] = ("", ""), **env: str) -> subprocess.CompletedProcess:
+    code = DRIVER.format(gcs=GCS, port=HTTP_PORT, controller_options=repr(controller_options),
+                         pretend=pretend[0], unpretend=pretend[1] or "pass")
     return run(sys.executable, "-c", code, timeout=120, **env)
 
 
