@@ -5,6 +5,7 @@
     serve_cleanup.register(actor_handle)  # killed at serve.shutdown(), even after
                                           # the controller crashed and restarted
     await serve_cleanup.register_async(actor_handle)  # the same, in async code
+    serve_cleanup.shutdown()              # Serve's shutdown, driven to the end
 
 Importing the package imports neither Ray nor Serve: each name below is loaded on first
 use (PEP 562), so ``import serve_cleanup`` stays cheap and works where Ray is missing.
@@ -32,33 +33,35 @@ from serve_cleanup.errors import (
 )
 
 if TYPE_CHECKING:
-    from serve_cleanup.client import (
-        ControllerKind,
-        Scope,
+    from serve_cleanup.client.args import Scope
+    from serve_cleanup.client.calls import (
         collect,
         collect_async,
-        controller_kind,
-        list_registrations,
         register,
         register_async,
-        start,
         unregister,
         unregister_async,
     )
+    from serve_cleanup.client.controller import ControllerKind, controller_kind
+    from serve_cleanup.client.gcs import list_registrations
+    from serve_cleanup.client.shutdown import ShutdownReport, shutdown
+    from serve_cleanup.client.start import start
     from serve_cleanup.core.records import Record
 
 _LAZY = {
-    "ControllerKind": "serve_cleanup.client",
-    "Scope": "serve_cleanup.client",
-    "collect": "serve_cleanup.client",
-    "collect_async": "serve_cleanup.client",
-    "controller_kind": "serve_cleanup.client",
-    "list_registrations": "serve_cleanup.client",
-    "register": "serve_cleanup.client",
-    "register_async": "serve_cleanup.client",
-    "start": "serve_cleanup.client",
-    "unregister": "serve_cleanup.client",
-    "unregister_async": "serve_cleanup.client",
+    "ControllerKind": "serve_cleanup.client.controller",
+    "Scope": "serve_cleanup.client.args",
+    "collect": "serve_cleanup.client.calls",
+    "collect_async": "serve_cleanup.client.calls",
+    "controller_kind": "serve_cleanup.client.controller",
+    "list_registrations": "serve_cleanup.client.gcs",
+    "register": "serve_cleanup.client.calls",
+    "register_async": "serve_cleanup.client.calls",
+    "shutdown": "serve_cleanup.client.shutdown",
+    "ShutdownReport": "serve_cleanup.client.shutdown",
+    "start": "serve_cleanup.client.start",
+    "unregister": "serve_cleanup.client.calls",
+    "unregister_async": "serve_cleanup.client.calls",
     "Record": "serve_cleanup.core.records",
 }
 
@@ -97,6 +100,7 @@ __all__ = [
     "RegistrationError",
     "Scope",
     "ServeCleanupError",
+    "ShutdownReport",
     "SystemActorError",
     "UnknownSchemaVersionError",
     "UnsupportedRayVersionError",
@@ -106,6 +110,7 @@ __all__ = [
     "list_registrations",
     "register",
     "register_async",
+    "shutdown",
     "start",
     "unregister",
     "unregister_async",

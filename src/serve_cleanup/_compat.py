@@ -44,6 +44,7 @@ and routers that only register do not pay for it. ``ServeController`` and
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 from typing import Any, Iterator, Optional
@@ -63,23 +64,19 @@ SERVE_RESUMES_SHUTDOWN = RAY_MINOR >= (2, 56)
 HAS_GET_DEPLOYMENT_IDS = RAY_MINOR >= (2, 56)
 
 # These imports happen after the version check on purpose: on another Ray they may
-# fail with an unhelpful ImportError. None of them loads Serve's controller module.
+# fail with an unhelpful ImportError. None of them imports Serve (``import ray.serve``
+# costs about a second, which `serve-cleanup list` and `status` must not pay).
 from ray._raylet import GcsClient  # noqa: E402
 from ray._private.state import state as _global_state  # noqa: E402
 from ray.actor import ActorHandle  # noqa: E402
 from ray.core.generated import core_worker_pb2, gcs_pb2  # noqa: E402
-from ray.serve._private import constants as _serve_constants  # noqa: E402
-from ray.serve._private.common import REPLICA_ID_FULL_ID_STR_PREFIX  # noqa: E402
-from ray.serve._private.constants import (  # noqa: E402
-    SERVE_CONTROLLER_NAME,
-    SERVE_LOGGER_NAME,
-    SERVE_NAMESPACE,
-    SERVE_PROXY_NAME,
-)
-from ray.serve._private.storage.kv_store import (  # noqa: E402
-    SERVE_INTERNAL_KV_NAMESPACE,
-    get_storage_key,
-)
+
+# Serve's names, the same in every supported release, written out so that reading the KV
+# and the actor table never imports Serve. tests/unit/test_compat.py checks each one
+# against the installed Serve (``ray.serve._private.constants``, ``storage.kv_store``).
+SERVE_NAMESPACE = "serve"
+SERVE_CONTROLLER_NAME = "SERVE_CONTROLLER_ACTOR"
+SERVE_LOGGER_NAME = "ray.serve"
 
 
 def __getattr__(name: str) -> Any:
@@ -98,22 +95,27 @@ def __getattr__(name: str) -> Any:
 # Serve's controller logger: records logged here land in the controller log users read.
 controller_logger = logging.getLogger(SERVE_LOGGER_NAME)
 
-_SYSTEM_NAME_PREFIXES: tuple[str, ...] = (
-    SERVE_CONTROLLER_NAME,
-    SERVE_PROXY_NAME,
-    REPLICA_ID_FULL_ID_STR_PREFIX,
-) + ((_serve_constants.SERVE_DEPLOYMENT_ACTOR_PREFIX,) if HAS_DEPLOYMENT_ACTORS else ())
+@functools.lru_cache(maxsize=1)
+def _system_name_prefixes() -> tuple[str, ...]:
+    from ray.serve._private import constants
+    from ray.serve._private.common import REPLICA_ID_FULL_ID_STR_PREFIX
+
+    return (
+        constants.SERVE_CONTROLLER_NAME,
+        constants.SERVE_PROXY_NAME,
+        REPLICA_ID_FULL_ID_STR_PREFIX,
+    ) + ((constants.SERVE_DEPLOYMENT_ACTOR_PREFIX,) if HAS_DEPLOYMENT_ACTORS else ())
 
 
 def is_serve_system_actor(name: str, namespace: str) -> bool:
     """Serve's own actors: the controller, proxies, replicas and controller-managed
     deployment actors (all in namespace ``serve``)."""
-    return namespace == SERVE_NAMESPACE and name.startswith(_SYSTEM_NAME_PREFIXES)
+    return namespace == SERVE_NAMESPACE and name.startswith(_system_name_prefixes())
 
 
 # --- where serve_cleanup's keys live in the GCS internal KV ------------------------------
 
-KV_NAMESPACE: bytes = SERVE_INTERNAL_KV_NAMESPACE
+KV_NAMESPACE: bytes = b"serve"  # Serve's SERVE_INTERNAL_KV_NAMESPACE
 # The fixed prefix before every key serve_cleanup stores (``ray-serve-serve-``). It is the
 # prefix Serve's own ``RayInternalKVStore`` uses when the job that started Serve runs in
 # Ray namespace ``serve``. Serve's prefix is really ``ray-serve-<namespace of that job>``
@@ -121,7 +123,7 @@ KV_NAMESPACE: bytes = SERVE_INTERNAL_KV_NAMESPACE
 # not see a key written here), so serve_cleanup never relies on the two being equal: it
 # reads and writes its own keys (records, crash-point markers, the pre-2.56 shutdown flag)
 # only under this prefix, through ``kv_key``.
-KV_PREFIX: bytes = get_storage_key(f"ray-serve-{SERVE_NAMESPACE}", "").encode()
+KV_PREFIX: bytes = b"ray-serve-serve-"  # Serve's get_storage_key("ray-serve-serve", "")
 
 
 def kv_key(key: "str | bytes") -> bytes:
@@ -336,3 +338,91 @@ def durable_controller_factory(cls: type) -> Iterator[None]:
             yield
         finally:
             _serve_private_api.get_controller_impl = original
+
+
+# --- reading the cluster without becoming a Ray driver (`status`, `list`) ----------------
+#
+# A probe runs every few seconds. `ray.init()` would register a new driver (a job and a
+# core worker) each time, and start a new local Ray where it finds none; Ray's own
+# `ray status` instead talks to GCS with a bare client, and so do these. GCS is reached
+# at the address Ray's CLIs resolve; the cluster's auth token is sent when one is found
+# (see ``use_cluster_token``).
+
+
+def resolve_gcs_address(address: Optional[str]) -> Optional[str]:
+    """``host:port`` of the GCS that ``address`` names, resolved as Ray's CLIs do: the
+    address itself, or for ``"auto"``/None ``RAY_ADDRESS`` and then the latest
+    ``ray start`` on this machine (``<temp dir>/ray_current_cluster``). None if nothing is
+    found; ``ValueError`` for an address that is not ``host:port``."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    return canonicalize_bootstrap_address(address or "auto")
+
+
+def use_cluster_token() -> None:
+    """Send the cluster's auth token if this machine has one (``RAY_AUTH_TOKEN``,
+    ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``, where ``ray start --head`` writes it)
+    and ``RAY_AUTH_MODE`` does not say otherwise: what ``ray.init`` does when it joins a
+    cluster. Without it a bare GCS client sends no token (Ray 2.60's CLIs need
+    ``RAY_AUTH_MODE=token`` for that)."""
+    try:
+        from ray._private.authentication import authentication_token_setup as setup
+    except ImportError:  # a Ray without token authentication
+        return
+    # It logs a WARNING that token authentication is on; a probe prints nothing of Ray's.
+    log = logging.getLogger(setup.__name__)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        setup.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    finally:
+        log.setLevel(level)
+
+
+def bare_gcs_client(gcs_address: str) -> GcsClient:
+    return GcsClient(address=gcs_address)
+
+
+def bare_state_accessor(gcs_address: str) -> Any:
+    """A connected state accessor (actor table reads) without a driver."""
+    from ray._raylet import GcsClientOptions, GlobalStateAccessor
+
+    accessor = GlobalStateAccessor(
+        GcsClientOptions.create(gcs_address, None, allow_cluster_id_nil=True, fetch_cluster_id_if_nil=False)
+    )
+    if not accessor.connect():
+        raise ConnectionError(f"could not connect to GCS at {gcs_address}")
+    return accessor
+
+
+def named_actor_entry(name: str, namespace: str, accessor: Any) -> Optional[Any]:
+    """The raw ``ActorTableData`` of the live actor ``namespace/name``, or None: one read
+    of the actors in each live state (ALIVE first), never of the dead ones. Blocking."""
+    for state in ("ALIVE",) + tuple(s for s in LIVE_STATES if s != "ALIVE"):
+        for data in accessor.get_actor_table(None, state.encode()):
+            entry = gcs_pb2.ActorTableData.FromString(data)
+            if entry.name == name and entry.ray_namespace == namespace:
+                return entry
+    return None
+
+
+def entry_facts(entry: Any) -> dict[str, Any]:
+    """What an ``ActorTableData`` says about the actor's class and process."""
+    return {
+        "state": gcs_pb2.ActorTableData.ActorState.Name(entry.state),
+        "module": entry.function_descriptor.python_function_descriptor.module_name,
+        "class_name": entry.class_name,
+        "repr_name": entry.repr_name,
+        "pid": entry.pid,
+        "num_restarts": entry.num_restarts,
+    }
+
+
+def forget_serve_client() -> None:
+    """Drop this process's cached Serve client, as ``serve.shutdown()`` does at its end,
+    so a later ``serve.*`` call looks the controller up again. Imports nothing new."""
+    import sys
+
+    context = sys.modules.get("ray.serve.context")
+    if context is not None:
+        context._set_global_client(None)

@@ -43,9 +43,6 @@ if TYPE_CHECKING:
 PTH_NAME = "serve_cleanup_startup.pth"
 ENV_ENABLE = "SERVE_CLEANUP_ENABLE"
 ENV_STRICT = "SERVE_CLEANUP_STRICT"
-# Fault injection for tests: "unsupported-ray" makes loading the durable controller fail
-# exactly as it does on a Ray outside the supported range.
-ENV_FAULT = "SERVE_CLEANUP_STARTUP_FAULT"
 GUARD_IMPORT_PATH = "serve_cleanup._startup:expect_durable"
 
 # Modules that bind their own copy of default_impl.get_controller_impl.
@@ -187,8 +184,6 @@ def load_durable_actor_class(controller_options: Any = None) -> Any:
     from serve_cleanup import _compat
     from serve_cleanup.controller import ServeController
 
-    if os.environ.get(ENV_FAULT) == "unsupported-ray":
-        _compat.check_ray_version("2.999.0")
     return _compat.make_controller_actor_class(ServeController, controller_options)
 
 

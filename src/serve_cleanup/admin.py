@@ -29,10 +29,10 @@ class PurgeItem:
 def purge_plan(actor_ids: Iterable[str] = (), *, set_aside: bool = False, everything: bool = False) -> list[PurgeItem]:
     """What ``purge`` would delete: the records of ``actor_ids`` (hex), the set-aside
     entries if ``set_aside``, or every entry under the prefix if ``everything``."""
-    from serve_cleanup.client import read_kv
+    from serve_cleanup.client.gcs import read_kv
 
     wanted = {normalize_actor_id(a) for a in actor_ids}
-    records, set_aside_entries = read_kv()
+    records, set_aside_entries = read_kv(_compat.driver_gcs_client(), slim=True)
     plan = [
         PurgeItem(r.key, r.key.encode(), "record", r.actor_id)
         for r in records
@@ -45,9 +45,9 @@ def purge_plan(actor_ids: Iterable[str] = (), *, set_aside: bool = False, everyt
 
 def purge(plan: list[PurgeItem]) -> int:
     """Delete the planned entries. Refuses while a Serve controller runs."""
-    from serve_cleanup import client
+    from serve_cleanup.client.controller import controller_kind
 
-    kind = client.controller_kind()
+    kind = controller_kind()
     if kind != "none":
         raise ControllerRunningError.for_kind(kind)
     gcs = _compat.driver_gcs_client()

@@ -18,7 +18,10 @@ import click
 import ray
 from ray import serve
 
-from serve_cleanup import _compat, _startup, client
+from serve_cleanup import _compat, _startup
+from serve_cleanup.client.controller import controller_kind, find_controller
+from serve_cleanup.client.gcs import actor_states, list_registrations
+from serve_cleanup.client.start import start as durable_start
 
 DEMO_NAMESPACE = "serve-cleanup-demo"
 SHARED_NAME = "demo-prefix-cache"
@@ -86,7 +89,7 @@ def _helpers() -> dict[str, str]:
 
 def _controller_restarts() -> tuple[int, bool]:
     """(times Ray restarted the controller, whether it is ALIVE and answering)."""
-    controller = client.find_controller()
+    controller = find_controller()
     actor_id = _compat.actor_id_hex(controller)
     entry = _compat.actor_entry(actor_id)  # the raw table entry: its state is an enum number
     info = _compat.actor_info(actor_id)  # parsed: the state's name
@@ -102,25 +105,25 @@ def _play(r: Round, start: Callable[[], None], durable: bool) -> None:
     serve.run(DemoRouter.bind(), name=APP_NAME, route_prefix=None)
     helpers = _wait("the replicas' helpers", lambda: (h := _helpers()) and len(h) == 3 and h)
     r.helpers = len(helpers)
-    click.echo(f"      kind: {client.controller_kind()}; {r.helpers} helper actors registered by the replicas")
+    click.echo(f"      kind: {controller_kind()}; {r.helpers} helper actors registered by the replicas")
 
     old, _ = _controller_restarts()
-    ray.kill(client.find_controller(), no_restart=False)
+    ray.kill(find_controller(), no_restart=False)
     _wait("the restarted controller", lambda: _controller_restarts() == (old + 1, True))
     r.restarts = old + 1
     if durable:
-        r.records_after_restart = f"{len(client.list_registrations())} (GCS KV)"
+        r.records_after_restart = f"{len(list_registrations())} (GCS KV)"
     else:
         r.records_after_restart = "0 (kept in memory, lost)"
     click.echo("      controller killed (ray.kill(controller, no_restart=False)); Ray restarted it")
 
     serve.shutdown()
-    states = client.actor_states(list(helpers.values()))
+    states = actor_states(list(helpers.values()))
     if durable:  # kills are asynchronous: give them a moment, bounded
-        _wait("the helpers to die", lambda: all(s == "DEAD" for s in client.actor_states(list(helpers.values())).values()), 30)
-        states = client.actor_states(list(helpers.values()))
+        _wait("the helpers to die", lambda: all(s == "DEAD" for s in actor_states(list(helpers.values())).values()), 30)
+        states = actor_states(list(helpers.values()))
     r.alive_after_shutdown = [n for n, i in helpers.items() if states[i] != "DEAD"]
-    r.bystander = client.actor_states([bystander._actor_id.hex()])[bystander._actor_id.hex()]
+    r.bystander = actor_states([bystander._actor_id.hex()])[bystander._actor_id.hex()]
     click.echo(f"      serve.shutdown(): {len(r.alive_after_shutdown)} of {r.helpers} helpers still alive")
     for name in list(_helpers()) + [BYSTANDER_NAME]:  # the demo cleans up after itself
         try:
@@ -162,7 +165,7 @@ def run_demo(num_cpus: int = 2) -> int:
         say("Plain Ray Serve (serve.start): deploy, kill the controller, serve.shutdown()")
         _play(plain, _plain_serve_start, durable=False)
         say("The same steps with the durable controller (serve_cleanup.start)")
-        _play(durable, client.start, durable=True)
+        _play(durable, durable_start, durable=True)
     finally:
         try:
             serve.shutdown()

@@ -54,7 +54,9 @@ from ray import cloudpickle, serve
 from ray.serve.api import RunTarget
 
 import serve_cleanup
-from serve_cleanup import _compat, client, faults
+from serve_cleanup import _compat, faults
+from serve_cleanup.client.calls import controller_status
+from serve_cleanup.client.controller import find_controller
 from serve_cleanup.core import records
 
 # Workers need not import this file: ship its classes by value.
@@ -453,7 +455,7 @@ def _round(rng, plan: _Plan, cfg: Config, res: RoundResult, tag: str, ledger: An
            junk: dict, attempted: list, bystanders: list, threads: list,
            log: Callable[[str], None] = print) -> None:
     serve.shutdown()
-    if not _wait(lambda: client.find_controller() is None, cfg.timeout_s):
+    if not _wait(lambda: find_controller() is None, cfg.timeout_s):
         raise AssertionError("a controller from before this round is still running")
     for point in faults.POINTS:
         _kv_del(_marker(point))
@@ -647,7 +649,7 @@ def _round(rng, plan: _Plan, cfg: Config, res: RoundResult, tag: str, ledger: An
         except Exception:
             pass  # shutdown already finished
     shutdown.join(cfg.timeout_s)
-    if not _wait(lambda: client.find_controller() is None, cfg.timeout_s):
+    if not _wait(lambda: find_controller() is None, cfg.timeout_s):
         raise AssertionError("the controller did not finish shutdown")
     shutdown_done.set()
     for t in threads:
@@ -691,7 +693,7 @@ def _shut_down(res: RoundResult, cfg: Config) -> None:
     serve.shutdown()
     deadline = time.monotonic() + cfg.timeout_s
     while time.monotonic() < deadline:
-        ctrl = client.find_controller()
+        ctrl = find_controller()
         if ctrl is None:
             return
         try:
@@ -740,7 +742,7 @@ def _controller_log_lines(actor_ids: list[str], limit: int = 40) -> list[str]:
 
 def _set_aside_seen() -> int:
     try:
-        return len(client.controller_status(timeout_s=10)["set_aside"])
+        return len(controller_status(timeout_s=10)["set_aside"])
     except Exception:
         return -1
 
@@ -750,7 +752,7 @@ def _clean_up(res: RoundResult, junk: dict, attempted: list, threads: list, ledg
     """Leave nothing for the next round, whatever happened in this one."""
     try:
         serve.shutdown()
-        _wait(lambda: client.find_controller() is None, cfg.timeout_s)
+        _wait(lambda: find_controller() is None, cfg.timeout_s)
     except Exception:
         pass
     for t in threads:

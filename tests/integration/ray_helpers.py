@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -23,7 +24,8 @@ from ray.cluster_utils import Cluster
 
 import serve_cleanup
 from ray_env import TEST_NAMESPACE, stop_ray  # noqa: F401  (re-exported for the tests)
-from serve_cleanup import _compat, client
+from serve_cleanup import _compat
+from serve_cleanup.client.controller import find_controller
 from serve_cleanup.core import records
 
 pytestmark = pytest.mark.ray
@@ -120,6 +122,42 @@ def own_cluster(**head_node_args) -> Iterator[Cluster]:
         cluster.shutdown()
 
 
+# Every process of a `ray start` a test runs carries this variable (with a token of the
+# test's own) in its environment: how the test finds and ends exactly those processes.
+CLUSTER_MARKER = "SERVE_CLEANUP_TEST_CLUSTER"
+
+
+def marked_pids(token: str) -> list[int]:
+    needle = f"{CLUSTER_MARKER}={token}".encode()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    found.append(int(name))
+        except OSError:
+            pass  # gone meanwhile, or not ours to read
+    return found
+
+
+def end_marked_processes(token: str) -> None:
+    """End the processes started with ``CLUSTER_MARKER=token``, by pid: TERM, then KILL
+    (never `ray stop`, which ends every Ray on the machine)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in marked_pids(token):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 10
+        while marked_pids(token) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not marked_pids(token):
+            return
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     """``serve-cleanup ARGS`` in a subprocess, pointed at this test's cluster."""
     return subprocess.run(
@@ -182,7 +220,7 @@ def _teardown_serve() -> None:
         serve.shutdown()
     except Exception:
         pass
-    wait_for(lambda: client.find_controller() is None, 60, "the Serve controller to exit")
+    wait_for(lambda: find_controller() is None, 60, "the Serve controller to exit")
     _purge_records()
 
 

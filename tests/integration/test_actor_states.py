@@ -1,4 +1,4 @@
-"""``client.actor_states`` reads the whole actor table at once for many ids; the answer
+"""``actor_states`` reads the whole actor table at once for many ids; the answer
 must be the same as one lookup per id."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import ray
 
 from ray_helpers import wait_dead
-from serve_cleanup import client
+from serve_cleanup.client.gcs import actor_states
 
 pytestmark = pytest.mark.ray
 
@@ -22,8 +22,8 @@ def test_bulk_and_per_id_states_agree(actors):
     never = [os.urandom(16).hex() for _ in range(70)]  # enough ids for the bulk read
     ids = [alive._actor_id.hex(), dead._actor_id.hex()] + never
 
-    bulk = client.actor_states(ids)
-    few = client.actor_states(ids[:3])
+    bulk = actor_states(ids)
+    few = actor_states(ids[:3])
 
     assert bulk[ids[0]] == "ALIVE" and bulk[ids[1]] == "DEAD"
     assert all(bulk[i] == "DEAD" for i in never)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ from ray import serve
 
 import serve_cleanup
 from ray_helpers import actor_state, controller_handle, kv_record_keys, run_cli, wait_dead, wait_for
-from serve_cleanup import client
+from serve_cleanup.client.controller import find_controller
 
 pytestmark = pytest.mark.ray
 
@@ -44,10 +45,12 @@ def test_status_reports_durable_controller(durable_serve, actors):
     out = run_cli("status", "--json")
     assert out.returncode == 0, out.stderr
     status = json.loads(out.stdout)
-    assert status["controller"] == "durable"
-    assert status["records"] == 1 and status["records_by_scope"] == {"serve": 1}
-    assert status["controller_status"]["records"] == 1
-    human = run_cli("status")
+    assert status["controller"] == "durable" and status["records"] == 1
+    assert "controller_status" not in status  # the probe asks GCS only
+    detail = json.loads(run_cli("status", "--json", "--detail").stdout)
+    assert detail["records"] == 1 and detail["records_by_scope"] == {"serve": 1}
+    assert detail["controller_status"]["records"] == 1
+    human = run_cli("status", "--detail")
     assert "durable (serve_cleanup)" in human.stdout and "last reconcile" in human.stdout
 
 
@@ -80,15 +83,18 @@ def test_list_while_controller_is_down(durable_serve, actors, unique):
     aux = actors(f"down-{unique}")
     serve_cleanup.register(aux)
     ray.kill(controller_handle(), no_restart=True)  # Serve is down for good
-    wait_for(lambda: client.find_controller() is None, 30, "the controller to be gone")
+    wait_for(lambda: find_controller() is None, 30, "the controller to be gone")
 
     out = run_cli("list", "--json")
     assert out.returncode == 0, out.stderr
     assert [r["actor_id"] for r in json.loads(out.stdout)] == [aux._actor_id.hex()]
-    status = json.loads(run_cli("status", "--json").stdout)
-    assert status["controller"] == "none" and status["records"] == 1
-    gc = run_cli("gc")
-    assert gc.returncode == 1 and "serve_cleanup.start" in gc.stderr
+    status = run_cli("status", "--json")
+    assert status.returncode == 4  # no Serve
+    assert json.loads(status.stdout)["controller"] == "none" and json.loads(status.stdout)["records"] == 1
+    for args in (["gc"], ["unregister", aux._actor_id.hex()]):
+        refused = run_cli(*args)  # at once, not after a 30 s wait for a controller
+        assert refused.returncode == 4 and "Serve is not running" in refused.stderr, refused.stderr
+        assert "serve-cleanup purge" in refused.stderr and "Traceback" not in refused.stderr
 
     # A new Serve instance adopts the leftover and kills it at its shutdown.
     serve_cleanup.start()
@@ -140,3 +146,28 @@ def test_purge_removes_leftovers_only_while_serve_is_down(durable_serve, actors)
     assert kv_record_keys() == [saved[kept._actor_id.hex()].key]
     assert run_cli("purge", "--yes", "--all").returncode == 0
     assert kv_record_keys() == []
+
+
+def test_list_reads_gcs_without_a_driver_and_without_serve(durable_serve, actors):
+    """`list` as a user runs it: no `ray.init` (no new job on the cluster), no Serve import."""
+    from serve_cleanup import _compat
+
+    aux = actors()
+    serve_cleanup.register(aux)
+    jobs_before = len(_compat.driver_gcs_client().get_all_job_info())
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('SERVE' if 'ray.serve' in sys.modules else 'NO SERVE', file=sys.stderr))\n"
+        "from serve_cleanup.cli import main\n"
+        "sys.argv = ['serve-cleanup', 'list', '--json']\n"
+        "main()\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address},
+    )
+    assert out.returncode == 0, out.stderr
+    assert [r["actor_id"] for r in json.loads(out.stdout)] == [aux._actor_id.hex()]
+    assert out.stdout.count("\n") == 1  # compact: one line
+    assert out.stderr.strip().splitlines()[-1] == "NO SERVE"
+    assert len(_compat.driver_gcs_client().get_all_job_info()) == jobs_before

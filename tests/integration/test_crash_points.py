@@ -21,7 +21,8 @@ from ray_helpers import (
     wait_dead,
     wait_for,
 )
-from serve_cleanup import _compat, client, faults
+from serve_cleanup import _compat, faults
+from serve_cleanup.client.controller import find_controller
 
 pytestmark = pytest.mark.ray
 
@@ -81,7 +82,7 @@ def test_crash_after_kill_before_delete(crash_at, actors, unique):
         serve_cleanup.register(a)
     bystander = actors()
     serve.shutdown()  # the first kill crashes the controller; the restarted one finishes
-    wait_for(lambda: client.find_controller() is None, 60, "shutdown to finish")
+    wait_for(lambda: find_controller() is None, 60, "shutdown to finish")
     assert _crashed(crash_at)
     for a in registered:
         wait_dead(a)

@@ -10,7 +10,8 @@ from ray import serve
 
 import serve_cleanup
 from ray_helpers import TEST_NAMESPACE, Aux, actor_state, kv_record_keys, own_cluster, wait_dead, wait_for
-from serve_cleanup import _compat, client
+from serve_cleanup import _compat
+from serve_cleanup.client.controller import find_controller
 
 pytestmark = pytest.mark.ray
 
@@ -78,7 +79,7 @@ def test_removed_node_does_not_hang_shutdown(cluster, lost):
 
     started = time.monotonic()
     serve.shutdown()
-    wait_for(lambda: client.find_controller() is None, 60, "shutdown to finish")
+    wait_for(lambda: find_controller() is None, 60, "shutdown to finish")
     took = time.monotonic() - started
     print(f"\nshutdown with a removed node's records ({lost}) took {took:.1f}s")
     assert took < SHUTDOWN_BOUND_S, f"shutdown took {took:.1f}s with a removed node's records"

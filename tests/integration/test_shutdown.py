@@ -30,7 +30,8 @@ from ray_helpers import (
     wait_dead,
     wait_for,
 )
-from serve_cleanup import _compat, client
+from serve_cleanup import _compat
+from serve_cleanup.client.controller import find_controller
 
 pytestmark = pytest.mark.ray
 
@@ -94,7 +95,7 @@ def test_controller_killed_mid_shutdown(durable_serve, actors, unique, step):
 
     # The restarted controller finds Serve's shutdown flag and our records, finishes
     # the shutdown, kills every registered actor, and exits for good.
-    wait_for(lambda: client.find_controller() is None, 60, "the controller to finish shutdown")
+    wait_for(lambda: find_controller() is None, 60, "the controller to finish shutdown")
     # The crash did land mid-shutdown: the controller was restarted once before it exited.
     info = _compat.actor_entry(ctrl_id)
     assert info.num_restarts == 1, "the kill landed after shutdown finished: the test proved nothing"
@@ -124,7 +125,7 @@ def test_controller_killed_during_a_serve_shutdown_call(durable_serve, actors, u
     )
     ray.kill(ctrl, no_restart=False)
 
-    wait_for(lambda: client.find_controller() is None, 60, "the controller to finish shutdown")
+    wait_for(lambda: find_controller() is None, 60, "the controller to finish shutdown")
     caller.join(timeout=60)
     assert not caller.is_alive(), "serve.shutdown() did not return"
     info = _compat.actor_entry(ctrl_id)
@@ -145,6 +146,6 @@ def test_a_stale_shutdown_flag_does_not_stop_a_new_controller(ray_cluster):
     gcs.internal_kv_put(key, b"ff" * 16, True, _compat.KV_NAMESPACE)
     serve_cleanup.start()
     assert controller_status()["shutting_down"] is False
-    assert_stays(lambda: client.find_controller() is not None, 2.0, "the new controller to keep running")
+    assert_stays(lambda: find_controller() is not None, 2.0, "the new controller to keep running")
     assert gcs.internal_kv_get(key, _compat.KV_NAMESPACE) is None
     _teardown_serve()

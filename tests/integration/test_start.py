@@ -8,7 +8,7 @@ from ray import serve
 
 import serve_cleanup
 from ray_helpers import controller_status, run_cli
-from serve_cleanup import client
+from serve_cleanup.client.controller import controller_kind
 
 pytestmark = pytest.mark.ray
 
@@ -26,7 +26,7 @@ def test_start_is_idempotent_and_serve_run_uses_it(durable_serve):
     assert controller_status()["pid"] == pid
     handle = serve.run(Hello.bind(), name="hello", route_prefix=None)
     assert handle.remote().result() == "hello"
-    assert client.controller_kind() == "durable"
+    assert controller_kind() == "durable"
     assert controller_status()["pid"] == pid
 
 
@@ -34,7 +34,7 @@ def test_start_is_idempotent_and_serve_run_uses_it(durable_serve):
 def test_start_refuses_when_plain_serve_runs(plain_serve):
     with pytest.raises(serve_cleanup.NotDurableControllerError, match="serve.shutdown"):
         serve_cleanup.start()
-    assert client.controller_kind() == "plain"
+    assert controller_kind() == "plain"
 
 
 def test_register_refuses_plain_serve(plain_serve, actors):
@@ -48,7 +48,7 @@ def test_cli_start_against_running_cluster(ray_cluster):
     out = run_cli("start")
     assert out.returncode == 0, out.stderr
     assert "Started Serve with the durable controller" in out.stdout
-    assert client.controller_kind() == "durable"
+    assert controller_kind() == "durable"
     again = run_cli("start", "--address", ray.get_runtime_context().gcs_address)
     assert again.returncode == 0, again.stderr
     assert "already running" in again.stdout

@@ -20,8 +20,9 @@ import pytest
 import ray
 from ray._private.authentication_test_utils import reset_auth_token_state
 
-from ray_helpers import TEST_NAMESPACE, stop_ray, wait_dead, wait_for
-from serve_cleanup import _startup, client
+from ray_helpers import CLUSTER_MARKER, TEST_NAMESPACE, end_marked_processes, stop_ray, wait_dead, wait_for
+from serve_cleanup import _startup
+from serve_cleanup.client.controller import controller_kind, find_controller
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
 
@@ -80,6 +81,7 @@ def write_config(tmp_path, helper: str) -> str:
 def head() -> Iterator[None]:
     stop_ray()  # the session's embedded cluster: one cluster at a time
     saved_auth_mode = os.environ.get("RAY_AUTH_MODE")
+    token = uuid.uuid4().hex
     enabled = sc_cli("enable")
     assert "Enabled" in enabled.stdout or "Already enabled" in enabled.stdout
     try:
@@ -88,7 +90,7 @@ def head() -> Iterator[None]:
             f"--dashboard-port={DASHBOARD_PORT}", "--dashboard-host=127.0.0.1",
             "--include-dashboard=true", "--num-cpus=2", "--ray-client-server-port=23021",
             "--dashboard-agent-listen-port=52385", "--disable-usage-stats",
-            timeout=180,
+            timeout=180, **{CLUSTER_MARKER: token},
         )
         # This driver sends the cluster's token only in token mode, too; Ray caches the
         # mode (and the token) per process, so refresh them as Ray's own tests do.
@@ -103,7 +105,7 @@ def head() -> Iterator[None]:
         else:
             os.environ["RAY_AUTH_MODE"] = saved_auth_mode
         reset_auth_token_state()
-        run(os.path.join(BIN, "ray"), "stop", timeout=120, check=False)
+        end_marked_processes(token)
         sc_cli("disable", check=False)
         assert _startup.pth_state() == "off"
 
@@ -111,7 +113,7 @@ def head() -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def no_serve_before(head) -> None:
     """Each test starts without Serve, even after another one failed halfway."""
-    if client.find_controller() is not None:
+    if find_controller() is not None:
         serve_cli("shutdown", "-y", "-a", DASHBOARD, check=False)
         wait_serve_gone()
 
@@ -121,15 +123,15 @@ def helper_handle(name: str):
 
 
 def kind() -> str:
-    return client.controller_kind()
+    return controller_kind()
 
 
 def wait_serve_gone(timeout_s: float = 60) -> None:
-    wait_for(lambda: client.find_controller() is None, timeout_s, "the Serve controller to exit")
+    wait_for(lambda: find_controller() is None, timeout_s, "the Serve controller to exit")
 
 
 def restart_controller() -> None:
-    ctrl = client.find_controller()
+    ctrl = find_controller()
     old = ray.get(ctrl.serve_cleanup_status.remote(), timeout=30)["pid"]
     ray.kill(ctrl, no_restart=False)
     wait_for(
@@ -243,30 +245,40 @@ import json, ray
 from ray import serve
 import serve_cleanup
 ray.init(address="{gcs}", namespace="serve", log_to_driver=False)
+{pretend}
 try:
     serve.start(http_options={{"port": {port}}}, controller_options={controller_options})
+    {unpretend}
     print("KIND", serve_cleanup.controller_kind())
 except Exception as e:
     print("FAILED", type(e).__name__, e)
 """
 
+# A Ray release serve_cleanup does not support, as the factory sees it: while serve.start()
+# runs, this driver reports another version (set after ray.init, whose version check
+# against the cluster would refuse it). Nothing of serve_cleanup is imported before, so
+# the factory's first import of serve_cleanup._compat meets it; the real version is put
+# back before the driver asks which controller runs.
+UNSUPPORTED_RAY = ('real_version, ray.__version__ = ray.__version__, "2.99.0"', "ray.__version__ = real_version")
 
-def drive(controller_options=None, **env: str) -> subprocess.CompletedProcess:
-    code = DRIVER.format(gcs=GCS, port=HTTP_PORT, controller_options=repr(controller_options))
+
+def drive(controller_options=None, pretend: tuple[str, str] = ("", ""), **env: str) -> subprocess.CompletedProcess:
+    code = DRIVER.format(gcs=GCS, port=HTTP_PORT, controller_options=repr(controller_options),
+                         pretend=pretend[0], unpretend=pretend[1] or "pass")
     return run(sys.executable, "-c", code, timeout=120, **env)
 
 
 def test_fallback_when_the_durable_controller_cannot_load(head):
-    out = drive(SERVE_CLEANUP_STARTUP_FAULT="unsupported-ray")
+    out = drive(pretend=UNSUPPORTED_RAY)
     assert "KIND plain" in out.stdout, out.stdout + out.stderr
     assert "could not be loaded" in out.stderr and "UnsupportedRayVersionError" in out.stderr
     assert "NOT durable" in out.stderr
     serve_cli("shutdown", "-y", "-a", DASHBOARD)
     wait_serve_gone()
 
-    strict = drive(SERVE_CLEANUP_STARTUP_FAULT="unsupported-ray", SERVE_CLEANUP_STRICT="1")
+    strict = drive(pretend=UNSUPPORTED_RAY, SERVE_CLEANUP_STRICT="1")
     assert "FAILED RuntimeError" in strict.stdout and "SERVE_CLEANUP_STRICT" in strict.stdout
-    assert client.find_controller() is None  # strict: no controller at all
+    assert find_controller() is None  # strict: no controller at all
 
 
 GUARD = {"runtime_env": {"env_vars": {"RAY_SERVE_CONTROLLER_CALLBACK_IMPORT_PATH": _startup.GUARD_IMPORT_PATH}}}
@@ -290,7 +302,7 @@ def test_guard_lets_the_durable_controller_start_and_stops_a_plain_one(head):
     # Strict guard: the plain controller refuses to start, so Serve does not come up.
     out = drive(GUARD_STRICT, SERVE_CLEANUP_ENABLE="0")
     assert "FAILED" in out.stdout, out.stdout + out.stderr
-    assert client.find_controller() is None
+    assert find_controller() is None
 
 
 def controller_log_containing(text: str, timeout_s: float = 30) -> str:

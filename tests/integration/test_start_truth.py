@@ -15,7 +15,8 @@ from ray import serve
 
 import serve_cleanup
 from ray_helpers import _teardown_serve, controller_handle, controller_status, run_cli
-from serve_cleanup import client
+from serve_cleanup.client.controller import controller_kind
+from serve_cleanup.client.start import SHUTDOWN_WAIT_S, shutting_down, start_durable
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
 
@@ -41,7 +42,7 @@ def test_plain_controller_created_in_between_is_not_reported_durable(no_serve, m
     plain one appeared (serve deploy through the dashboard does this). serve.start() then
     connects to that one; start() must raise, not return."""
     serve.start()  # the plain controller that "won"
-    real = client.controller_kind
+    real = controller_kind
     calls = {"n": 0}
 
     def first_look_sees_nothing(handle=None):
@@ -51,11 +52,11 @@ def test_plain_controller_created_in_between_is_not_reported_durable(no_serve, m
                 return "none"
         return real(handle)
 
-    monkeypatch.setattr(client, "controller_kind", first_look_sees_nothing)
+    monkeypatch.setattr("serve_cleanup.client.start.controller_kind", first_look_sees_nothing)
     with pytest.raises(serve_cleanup.NotDurableControllerError, match="another process"):
         serve_cleanup.start()
     monkeypatch.undo()
-    assert client.controller_kind() == "plain"
+    assert controller_kind() == "plain"
 
 
 def test_racing_a_plain_serve_start(no_serve):
@@ -75,7 +76,7 @@ def test_racing_a_plain_serve_start(no_serve):
             outcome = "raised"
     finally:
         racer.wait(timeout=120)
-    kind = client.controller_kind()
+    kind = controller_kind()
     assert (outcome, kind) in {("returned", "durable"), ("raised", "plain")}, (outcome, kind)
 
 
@@ -84,16 +85,16 @@ def test_start_waits_out_a_durable_controller_that_is_shutting_down(no_serve):
     serve.run(SlowToStop.bind(), name="slow", route_prefix=None)
     old_pid = controller_status()["pid"]
     ray.get(controller_handle().graceful_shutdown.remote(wait=False), timeout=30)
-    assert client.shutting_down()
+    assert shutting_down()
 
     said: list[str] = []
     started = time.monotonic()
-    assert client.start_durable(say=said.append) == "started"
+    assert start_durable(say=said.append) == "started"
     assert any("shutting down; waiting" in m for m in said), said
-    assert client.controller_kind() == "durable"
+    assert controller_kind() == "durable"
     assert controller_status()["pid"] != old_pid
     assert serve.status().applications == {}
-    assert time.monotonic() - started < client.SHUTDOWN_WAIT_S
+    assert time.monotonic() - started < SHUTDOWN_WAIT_S
 
 
 def test_start_warns_when_serve_runs_and_options_are_ignored(no_serve):

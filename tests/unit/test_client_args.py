@@ -4,18 +4,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serve_cleanup import client, faults
+from serve_cleanup import faults
+from serve_cleanup.client import calls
+from serve_cleanup.client.args import resolve_owner
+from serve_cleanup.client.calls import collect_async, register, register_async, unregister_async
 
 
 def test_serve_scope_takes_no_owner():
-    assert client._resolve_owner("serve", None, None) == ("", "")
+    assert resolve_owner("serve", None, None) == ("", "")
     with pytest.raises(ValueError, match="takes no app"):
-        client._resolve_owner("serve", "app", None)
+        resolve_owner("serve", "app", None)
 
 
 def test_explicit_owners_outside_a_replica():
-    assert client._resolve_owner("app", "a", None) == ("a", "")
-    assert client._resolve_owner("deployment", "a", "d") == ("a", "d")
+    assert resolve_owner("app", "a", None) == ("a", "")
+    assert resolve_owner("deployment", "a", "d") == ("a", "d")
 
 
 @pytest.mark.parametrize(
@@ -30,7 +33,7 @@ def test_explicit_owners_outside_a_replica():
 )
 def test_incomplete_owners_are_value_errors(scope, app, deployment, match):
     with pytest.raises(ValueError, match=match):
-        client._resolve_owner(scope, app, deployment)
+        resolve_owner(scope, app, deployment)
 
 
 @settings(max_examples=200, deadline=None)
@@ -41,7 +44,7 @@ def test_incomplete_owners_are_value_errors(scope, app, deployment, match):
 )
 def test_resolve_owner_returns_a_consistent_owner_or_raises_value_error(scope, app, deployment):
     try:
-        got_app, got_dep = client._resolve_owner(scope, app, deployment)
+        got_app, got_dep = resolve_owner(scope, app, deployment)
     except ValueError:
         return
     if scope == "serve":
@@ -55,25 +58,25 @@ def test_resolve_owner_returns_a_consistent_owner_or_raises_value_error(scope, a
 @pytest.mark.parametrize("timeout", [0, -1, "soon", None, True, float("inf"), float("-inf"), float("nan")])
 def test_bad_timeouts_are_refused(timeout):
     with pytest.raises(ValueError, match="timeout_s must be a finite positive number"):
-        client._call_controller("serve_cleanup_status", timeout_s=timeout)
+        calls._call_controller("serve_cleanup_status", timeout_s=timeout)
 
 
 @pytest.mark.parametrize("timeout", [float("inf"), 0, "soon"])
 async def test_bad_timeouts_are_refused_by_the_async_calls(timeout):
     with pytest.raises(ValueError, match="timeout_s must be a finite positive number"):
-        await client.collect_async(timeout_s=timeout)
+        await collect_async(timeout_s=timeout)
     with pytest.raises(ValueError, match="timeout_s must be a finite positive number"):
-        await client.unregister_async("00ff", timeout_s=timeout)
+        await unregister_async("00ff", timeout_s=timeout)
 
 
 async def test_async_calls_check_arguments_like_the_blocking_ones():
     for bad in (42, None, object()):
         with pytest.raises(TypeError, match="expected a Ray ActorHandle"):
-            await client.register_async(bad)
+            await register_async(bad)
         with pytest.raises(TypeError, match="expected a Ray ActorHandle"):
-            client.register(bad)
+            register(bad)
         with pytest.raises(TypeError, match="expected a Ray ActorHandle or an actor id"):
-            await client.unregister_async(bad)
+            await unregister_async(bad)
 
 
 def test_crash_points_are_off_by_default_and_never_fatal(monkeypatch, caplog):

@@ -1,4 +1,4 @@
-"""The client's retry policy (``client._attempts``) as a pure state machine: driven here
+"""The client's retry policy (``calls._attempts``) as a pure state machine: driven here
 step by step with a fake clock and a fake controller lookup, no Ray, no waiting.
 
 What these tests pin down is shared by the blocking and the awaitable calls, since both
@@ -13,7 +13,7 @@ import warnings
 import pytest
 import ray
 
-from serve_cleanup import client
+from serve_cleanup.client import calls
 from serve_cleanup.errors import (
     ControllerUnavailableError,
     DeadActorError,
@@ -56,7 +56,7 @@ def make(timeout_s=10.0, controllers=None, kind="durable"):
             return ctrl
         return seq.pop(0) if seq else ctrl
 
-    gen = client._attempts(
+    gen = calls._attempts(
         "serve_cleanup_register", ("a",), timeout_s, find=find, kind=lambda h: kind, clock=clock
     )
     return gen, clock, ctrl
@@ -65,7 +65,7 @@ def make(timeout_s=10.0, controllers=None, kind="durable"):
 def test_success_on_first_call_returns_the_value():
     gen, _, ctrl = make()
     action = next(gen)
-    assert isinstance(action, client._Await) and action.ref == "ref1" and action.timeout_s == 10.0
+    assert isinstance(action, calls._Await) and action.ref == "ref1" and action.timeout_s == 10.0
     with pytest.raises(StopIteration) as done:
         gen.send("record")
     assert done.value.value == "record"
@@ -87,11 +87,11 @@ def test_dead_or_restarting_controller_is_retried_with_backoff(error):
     sleeps = []
     action = gen.throw(error)
     for _ in range(6):
-        assert isinstance(action, client._Sleep)
+        assert isinstance(action, calls._Sleep)
         sleeps.append(action.seconds)
         clock.now += action.seconds
         action = gen.send(None)
-        assert isinstance(action, client._Await)
+        assert isinstance(action, calls._Await)
         action = gen.throw(error)
     assert sleeps == [0.05, 0.1, 0.2, 0.4, 0.8, 1.0]  # capped exponential backoff
     assert len(ctrl.calls) == 7  # one call per attempt, each on a freshly looked-up handle
@@ -101,7 +101,7 @@ def test_waits_never_pass_the_deadline_and_then_it_gives_up():
     gen, clock, _ = make(timeout_s=1.0)
     action = next(gen)
     while True:
-        if isinstance(action, client._Await):
+        if isinstance(action, calls._Await):
             assert clock.now + action.timeout_s <= 101.0 + 1e-9
             clock.now += min(action.timeout_s, 0.3)
             try:
@@ -122,13 +122,13 @@ def test_waits_never_pass_the_deadline_and_then_it_gives_up():
 def test_no_controller_is_looked_up_again_until_the_timeout():
     gen, clock, ctrl = make(timeout_s=0.5, controllers=[None, None])
     action = next(gen)
-    assert isinstance(action, client._Sleep)  # not running: wait, look again
+    assert isinstance(action, calls._Sleep)  # not running: wait, look again
     clock.now += action.seconds
     action = gen.send(None)
-    assert isinstance(action, client._Sleep)
+    assert isinstance(action, calls._Sleep)
     clock.now += action.seconds
     action = gen.send(None)
-    assert isinstance(action, client._Await)  # it came up
+    assert isinstance(action, calls._Await)  # it came up
     clock.now += 1.0
     with pytest.raises(ControllerUnavailableError, match="not running|GetTimeoutError"):
         gen.throw(ray.exceptions.GetTimeoutError("slow"))
@@ -161,15 +161,15 @@ def test_other_errors_are_not_retried():
 def test_huge_finite_timeouts_are_split_into_bounded_waits():
     gen, _, _ = make(timeout_s=1e300)
     action = next(gen)
-    assert action.timeout_s == client._MAX_WAIT_S
+    assert action.timeout_s == calls._MAX_WAIT_S
 
 
 async def test_blocking_call_on_a_running_loop_warns_once_with_the_fix(monkeypatch):
-    monkeypatch.setattr(client, "_warned", set())
+    monkeypatch.setattr(calls, "_warned", set())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        client._warn_if_blocking_a_loop("register")
-        client._warn_if_blocking_a_loop("register")
+        calls._warn_if_blocking_a_loop("register")
+        calls._warn_if_blocking_a_loop("register")
     assert len(caught) == 1
     message = str(caught[0].message)
     assert caught[0].category is RuntimeWarning
@@ -177,7 +177,7 @@ async def test_blocking_call_on_a_running_loop_warns_once_with_the_fix(monkeypat
 
 
 def test_blocking_call_without_a_loop_does_not_warn(monkeypatch):
-    monkeypatch.setattr(client, "_warned", set())
+    monkeypatch.setattr(calls, "_warned", set())
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        client._warn_if_blocking_a_loop("register")
+        calls._warn_if_blocking_a_loop("register")

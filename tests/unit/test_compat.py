@@ -95,3 +95,36 @@ def test_import_does_not_load_serve_controller_module_itself():
     loaded, new_ray = out.stdout.split()
     if new_ray == "True":
         assert loaded == "not"
+
+
+def test_serve_names_written_out_match_the_installed_serve():
+    """_compat spells out Serve's names so that `list` and `status` never import Serve;
+    they must be exactly Serve's."""
+    from ray.serve._private import constants
+    from ray.serve._private.storage.kv_store import SERVE_INTERNAL_KV_NAMESPACE, get_storage_key
+
+    assert _compat.SERVE_NAMESPACE == constants.SERVE_NAMESPACE
+    assert _compat.SERVE_CONTROLLER_NAME == constants.SERVE_CONTROLLER_NAME
+    assert _compat.SERVE_LOGGER_NAME == constants.SERVE_LOGGER_NAME
+    assert _compat.KV_NAMESPACE == SERVE_INTERNAL_KV_NAMESPACE
+    assert _compat.KV_PREFIX == get_storage_key(f"ray-serve-{constants.SERVE_NAMESPACE}", "").encode()
+
+
+def test_what_the_driverless_probe_reads_exists_on_the_installed_ray():
+    """`status` and `list` without a driver: address resolution, the state accessor's bulk
+    read, the actor-table fields that tell the controllers apart, Serve's cached client."""
+    import inspect
+
+    from ray._private import services
+    from ray._raylet import GcsClientOptions, GlobalStateAccessor
+
+    assert "addr" in inspect.signature(services.canonicalize_bootstrap_address).parameters
+    assert callable(GcsClientOptions.create) and hasattr(GlobalStateAccessor, "get_actor_table")
+    fields = {f.name for f in _compat.gcs_pb2.ActorTableData.DESCRIPTOR.fields}
+    assert {"name", "ray_namespace", "state", "repr_name", "class_name", "pid", "num_restarts",
+            "function_descriptor"} <= fields
+    descriptor = _compat.gcs_pb2.ActorTableData().function_descriptor.python_function_descriptor
+    assert hasattr(descriptor, "module_name")
+    from ray.serve import context
+
+    assert callable(context._set_global_client)

@@ -97,7 +97,8 @@ def test_startup_installs_the_hook_without_importing_ray_or_the_package(bare_ven
         (site / "aaa-serve-cleanup-src.pth").unlink()
 
 
-# A stand-in for ray.serve._private.api: enough to see the swap and the fallback, no Ray.
+# A stand-in for a Ray release serve_cleanup does not support: enough to see the swap and
+# the fallback, no Ray. Its ray.serve._private.api has Ray's factory name.
 FAKE_API = """
 def get_controller_impl(controller_options=None):
     return "ray's own controller"
@@ -106,14 +107,20 @@ def get_controller_impl(controller_options=None):
 
 @pytest.fixture
 def fake_ray(tmp_path, bare_venv):
+    import msgpack  # serve_cleanup's own dependency, linked into the bare venv
+
     python, site = bare_venv
     api = tmp_path / "ray" / "serve" / "_private"
     api.mkdir(parents=True)
     for d in (tmp_path / "ray", tmp_path / "ray" / "serve", api):
         (d / "__init__.py").write_text("")
+    (tmp_path / "ray" / "__init__.py").write_text('__version__ = "2.99.0"\n')
     (api / "api.py").write_text(FAKE_API)
+    libs = tmp_path / "libs"
+    libs.mkdir()
+    (libs / "msgpack").symlink_to(Path(msgpack.__file__).parent)
     _startup.write_pth(str(site))
-    (site / "aaa-serve-cleanup-src.pth").write_text(SRC + "\n")
+    (site / "aaa-serve-cleanup-src.pth").write_text(f"{SRC}\n{libs}\n")
     yield python, str(tmp_path)
     _startup.remove_pth(str(site))
     (site / "aaa-serve-cleanup-src.pth").unlink()
@@ -128,12 +135,20 @@ print(api.get_controller_impl(controller_options=None))
 
 
 def test_swapped_factory_falls_back_to_rays_controller_with_an_error(fake_ray):
-    """The durable controller cannot load here (this Ray is a stub): ERROR, Ray's own."""
+    """The durable controller cannot load on an unsupported Ray: ERROR, Ray's own."""
     python, fake = fake_ray
     out = _run(python, CALL_FACTORY, PYTHONPATH=fake)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["serve_cleanup", "ray's own controller"]
     assert "could not be loaded" in out.stderr and "NOT durable" in out.stderr
+    assert "UnsupportedRayVersionError" in out.stderr and "2.99.0" in out.stderr
+
+
+def test_no_test_hook_in_the_startup_module():
+    """Tests simulate an unsupported Ray with a fake one (above), not with a switch that
+    ships in production code."""
+    source = Path(_startup.__file__).read_text()
+    assert "FAULT" not in source and "SERVE_CLEANUP_STARTUP" not in source
 
 
 def test_strict_refuses_instead_of_falling_back(fake_ray):

@@ -1,0 +1,75 @@
+"""Argument checks, done in the caller's process before any call reaches the controller;
+shared by the blocking and the awaitable calls."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Optional
+
+from ray.actor import ActorHandle
+
+from serve_cleanup import _compat
+from serve_cleanup.core import records
+
+Scope = Literal["serve", "app", "deployment"]
+
+
+def check_timeout(timeout_s: object) -> float:
+    ok = (
+        isinstance(timeout_s, (int, float))
+        and not isinstance(timeout_s, bool)
+        and math.isfinite(timeout_s)
+        and timeout_s > 0
+    )
+    if not ok:
+        raise ValueError(
+            f"timeout_s must be a finite positive number of seconds, got {timeout_s!r}"
+        )
+    return float(timeout_s)  # type: ignore[arg-type]
+
+
+def register_args(
+    actor: object, scope: object, app: object, deployment: object
+) -> tuple[ActorHandle, str, str, str]:
+    if not isinstance(actor, ActorHandle):
+        raise TypeError(
+            f"expected a Ray ActorHandle, got {type(actor).__name__}; pass the handle "
+            "returned by MyActor.remote() or ray.get_actor()."
+        )
+    for label, value in (("app", app), ("deployment", deployment)):
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{label} must be a str, got {type(value).__name__}")
+    owner_app, owner_deployment = resolve_owner(scope, app, deployment)  # type: ignore[arg-type]
+    return actor, scope, owner_app, owner_deployment  # type: ignore[return-value]
+
+
+def resolve_owner(scope: str, app: Optional[str], deployment: Optional[str]) -> tuple[str, str]:
+    """Fill in the replica's own app and deployment where the scope needs them and the
+    caller left them out; then the owner rule of ``records.check_owner``."""
+    if scope in (records.SCOPE_APP, records.SCOPE_DEPLOYMENT) and (app is None or (
+            scope == records.SCOPE_DEPLOYMENT and deployment is None)):
+        here = _compat.replica_owner()
+        if here is None and app is not None:
+            raise ValueError(f"scope='deployment' outside a Serve replica needs deployment=... (app {app!r}).")
+        if here is None:
+            raise ValueError(
+                f"scope={scope!r} outside a Serve replica needs app=" +
+                ("... and deployment=..." if scope == records.SCOPE_DEPLOYMENT else "...")
+            )
+        if app is None:
+            app = here[0]
+        if scope == records.SCOPE_DEPLOYMENT and deployment is None:
+            if here[0] != app:
+                raise ValueError(f"scope='deployment' needs deployment=... (app {app!r}).")
+            deployment = here[1]
+    app, deployment = app or "", deployment or ""
+    records.check_owner(scope, app, deployment)
+    return app, deployment
+
+
+def unregister_args(actor: object) -> str:
+    if isinstance(actor, ActorHandle):
+        return _compat.actor_id_hex(actor)
+    if isinstance(actor, str):
+        return records.normalize_actor_id(actor)
+    raise TypeError(f"expected a Ray ActorHandle or an actor id, got {type(actor).__name__}")
