@@ -136,7 +136,7 @@ def target_rows(results: dict) -> list[dict]:
     if m:
         sm = m["summary"]
         add("4a", f"controller RSS growth with {m['records']:,} records ≤ +60 MB", sm["rss_growth_mb"], 60,
-            f"{sm['none_rss_mb']:.0f} MB with none → {sm['records_rss_mb']:.0f} MB with "
+            f"RSS as the restarted controller answers: {sm['none_rss_mb']:.0f} MB with none → {sm['records_rss_mb']:.0f} MB with "
             f"{sm['records_at_start']:,.0f} (plain {sm['plain_rss_mb']:.0f} MB); value {m['seed']['value_bytes_mean']:.0f} B "
             f"a record", fmt="{:+.0f} MB")
         add("4b", f"rehydrate {m['records']:,} records ≤ 0.5 s (controller's own figure)",
@@ -152,7 +152,7 @@ def target_rows(results: dict) -> list[dict]:
     if li:
         add("5a", f"`serve-cleanup list --json` over {li['records']:,} records ≤ 2 s (a fresh process)",
             li["seconds"], 2.0, f"{li['entries']:,} entries; runs {_rounds([r['seconds'] for r in li['runs']])} s; "
-            "durable Serve running with those records", fmt="{:.2f} s")
+            "Serve not running (a durable controller would drop these records of actors GCS never knew)", fmt="{:.2f} s")
     return sorted(rows, key=lambda r: r["key"])
 
 

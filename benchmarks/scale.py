@@ -13,13 +13,14 @@ record, and the durable controller with ``records`` records; after each restart,
 log. RSS growth is the median with ``records`` minus the median with none.
 
 ``list``: ``serve-cleanup list --json`` over ``records`` records in a fresh process (the
-console script), wall clock, ``list_runs`` times, the durable controller running with
-those records.
+console script), wall clock, ``list_runs`` times, with Serve down (a durable controller's
+first liveness sweep drops records of actors GCS never knew, as these are).
 """
 
 from __future__ import annotations
 
 import re
+from typing import Callable, Optional
 import time
 from dataclasses import dataclass
 
@@ -56,31 +57,39 @@ QUICK = ScaleSizes(records=1000, restarts=1, settle_s=0.2, list_runs=1)
 _REHYDRATED = re.compile(r"rehydrated (\d+) registration\(s\) in ([0-9.]+) ms")
 
 
-def _log_rehydrate_ms(pid: int) -> float | None:
-    """The "rehydrated ..." line logged by the controller process ``pid``, if any: in Serve's
-    controller log, or (logged before Serve configured its logger) the worker's stderr file."""
+def _log_rehydrated(pid: int) -> tuple[Optional[int], Optional[float]]:
+    """(records, ms) of the "rehydrated ..." line logged by the controller process ``pid``,
+    if any: in Serve's controller log, or the worker's stderr file."""
     logs = session_dir()
     if logs is None:
-        return None
-    found = None
+        return None, None
+    found: tuple[Optional[int], Optional[float]] = (None, None)
     paths = [*(logs / "logs" / "serve").glob(f"controller_{pid}*.log"), *(logs / "logs").glob(f"worker-*-{pid}.err")]
     for path in paths:
         for m in _REHYDRATED.finditer(path.read_text(errors="replace")):
-            found = float(m.group(2))
+            found = (int(m.group(1)), float(m.group(2)))
     return found
 
 
-def _restarts(kind: str, n: int, settle_s: float) -> list[dict]:
+def _restarts(kind: str, n: int, settle_s: float, reseed: Optional[Callable[[], object]] = None) -> list[dict]:
+    """``n`` controller kills, each measured as the new process answers (RSS then, with
+    what it read at start in memory) and ``settle_s`` later. ``reseed`` runs before each
+    kill: the durable controller's first liveness sweep rightly drops records of actors
+    GCS never knew, so every restart with records needs them written again."""
     rows = []
     for _ in range(n):
+        if reseed is not None:
+            reseed()
         answer_s = kill_controller_and_wait()
-        time.sleep(settle_s)
         proc = controller_process()
-        row = {"answer_s": answer_s, "rss_mb": proc.memory_info().rss / 2**20}
+        rss_answer = proc.memory_info().rss / 2**20
+        time.sleep(settle_s)
+        row = {"answer_s": answer_s, "rss_mb": rss_answer, "rss_settled_mb": proc.memory_info().rss / 2**20}
         if kind == DURABLE:
             status = controller_status()
-            row.update({"rehydrate_ms": status.get("rehydrate_ms"), "records_at_start": status.get("records"),
-                        "log_rehydrate_ms": _log_rehydrate_ms(proc.pid)})
+            records, ms = _log_rehydrated(proc.pid)
+            row.update({"rehydrate_ms": status.get("rehydrate_ms"), "records_at_start": records,
+                        "log_rehydrate_ms": ms})
         rows.append(row)
     return rows
 
@@ -92,8 +101,11 @@ def memory(sizes: ScaleSizes) -> dict:
     out[PLAIN] = _restarts(PLAIN, sizes.restarts, sizes.settle_s)
     start_serve(DURABLE)
     out["durable_none"] = _restarts(DURABLE, sizes.restarts, sizes.settle_s)
-    out["seed"] = seed_unknown_records(sizes.records, time.time() - 600)
-    out["durable_records"] = _restarts(DURABLE, sizes.restarts, sizes.settle_s)
+    seeds: list[dict] = []
+    out["durable_records"] = _restarts(
+        DURABLE, sizes.restarts, sizes.settle_s,
+        reseed=lambda: seeds.append(seed_unknown_records(sizes.records, time.time() - 600)))
+    out["seed"] = seeds[0]
     purge_records()
     kill_controller_and_wait()  # a controller with no record shuts down at once
     stop_serve()
@@ -123,8 +135,9 @@ def list_json(sizes: ScaleSizes) -> dict:
     stop_serve()
     floor = {"version_s": cli_seconds(["--version"])}
     floor["empty_list_s"], _ = cli_list_json()  # no record: start-up, connect, one KV scan
+    # Serve stays down: a durable controller's first sweep would drop these records of
+    # actors GCS never knew before the first run (list reads the KV either way).
     seed = seed_unknown_records(sizes.records, time.time() - 600)
-    start_serve(DURABLE)
     runs = []
     for _ in range(sizes.list_runs):
         took, entries = cli_list_json()
@@ -133,8 +146,6 @@ def list_json(sizes: ScaleSizes) -> dict:
     if profiling():
         cli_list_json(profile_as="list-json-cli")  # not timed: py-spy slows it
     purge_records()
-    kill_controller_and_wait()
-    stop_serve()
     log(f"list: fixed costs: `serve-cleanup --version` {floor['version_s']:.2f} s, `list --json` with no "
         f"record {floor['empty_list_s']:.2f} s")
     return {"records": sizes.records, "seed": seed, "runs": runs, "fixed": floor,
