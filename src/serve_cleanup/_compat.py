@@ -369,6 +369,10 @@ def use_cluster_token() -> None:
         from ray._private.authentication import authentication_token_setup as setup
     except ImportError:  # a Ray without token authentication
         return
+    if not hasattr(setup, "maybe_enable_token_auth_if_token_available"):
+        # Before 2.60 token authentication is on only where RAY_AUTH_MODE=token is set,
+        # and then Ray's GCS client reads the token itself: nothing to enable here.
+        return
     # It logs a WARNING that token authentication is on; a probe prints nothing of Ray's.
     log = logging.getLogger(setup.__name__)
     level = log.level

@@ -30,6 +30,7 @@ from ray_helpers import (
     wait_dead,
     wait_for,
 )
+from ray.serve._private.common import REPLICA_ID_FULL_ID_STR_PREFIX
 from serve_cleanup import _compat
 from serve_cleanup.client.controller import find_controller
 
@@ -43,7 +44,7 @@ class Slow:
 
 
 def _replica_ids(app: str) -> list[str]:
-    prefix = f"{_compat.REPLICA_ID_FULL_ID_STR_PREFIX}{app}#"
+    prefix = f"{REPLICA_ID_FULL_ID_STR_PREFIX}{app}#"
     return [
         ray.get_actor(e["name"], namespace=e["namespace"])._actor_id.hex()
         for e in ray.util.list_named_actors(all_namespaces=True)

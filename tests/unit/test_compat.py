@@ -128,3 +128,12 @@ def test_what_the_driverless_probe_reads_exists_on_the_installed_ray():
     from ray.serve import context
 
     assert callable(context._set_global_client)
+
+
+def test_sending_the_clusters_token_works_on_the_installed_ray(monkeypatch, tmp_path):
+    """`status` and `list` call this before they open a bare GCS client: on every supported
+    Ray it returns (Ray 2.54-2.59 have no `maybe_enable_token_auth_if_token_available`)."""
+    monkeypatch.setenv("HOME", str(tmp_path))  # no token file of this machine's
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    _compat.use_cluster_token()
