@@ -183,13 +183,18 @@ def run_in_virtual_time(main: Callable[[asyncio.AbstractEventLoop], Coroutine[An
     try:
         return loop.run_until_complete(main(loop))
     finally:
-        tasks = asyncio.all_tasks(loop)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-        loop.close()
+        close_loop(loop)
         gc.collect()  # finalize what the run left now, not inside a later ast.parse (3.11.7 bug)
+
+
+def close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what still runs on ``loop``, let it finish cancelling, and close the loop."""
+    tasks = asyncio.all_tasks(loop)
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+    loop.close()
 
 
 class LoopClock:

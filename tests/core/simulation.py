@@ -64,7 +64,6 @@ issues them.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import math
 import os
@@ -76,7 +75,7 @@ from typing import Any, Callable, Optional
 import msgpack
 
 from fakes import (
-    Crash, LoopClock, Process, SimDeadlock, VirtualTimeLoop, World, handle_of, is_system, track_tasks,
+    Crash, LoopClock, close_loop, Process, SimDeadlock, VirtualTimeLoop, World, handle_of, is_system, track_tasks,
 )
 from serve_cleanup.core import CRASH_POINTS, Config, Registration, State
 from serve_cleanup.core import records as rec
@@ -367,12 +366,7 @@ class Sim:
         except Exception as e:  # a bug in the simulation or an exception the core let out
             self.fail("error", f"{e!r}")
         finally:
-            tasks = asyncio.all_tasks(loop)
-            for task in tasks:
-                task.cancel()
-            if tasks:
-                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-            loop.close()
+            close_loop(loop)
         return self.failure
 
     @property
@@ -463,7 +457,6 @@ class Sim:
     async def _finish(self) -> None:
         """Faults stop; Serve shuts down (if it has not yet) once the dead are swept; a
         following controller adopts whatever a give-up left."""
-        w = self.w
         self._faults_off()
         if self.shutdown_at is None:
             quiet_until = self.now + BACKOFF_MAX_S + self.bound + 5.0
