@@ -58,10 +58,10 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 def internals() -> SimpleNamespace:
     """serve_cleanup's private modules (``benchmarks.micro`` and ``benchmarks.memory_per_record``
     only). Fix moves here."""
-    from serve_cleanup import _compat
     from serve_cleanup.core import records, registry
+    from serve_cleanup.serve_adapter import _ray
 
-    return SimpleNamespace(compat=_compat, records=records, registry=registry)
+    return SimpleNamespace(ray_side=_ray, records=records, registry=registry)
 
 
 def package_commit() -> str:

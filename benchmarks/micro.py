@@ -26,7 +26,7 @@ import ray
 from benchmarks.harness import connect, internals, log
 
 _internal = internals()
-_compat, records = _internal.compat, _internal.records
+_ray, records = _internal.ray_side, _internal.records
 Record = records.Record
 
 BATCHES = 10
@@ -83,7 +83,7 @@ def serve_controller_logger() -> logging.Logger:
 
     configure_component_logger(component_name="controller", component_id="bench-micro",
                                logging_config=LoggingConfig())
-    return _compat.controller_logger
+    return _ray.controller_logger
 
 
 def run(n: int) -> dict:
@@ -91,8 +91,8 @@ def run(n: int) -> dict:
     actor = Probe.options(name=f"probe-{os.urandom(4).hex()}", namespace="serve-cleanup-bench",
                           lifetime="detached").remote()
     ray.get(actor.ping.remote())
-    handle_bytes = _compat.handle_to_bytes(actor)
-    actor_id = _compat.actor_id_hex(actor)
+    handle_bytes = _ray.handle_to_bytes(actor)
+    actor_id = _ray.actor_id_hex(actor)
     rec = Record(actor_id=actor_id, name="probe", namespace="serve-cleanup-bench",
                  handle=handle_bytes, registered_at=time.time())
 
@@ -100,7 +100,7 @@ def run(n: int) -> dict:
         lambda: ray.get(actor.ping.remote()), n // 4)
     out["handle._serialization_helper()"] = measure(lambda: actor._serialization_helper(), n)
     out["core_worker_pb2.ActorHandle().ParseFromString"] = measure(
-        lambda: _compat.core_worker_pb2.ActorHandle().ParseFromString(handle_bytes), n)
+        lambda: _ray.core_worker_pb2.ActorHandle().ParseFromString(handle_bytes), n)
     out["records.encode (validate + msgpack)"] = measure(lambda: records.encode(rec), n)
     out["msgpack.packb of the record map alone"] = measure(
         lambda: msgpack.packb({"v": 1, "actor_id": actor_id, "name": "probe", "namespace": "ns",
@@ -109,7 +109,7 @@ def run(n: int) -> dict:
     out["Record(...) + records.validate"] = measure(
         lambda: records.validate(Record(actor_id=actor_id, name="p", namespace="n",
                                         handle=handle_bytes, registered_at=1.0)), n)
-    out["actor_id_hex(handle)"] = measure(lambda: _compat.actor_id_hex(actor), n)
+    out["actor_id_hex(handle)"] = measure(lambda: _ray.actor_id_hex(actor), n)
 
     from ray.util import metrics as ray_metrics
 
@@ -133,11 +133,11 @@ def run(n: int) -> dict:
 
     loop = asyncio.new_event_loop()
     try:
-        gcs_driver = _compat.driver_gcs_client()
-        gcs_own = _compat.GcsClient(address=ray.get_runtime_context().gcs_address)
+        gcs_driver = _ray.driver_gcs_client()
+        gcs_own = _ray.GcsClient(address=ray.get_runtime_context().gcs_address)
         key = b"serve-cleanup-bench-micro"
         value = records.encode(rec)
-        aid = _compat.actor_id_from_hex(actor_id)
+        aid = _ray.actor_id_from_hex(actor_id)
         for label, gcs in (("driver's GcsClient", gcs_driver), ("own GcsClient(address=)", gcs_own)):
             put = lambda g=gcs: g.async_internal_kv_put(key, value, True, b"serve", timeout=5)  # noqa: E731
             look = lambda g=gcs: g.async_get_all_actor_info(actor_id=aid, timeout=5)  # noqa: E731

@@ -16,7 +16,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from serve_cleanup._support import SUPPORTED_RAY
+from serve_cleanup.serve_adapter.versions import SUPPORTED_RAY
 from serve_cleanup.errors import (
     ControllerRunningError,
     ControllerUnavailableError,

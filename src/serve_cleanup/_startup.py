@@ -45,6 +45,21 @@ ENV_ENABLE = "SERVE_CLEANUP_ENABLE"
 ENV_STRICT = "SERVE_CLEANUP_STRICT"
 GUARD_IMPORT_PATH = "serve_cleanup._startup:expect_durable"
 
+# The one rule for "is this controller durable": its class is serve_cleanup's
+# ServeController, defined in one of these modules. The first is this release's; the
+# second is 0.1.0's, kept because Ray re-creates a crashed controller from the class path
+# it was created with (serve_cleanup/controller.py re-exports the class there), so a
+# cluster enabled by 0.1.0 keeps running controllers that the actor table names so.
+# Read from a handle (client.controller), from the actor table without a driver (the
+# probe), and from the class itself (the guard below).
+DURABLE_CONTROLLER_MODULES = ("serve_cleanup.serve_adapter.controller", "serve_cleanup.controller")
+
+
+def is_durable_controller_module(module: str) -> bool:
+    """Whether a controller whose class comes from ``module`` is the durable one."""
+    return module in DURABLE_CONTROLLER_MODULES
+
+
 # Modules that bind their own copy of default_impl.get_controller_impl.
 TARGETS = ("ray.serve._private.api", "ray.serve._private.controller_avatar")
 
@@ -181,10 +196,10 @@ def _durable_factory(original: Callable[..., Any]) -> Callable[..., Any]:
 
 def load_durable_actor_class(controller_options: Any = None) -> Any:
     """The durable controller as an actor class with Ray's own controller options."""
-    from serve_cleanup import _compat
-    from serve_cleanup.controller import ServeController
+    from serve_cleanup.serve_adapter import _ray
+    from serve_cleanup.serve_adapter.controller import ServeController
 
-    return _compat.make_controller_actor_class(ServeController, controller_options)
+    return _ray.make_controller_actor_class(ServeController, controller_options)
 
 
 # --- the guard --------------------------------------------------------------------------
@@ -199,7 +214,7 @@ def _controller_is_durable() -> Optional[bool]:
             c.__name__ == "ServeController" and c.__module__ == "ray.serve._private.controller"
             for c in type(me).__mro__
         ):
-            return callable(getattr(type(me), "serve_cleanup_status", None))
+            return any(is_durable_controller_module(c.__module__) for c in type(me).__mro__)
         frame = frame.f_back
     return None
 

@@ -4,7 +4,7 @@ shutdown and unreadable KV entries; then the promise is checked.
 Each round, on a fresh durable Serve instance, with a schedule drawn from the round's own
 seed (``random.Random(round_seed)``; the round seeds come from the run's seed):
 
-1. **Crash points**: a random subset of ``faults.POINTS`` armed for the controller (its
+1. **Crash points**: a random subset of ``CRASH_POINTS`` armed for the controller (its
    ``runtime_env``), at a random probability, each firing at most once (the KV markers,
    cleared every round, count as kills).
 2. **Junk under the record prefix**, planted through the GCS KV before the controller
@@ -54,10 +54,12 @@ from ray import cloudpickle, serve
 from ray.serve.api import RunTarget
 
 import serve_cleanup
-from serve_cleanup import _compat, faults
+from serve_cleanup.serve_adapter import _ray, faults
+from serve_cleanup.serve_adapter.kv import KvStore
 from serve_cleanup.client.calls import controller_status
 from serve_cleanup.client.controller import find_controller
 from serve_cleanup.core import records
+from serve_cleanup.core.config import CRASH_POINTS
 
 # Workers need not import this file: ship its classes by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -293,38 +295,33 @@ def _wait(predicate: Callable[[], object], timeout_s: float, interval_s: float =
 
 
 def _state(actor_id: str) -> str:
-    info = _compat.actor_info(actor_id)
+    info = _ray.actor_info(actor_id)
     return "DEAD" if info is None else info.state
 
 
 def _controller():
-    return ray.get_actor(_compat.SERVE_CONTROLLER_NAME, namespace=_compat.SERVE_NAMESPACE)
+    return ray.get_actor(_ray.SERVE_CONTROLLER_NAME, namespace=_ray.SERVE_NAMESPACE)
 
 
-def _gcs():
-    return _compat.driver_gcs_client()
-
-
-def _kv_full(key: bytes) -> bytes:
-    return _compat.kv_key(key)
+def _kv() -> KvStore:
+    return KvStore(_ray.driver_gcs_client())
 
 
 def _kv_get(key: bytes) -> Optional[bytes]:
-    return _gcs().internal_kv_get(_kv_full(key), _compat.KV_NAMESPACE)
+    return _kv().get(key)
 
 
 def _kv_put(key: bytes, value: bytes) -> None:
-    _gcs().internal_kv_put(_kv_full(key), value, True, _compat.KV_NAMESPACE)
+    _kv().put(key, value)
 
 
 def _kv_del(key: bytes) -> None:
-    _gcs().internal_kv_del(_kv_full(key), False, _compat.KV_NAMESPACE)
+    _kv().delete(key)
 
 
 def _record_keys() -> set[bytes]:
     """Every key under the record prefix, below Serve's KV prefix (raw bytes)."""
-    found = _gcs().internal_kv_keys(_kv_full(records.KEY_PREFIX.encode()), _compat.KV_NAMESPACE)
-    return {bytes(k)[len(_compat.KV_PREFIX):] for k in found}
+    return set(_kv().keys(records.KEY_PREFIX))
 
 
 def _marker(point: str) -> bytes:
@@ -361,12 +358,12 @@ def _junk(rng: random.Random, n: int, bystanders: list) -> dict[bytes, bytes]:
                 owner, other = other, owner
             real = records.encode(records.Record(
                 actor_id=_id(other), name="", namespace="",
-                handle=_compat.handle_to_bytes(other), registered_at=time.time(),
+                handle=_ray.handle_to_bytes(other), registered_at=time.time(),
             ))
             # Another actor's valid record under this key, or this actor's record cut short.
             value = real if style < 0.8 else records.encode(records.Record(
                 actor_id=_id(owner), name="", namespace="",
-                handle=_compat.handle_to_bytes(owner), registered_at=time.time(),
+                handle=_ray.handle_to_bytes(owner), registered_at=time.time(),
             ))[: rng.randint(1, 20)]
         out[key] = value
     return out
@@ -398,7 +395,7 @@ class _Plan:
 
     @classmethod
     def draw(cls, rng: random.Random, cfg: Config) -> "_Plan":
-        points = tuple(sorted(rng.sample(faults.POINTS, rng.randint(0, len(faults.POINTS)))))
+        points = tuple(sorted(rng.sample(CRASH_POINTS, rng.randint(0, len(CRASH_POINTS)))))
         return cls(
             points=points,
             probability=rng.choice((1.0, 0.5, 0.25)),
@@ -457,7 +454,7 @@ def _round(rng, plan: _Plan, cfg: Config, res: RoundResult, tag: str, ledger: An
     serve.shutdown()
     if not _wait(lambda: find_controller() is None, cfg.timeout_s):
         raise AssertionError("a controller from before this round is still running")
-    for point in faults.POINTS:
+    for point in CRASH_POINTS:
         _kv_del(_marker(point))
 
     # Bystanders live for the whole run (fewer process starts); one that died is counted
@@ -664,7 +661,7 @@ def _round(rng, plan: _Plan, cfg: Config, res: RoundResult, tag: str, ledger: An
     for actor_id in replica_returned:
         returned[actor_id] = "serve"
 
-    res.injected = sum(_kv_get(_marker(p)) is not None for p in faults.POINTS)
+    res.injected = sum(_kv_get(_marker(p)) is not None for p in CRASH_POINTS)
     res.kills = landed[0] + in_shutdown + res.injected
     res.registrations = len(returned)
     res.owned_registrations = sum(v == "app" for v in returned.values())
@@ -673,7 +670,7 @@ def _round(rng, plan: _Plan, cfg: Config, res: RoundResult, tag: str, ledger: An
     keys = _record_keys()
     res.records_left = len(keys - set(junk))
     res.set_aside_touched = sum(_kv_get(k) != v for k, v in junk.items())
-    info = _compat.actor_entry(ctrl_id)
+    info = _ray.actor_entry(ctrl_id)
     res.restarts = info.num_restarts if info else 0
     res.crash_loops = int(res.restarts > res.kills)
     res.phases["check"] = time.monotonic() - t_check
@@ -769,7 +766,7 @@ def _clean_up(res: RoundResult, junk: dict, attempted: list, threads: list, ledg
             pass
     for key in _record_keys():
         _kv_del(key)
-    for point in faults.POINTS:
+    for point in CRASH_POINTS:
         _kv_del(_marker(point))
 
 

@@ -1073,7 +1073,7 @@ class Sim:
         # write gate meanwhile ("plus the time of the pass itself").
         if self.shutdown_at is not None or core is None or core.state is not State.OPEN:
             return
-        if core.registry.gate.held_alone:
+        if core.registry.gate._closed is not None:  # a bulk drop holds the write gate alone
             self.bulk_s += SAMPLE_S
         for a in self._gone_in_kv():
             if a.calls or not core.reaper.due(a.actor_id) or core.locks.busy(a.actor_id):

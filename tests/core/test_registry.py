@@ -274,7 +274,7 @@ async def test_bulk_drop_waits_for_writes_under_way_and_holds_new_ones(store, re
     release.set()
     await writer
     await drop
-    assert set(store.data) == {make(500).key} and registry.ids() == [aid(500)]
+    assert set(store.data) == {make(500).key} and [r.actor_id for r in registry.records()] == [aid(500)]
 
 
 # --- new_record and orphans --------------------------------------------------------------

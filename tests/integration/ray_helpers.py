@@ -24,7 +24,8 @@ from ray.cluster_utils import Cluster
 
 import serve_cleanup
 from ray_env import TEST_NAMESPACE, stop_ray  # noqa: F401  (re-exported for the tests)
-from serve_cleanup import _compat
+from serve_cleanup.serve_adapter import _ray
+from serve_cleanup.serve_adapter.kv import KvStore
 from serve_cleanup.client.controller import find_controller
 from serve_cleanup.core import records
 
@@ -56,7 +57,7 @@ def assert_stays(predicate: Callable[[], bool], seconds: float, what: str) -> No
 
 
 def actor_state(actor_id: str) -> str:
-    info = _compat.actor_info(actor_id)
+    info = _ray.actor_info(actor_id)
     return "DEAD" if info is None else info.state
 
 
@@ -68,15 +69,18 @@ def wait_dead(handle, timeout_s: float = 30.0) -> None:
     wait_for(lambda: is_dead(handle), timeout_s, f"actor {handle._actor_id.hex()} to die")
 
 
+def kv() -> KvStore:
+    """serve_cleanup's keys in this driver's cluster (the store the product uses)."""
+    return KvStore(_ray.driver_gcs_client())
+
+
 def kv_record_keys() -> list[str]:
     """Record keys in the KV (undecodable bytes shown as backslash escapes)."""
-    found = _compat.driver_gcs_client().internal_kv_keys(_compat.kv_key(records.KEY_PREFIX), _compat.KV_NAMESPACE)
-    strip = len(_compat.KV_PREFIX)
-    return sorted(bytes(k)[strip:].decode("utf-8", "backslashreplace") for k in found)
+    return sorted(k.decode("utf-8", "backslashreplace") for k in kv().keys(records.KEY_PREFIX))
 
 
 def controller_handle():
-    return ray.get_actor(_compat.SERVE_CONTROLLER_NAME, namespace=_compat.SERVE_NAMESPACE)
+    return ray.get_actor(_ray.SERVE_CONTROLLER_NAME, namespace=_ray.SERVE_NAMESPACE)
 
 
 def controller_status(timeout_s: float = 30.0) -> dict:
@@ -178,14 +182,11 @@ def crash_plain_controller_and_wait() -> None:
 
 def _plant_record(record: records.Record) -> None:
     """Write a record straight into the KV (as a controller that is gone left it)."""
-    _compat.driver_gcs_client().internal_kv_put(
-        _compat.kv_key(record.key), records.encode(record), True,
-        _compat.KV_NAMESPACE,
-    )
+    kv().put(record.key, records.encode(record))
 
 
 def _purge_records() -> None:
-    _compat.driver_gcs_client().internal_kv_del(_compat.kv_key(records.KEY_PREFIX), True, _compat.KV_NAMESPACE)
+    kv().delete_prefix(records.KEY_PREFIX)
 
 
 @pytest.fixture

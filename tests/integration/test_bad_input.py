@@ -9,6 +9,7 @@ from ray import serve
 
 import serve_cleanup
 from ray_helpers import (
+    kv,
     controller_handle,
     controller_status,
     kill_controller_and_wait_restart,
@@ -16,7 +17,7 @@ from ray_helpers import (
     wait_dead,
     wait_for,
 )
-from serve_cleanup import _compat
+from serve_cleanup.serve_adapter import _ray
 from serve_cleanup.core import records
 
 pytestmark = pytest.mark.ray
@@ -60,8 +61,8 @@ def test_the_upstream_method_accepts_a_dead_actor_as_plain_serve_and_the_sweep_d
 
 def _serve_actor(prefix: str):
     for entry in ray.util.list_named_actors(all_namespaces=True):
-        if entry["namespace"] == _compat.SERVE_NAMESPACE and entry["name"].startswith(prefix):
-            return ray.get_actor(entry["name"], namespace=_compat.SERVE_NAMESPACE)
+        if entry["namespace"] == _ray.SERVE_NAMESPACE and entry["name"].startswith(prefix):
+            return ray.get_actor(entry["name"], namespace=_ray.SERVE_NAMESPACE)
     raise AssertionError(f"no Serve actor named {prefix}*")
 
 
@@ -80,9 +81,7 @@ def test_serve_system_actors_are_refused(durable_serve, which):
 
 def _plant(key_suffix: str, value: bytes) -> str:
     key = records.KEY_PREFIX + key_suffix
-    _compat.driver_gcs_client().internal_kv_put(
-        _compat.kv_key(key), value, True, _compat.KV_NAMESPACE
-    )
+    kv().put(key, value)
     return key
 
 

@@ -150,11 +150,11 @@ def test_purge_removes_leftovers_only_while_serve_is_down(durable_serve, actors)
 
 def test_list_reads_gcs_without_a_driver_and_without_serve(durable_serve, actors):
     """`list` as a user runs it: no `ray.init` (no new job on the cluster), no Serve import."""
-    from serve_cleanup import _compat
+    from serve_cleanup.serve_adapter import _ray
 
     aux = actors()
     serve_cleanup.register(aux)
-    jobs_before = len(_compat.driver_gcs_client().get_all_job_info())
+    jobs_before = len(_ray.driver_gcs_client().get_all_job_info())
     code = (
         "import atexit, sys\n"
         "atexit.register(lambda: print('SERVE' if 'ray.serve' in sys.modules else 'NO SERVE', file=sys.stderr))\n"
@@ -170,4 +170,4 @@ def test_list_reads_gcs_without_a_driver_and_without_serve(durable_serve, actors
     assert [r["actor_id"] for r in json.loads(out.stdout)] == [aux._actor_id.hex()]
     assert out.stdout.count("\n") == 1  # compact: one line
     assert out.stderr.strip().splitlines()[-1] == "NO SERVE"
-    assert len(_compat.driver_gcs_client().get_all_job_info()) == jobs_before
+    assert len(_ray.driver_gcs_client().get_all_job_info()) == jobs_before

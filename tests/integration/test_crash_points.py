@@ -13,6 +13,7 @@ from ray import serve
 
 import serve_cleanup
 from ray_helpers import (
+    kv,
     _teardown_serve,
     actor_state,
     controller_handle,
@@ -21,33 +22,26 @@ from ray_helpers import (
     wait_dead,
     wait_for,
 )
-from serve_cleanup import _compat, faults
+from serve_cleanup.serve_adapter import _ray, faults
 from serve_cleanup.client.controller import find_controller
 
 pytestmark = pytest.mark.ray
 
 
-def _marker_key(point: str) -> bytes:
-    return _compat.kv_key(faults.MARKER_PREFIX + point)
-
-
 def _crashed(point: str) -> bool:
-    gcs = _compat.driver_gcs_client()
-    return gcs.internal_kv_get(_marker_key(point), _compat.KV_NAMESPACE) is not None
+    return kv().get(faults.MARKER_PREFIX + point) is not None
 
 
 def _restarts() -> int:
-    info = _compat.actor_entry(controller_handle()._actor_id.hex())
+    info = _ray.actor_entry(controller_handle()._actor_id.hex())
     return info.num_restarts
 
 
 @pytest.fixture
 def crash_at(ray_cluster, request):
     point = request.param
-    gcs = _compat.driver_gcs_client()
-
     def clear_marker():
-        gcs.internal_kv_del(_marker_key(point), False, _compat.KV_NAMESPACE)
+        kv().delete(faults.MARKER_PREFIX + point)
 
     _teardown_serve()
     clear_marker()

@@ -15,13 +15,13 @@ from ray import serve
 
 import serve_cleanup
 from ray_helpers import (
+    kv,
     kill_controller_and_wait_restart,
     kv_record_keys,
     run_cli,
     wait_dead,
     wait_for,
 )
-from serve_cleanup import _compat
 from serve_cleanup.core import records
 
 pytestmark = pytest.mark.ray
@@ -34,8 +34,8 @@ class Idle:
 
 
 def _plant_raw(suffix: bytes, value: bytes) -> bytes:
-    key = _compat.KV_PREFIX + records.KEY_PREFIX.encode() + suffix
-    _compat.driver_gcs_client().internal_kv_put(key, value, True, _compat.KV_NAMESPACE)
+    key = records.KEY_PREFIX.encode() + suffix
+    kv().put(key, value)
     return key
 
 

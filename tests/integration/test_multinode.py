@@ -10,7 +10,7 @@ from ray import serve
 
 import serve_cleanup
 from ray_helpers import TEST_NAMESPACE, Aux, actor_state, kv_record_keys, own_cluster, wait_dead, wait_for
-from serve_cleanup import _compat
+from serve_cleanup.serve_adapter import _ray
 from serve_cleanup.client.controller import find_controller
 
 pytestmark = pytest.mark.ray
@@ -36,7 +36,7 @@ def _on(node_resource: str, name=None):
 
 
 def _node_of(actor) -> str:
-    info = _compat.actor_entry(actor._actor_id.hex())
+    info = _ray.actor_entry(actor._actor_id.hex())
     return info.address.node_id.hex()
 
 

@@ -10,8 +10,8 @@ import ray
 from ray import serve
 
 import serve_cleanup
-from ray_helpers import Aux, kill_controller_and_wait_restart, kv_record_keys, wait_dead
-from serve_cleanup import _compat
+from ray_helpers import Aux, kv, kill_controller_and_wait_restart, kv_record_keys, wait_dead
+from serve_cleanup.serve_adapter import _ray
 from serve_cleanup.core import records
 
 pytestmark = pytest.mark.ray
@@ -74,7 +74,7 @@ def test_v1_record_written_by_hand_is_honoured(durable_serve, actors):
             "actor_id": actor_id,
             "name": "",
             "namespace": "",
-            "handle": _compat.handle_to_bytes(aux),
+            "handle": _ray.handle_to_bytes(aux),
             "scope": "serve",
             "app": "",
             "deployment": "",
@@ -83,9 +83,7 @@ def test_v1_record_written_by_hand_is_honoured(durable_serve, actors):
         use_bin_type=True,
     )
     key = records.KEY_PREFIX + actor_id
-    _compat.driver_gcs_client().internal_kv_put(
-        _compat.kv_key(key), v1, True, _compat.KV_NAMESPACE
-    )
+    kv().put(key, v1)
     status = kill_controller_and_wait_restart()
     assert status["records"] == 1 and status["set_aside"] == []
     serve.shutdown()

@@ -16,7 +16,7 @@ pytest.importorskip("ray.llm._internal.serve.routing_policies.prefix_aware.prefi
 
 import serve_cleanup
 from ray_helpers import actor_state, assert_stays, crash_plain_controller_and_wait, kill_controller_and_wait_restart, wait_dead, wait_for
-from serve_cleanup import _compat
+from serve_cleanup.serve_adapter import _ray
 
 pytestmark = [pytest.mark.ray, pytest.mark.smoke]
 
@@ -42,7 +42,7 @@ class Prompt:
 
 
 def _tree_actor(app: str):
-    namespace = f"{_compat.SERVE_NAMESPACE}::{app}::Echo"
+    namespace = f"{_ray.SERVE_NAMESPACE}::{app}::Echo"
     return wait_for(
         lambda: ray.get_actor("LlmPrefixTreeActor", namespace=namespace), 30, "the prefix tree actor"
     )

@@ -27,7 +27,7 @@ from ray._private.authentication_test_utils import reset_auth_token_state
 
 import serve_cleanup
 from ray_helpers import CLUSTER_MARKER, TEST_NAMESPACE, end_marked_processes, stop_ray, wait_for
-from serve_cleanup import _compat
+from serve_cleanup.serve_adapter import _ray
 from serve_cleanup.client.controller import find_controller
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
@@ -92,7 +92,7 @@ def no_serve(head) -> None:
 
 
 def jobs() -> int:
-    return len(_compat.driver_gcs_client().get_all_job_info())
+    return len(_ray.driver_gcs_client().get_all_job_info())
 
 
 def test_exit_codes_for_no_serve_durable_and_plain_without_a_driver(no_serve):
@@ -152,12 +152,12 @@ def test_durable_controller_tells_itself_apart_in_the_actor_table(no_serve):
 
     serve_cleanup.start()
     actor_id = find_controller()._actor_id.hex()
-    entry = wait_for(lambda: (e := _compat.actor_entry(actor_id)) is not None and e.repr_name and e, 30,
+    entry = wait_for(lambda: (e := _ray.actor_entry(actor_id)) is not None and e.repr_name and e, 30,
                      "the controller's repr_name in the actor table")
     assert entry.repr_name == controller.REPR == "ServeController(serve_cleanup durable)"
     assert entry.class_name == "ServeController"
     serve.shutdown()
     wait_for(lambda: find_controller() is None, 60, "the durable controller to exit")
     serve.start()
-    plain = _compat.actor_entry(find_controller()._actor_id.hex())
+    plain = _ray.actor_entry(find_controller()._actor_id.hex())
     assert plain.class_name == "ServeController" and plain.repr_name != controller.REPR

@@ -16,7 +16,7 @@ from ray_helpers import (
     kv_record_keys,
     wait_dead,
 )
-from serve_cleanup import _compat
+from serve_cleanup.serve_adapter import _ray
 
 pytestmark = pytest.mark.ray
 
@@ -30,7 +30,7 @@ class RegistersThroughUpstream:
         aux = Aux.options(
             name=name, namespace=TEST_NAMESPACE, lifetime="detached", get_if_exists=True
         ).remote()
-        ctrl = ray.get_actor(_compat.SERVE_CONTROLLER_NAME, namespace=_compat.SERVE_NAMESPACE)
+        ctrl = ray.get_actor(_ray.SERVE_CONTROLLER_NAME, namespace=_ray.SERVE_NAMESPACE)
         ray.get(ctrl._register_shutdown_cleanup_actor.remote(aux))
 
     def __call__(self) -> str:

@@ -19,8 +19,9 @@ import ray
 from ray import serve
 
 import serve_cleanup
-from serve_cleanup.controller import ShutdownFlag
+from serve_cleanup.serve_adapter.controller import ShutdownFlag
 from ray_helpers import (
+    kv,
     _teardown_serve,
     actor_state,
     assert_stays,
@@ -31,7 +32,7 @@ from ray_helpers import (
     wait_for,
 )
 from ray.serve._private.common import REPLICA_ID_FULL_ID_STR_PREFIX
-from serve_cleanup import _compat
+from serve_cleanup.serve_adapter import _ray
 from serve_cleanup.client.controller import find_controller
 
 pytestmark = pytest.mark.ray
@@ -48,7 +49,7 @@ def _replica_ids(app: str) -> list[str]:
     return [
         ray.get_actor(e["name"], namespace=e["namespace"])._actor_id.hex()
         for e in ray.util.list_named_actors(all_namespaces=True)
-        if e["namespace"] == _compat.SERVE_NAMESPACE and e["name"].startswith(prefix)
+        if e["namespace"] == _ray.SERVE_NAMESPACE and e["name"].startswith(prefix)
     ]
 
 
@@ -98,7 +99,7 @@ def test_controller_killed_mid_shutdown(durable_serve, actors, unique, step):
     # the shutdown, kills every registered actor, and exits for good.
     wait_for(lambda: find_controller() is None, 60, "the controller to finish shutdown")
     # The crash did land mid-shutdown: the controller was restarted once before it exited.
-    info = _compat.actor_entry(ctrl_id)
+    info = _ray.actor_entry(ctrl_id)
     assert info.num_restarts == 1, "the kill landed after shutdown finished: the test proved nothing"
     for a in registered:
         wait_dead(a)
@@ -129,7 +130,7 @@ def test_controller_killed_during_a_serve_shutdown_call(durable_serve, actors, u
     wait_for(lambda: find_controller() is None, 60, "the controller to finish shutdown")
     caller.join(timeout=60)
     assert not caller.is_alive(), "serve.shutdown() did not return"
-    info = _compat.actor_entry(ctrl_id)
+    info = _ray.actor_entry(ctrl_id)
     assert info.num_restarts == 1, "the kill landed after shutdown finished: the test proved nothing"
     for a in registered:
         wait_dead(a)
@@ -137,16 +138,14 @@ def test_controller_killed_during_a_serve_shutdown_call(durable_serve, actors, u
 
 
 @pytest.mark.smoke
-@pytest.mark.skipif(_compat.SERVE_RESUMES_SHUTDOWN, reason="Ray >= 2.56 resumes a shutdown itself")
+@pytest.mark.skipif(_ray.SERVE_RESUMES_SHUTDOWN, reason="Ray >= 2.56 resumes a shutdown itself")
 def test_a_stale_shutdown_flag_does_not_stop_a_new_controller(ray_cluster):
     """Before 2.56 the durable controller's own shutdown flag names the controller actor
     that wrote it: a new controller ignores (and deletes) a flag some other one left."""
     _teardown_serve()
-    gcs = _compat.driver_gcs_client()
-    key = _compat.kv_key(ShutdownFlag.KEY)
-    gcs.internal_kv_put(key, b"ff" * 16, True, _compat.KV_NAMESPACE)
+    kv().put(ShutdownFlag.KEY, b"ff" * 16)
     serve_cleanup.start()
     assert controller_status()["shutting_down"] is False
     assert_stays(lambda: find_controller() is not None, 2.0, "the new controller to keep running")
-    assert gcs.internal_kv_get(key, _compat.KV_NAMESPACE) is None
+    assert kv().get(ShutdownFlag.KEY) is None
     _teardown_serve()

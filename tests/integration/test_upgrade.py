@@ -19,7 +19,7 @@ from ray import serve
 
 import serve_cleanup
 from ray_helpers import _teardown_serve, kv_record_keys, wait_dead, wait_for
-from serve_cleanup import _compat
+from serve_cleanup.serve_adapter import _ray
 
 pytestmark = pytest.mark.ray
 
@@ -34,7 +34,7 @@ def _put_v1(actor_id: str, handle: bytes, scope: str = "serve", app: str = "", d
          "registered_at": registered_at or time.time() - 3600},
         use_bin_type=True,
     )
-    _compat.driver_gcs_client().internal_kv_put(V1_KEY + actor_id.encode(), value, True, b"serve")
+    _ray.driver_gcs_client().internal_kv_put(V1_KEY + actor_id.encode(), value, True, b"serve")
 
 
 def test_records_written_by_0_1_0_are_read_killed_and_cleared(ray_cluster, actors):
@@ -43,14 +43,14 @@ def test_records_written_by_0_1_0_are_read_killed_and_cleared(ray_cluster, actor
     of_app = actors("upgrade-of-app")
     of_deployment = actors()  # anonymous
     bystander = actors("upgrade-bystander")
-    _put_v1(serve_wide._actor_id.hex(), _compat.handle_to_bytes(serve_wide),
+    _put_v1(serve_wide._actor_id.hex(), _ray.handle_to_bytes(serve_wide),
             name="upgrade-serve-wide", namespace="serve-cleanup-tests")
-    _put_v1(of_app._actor_id.hex(), _compat.handle_to_bytes(of_app), scope="app", app="old-app",
+    _put_v1(of_app._actor_id.hex(), _ray.handle_to_bytes(of_app), scope="app", app="old-app",
             name="upgrade-of-app", namespace="serve-cleanup-tests")
-    _put_v1(of_deployment._actor_id.hex(), _compat.handle_to_bytes(of_deployment), scope="deployment",
+    _put_v1(of_deployment._actor_id.hex(), _ray.handle_to_bytes(of_deployment), scope="deployment",
             app="old-app", deployment="Old")
     # Records of actors long gone (a cluster restarted since): enough for a bulk drop.
-    template = _compat.handle_to_bytes(bystander)
+    template = _ray.handle_to_bytes(bystander)
     gone = [f"{i % 256:02x}{i:06x}" + "ab" * 12 for i in range(300)]
     for actor_id in gone:
         _put_v1(actor_id, template)

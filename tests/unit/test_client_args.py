@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serve_cleanup import faults
+from serve_cleanup.serve_adapter import faults
 from serve_cleanup.client import calls
 from serve_cleanup.client.args import resolve_owner
 from serve_cleanup.client.calls import collect_async, register, register_async, unregister_async
@@ -81,7 +81,7 @@ async def test_async_calls_check_arguments_like_the_blocking_ones():
 
 def test_crash_points_are_off_by_default_and_never_fatal(monkeypatch, caplog):
     monkeypatch.delenv("SERVE_CLEANUP_CRASH_POINTS", raising=False)
-    assert not faults.CrashPoints().enabled
+    assert not faults.CrashPoints()._points
     faults.CrashPoints().reached("after_record_write")  # no-op when off
     # They are read in the controller's constructor, which must never raise: an unknown
     # point is reported and ignored, the known ones still armed.
@@ -89,4 +89,4 @@ def test_crash_points_are_off_by_default_and_never_fatal(monkeypatch, caplog):
     monkeypatch.setenv("SERVE_CLEANUP_CRASH_PROBABILITY", "often")
     points = faults.CrashPoints()
     assert "nowhere" in caplog.text
-    assert points.enabled and points._points == {"after_record_write"}
+    assert points._points == {"after_record_write"}

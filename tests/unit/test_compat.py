@@ -2,7 +2,8 @@
 
 import pytest
 
-from serve_cleanup import SUPPORTED_RAY, UnsupportedRayVersionError, _compat
+from serve_cleanup import SUPPORTED_RAY, UnsupportedRayVersionError
+from serve_cleanup.serve_adapter import _ray, kv
 
 
 @pytest.mark.parametrize(
@@ -10,32 +11,32 @@ from serve_cleanup import SUPPORTED_RAY, UnsupportedRayVersionError, _compat
 )
 def test_unsupported_ray_versions_are_refused(version):
     with pytest.raises(UnsupportedRayVersionError) as err:
-        _compat.check_ray_version(version)
+        _ray.check_ray_version(version)
     assert SUPPORTED_RAY in str(err.value) and version in str(err.value)
     assert isinstance(err.value, ImportError)
 
 
 @pytest.mark.parametrize("version", ["2.54.0", "2.55.0", "2.56.1", "2.57.0", "2.60.0", "2.60.3", "2.54.0rc1"])
 def test_supported_ray_versions_pass(version):
-    _compat.check_ray_version(version)
+    _ray.check_ray_version(version)
 
 
 def test_is_serve_system_actor():
-    assert _compat.is_serve_system_actor("SERVE_CONTROLLER_ACTOR", "serve")
-    assert _compat.is_serve_system_actor("SERVE_PROXY_ACTOR-abc", "serve")
-    assert _compat.is_serve_system_actor("SERVE_REPLICA::app#dep#x", "serve")
+    assert _ray.is_serve_system_actor("SERVE_CONTROLLER_ACTOR", "serve")
+    assert _ray.is_serve_system_actor("SERVE_PROXY_ACTOR-abc", "serve")
+    assert _ray.is_serve_system_actor("SERVE_REPLICA::app#dep#x", "serve")
     # Controller-managed deployment actors exist from Ray 2.55.
-    assert _compat.is_serve_system_actor(
+    assert _ray.is_serve_system_actor(
         "SERVE_DEPLOYMENT_ACTOR::app::dep::v1::cache", "serve"
-    ) == (_compat.RAY_MINOR >= (2, 55))
-    assert not _compat.is_serve_system_actor("SERVE_REPLICA::app#dep#x", "other")
-    assert not _compat.is_serve_system_actor("my-cache", "serve")
-    assert not _compat.is_serve_system_actor("", "")
+    ) == (_ray.RAY_MINOR >= (2, 55))
+    assert not _ray.is_serve_system_actor("SERVE_REPLICA::app#dep#x", "other")
+    assert not _ray.is_serve_system_actor("my-cache", "serve")
+    assert not _ray.is_serve_system_actor("", "")
 
 
 @pytest.mark.parametrize("raw, expected", [("2", 2.0), ("0.05", 0.05), ("0", 0.5), ("-1", 0.5), ("nan", 0.5), ("soon", 0.5)])
 def test_reconcile_interval_is_validated(monkeypatch, raw, expected):
-    from serve_cleanup import controller
+    from serve_cleanup.serve_adapter import controller
 
     monkeypatch.setenv("SERVE_CLEANUP_RECONCILE_INTERVAL_S", raw)
     assert controller._reconcile_interval() == expected
@@ -49,12 +50,12 @@ def test_version_keyed_facts_match_the_installed_ray():
     from ray.serve._private import controller as serve_controller
     from ray.serve._private.deployment_state import DeploymentStateManager
 
-    assert _compat.HAS_DEPLOYMENT_ACTORS == hasattr(constants, "SERVE_DEPLOYMENT_ACTOR_PREFIX")
-    assert _compat.HAS_CONTROLLER_OPTIONS == (
+    assert _ray.HAS_DEPLOYMENT_ACTORS == hasattr(constants, "SERVE_DEPLOYMENT_ACTOR_PREFIX")
+    assert _ray.HAS_CONTROLLER_OPTIONS == (
         "controller_options" in inspect.signature(default_impl.get_controller_impl).parameters
     )
-    assert _compat.SERVE_RESUMES_SHUTDOWN == hasattr(serve_controller, "SHUTDOWN_IN_PROGRESS_KEY")
-    assert _compat.HAS_GET_DEPLOYMENT_IDS == hasattr(DeploymentStateManager, "get_deployment_ids")
+    assert _ray.SERVE_RESUMES_SHUTDOWN == hasattr(serve_controller, "SHUTDOWN_IN_PROGRESS_KEY")
+    assert _ray.HAS_GET_DEPLOYMENT_IDS == hasattr(DeploymentStateManager, "get_deployment_ids")
 
 
 def test_private_symbols_used_exist_on_the_installed_ray():
@@ -68,15 +69,15 @@ def test_private_symbols_used_exist_on_the_installed_ray():
         "internal_kv_multi_get",
     ):
         assert hasattr(InnerGcsClient, method), method
-    controller = _compat.ServeController
+    controller = _ray.ServeController
     for attr in ("shutdown", "graceful_shutdown", "_register_shutdown_cleanup_actor",
                  "_kill_registered_cleanup_actors", "check_alive"):
         assert callable(getattr(controller, attr)), attr
-    fields = {f.name for f in _compat.core_worker_pb2.ActorHandle.DESCRIPTOR.fields}
+    fields = {f.name for f in _ray.core_worker_pb2.ActorHandle.DESCRIPTOR.fields}
     assert {"name", "ray_namespace"} <= fields
-    assert hasattr(_compat.ActorHandle, "_serialization_helper")
-    assert hasattr(_compat.ActorHandle, "_deserialization_helper")
-    assert _compat.KV_PREFIX == b"ray-serve-serve-"
+    assert hasattr(_ray.ActorHandle, "_serialization_helper")
+    assert hasattr(_ray.ActorHandle, "_deserialization_helper")
+    assert kv.PREFIX == b"ray-serve-serve-"
 
 
 def test_import_does_not_load_serve_controller_module_itself():
@@ -87,9 +88,9 @@ def test_import_does_not_load_serve_controller_module_itself():
 
     code = (
         "import sys, serve_cleanup, ray;"
-        "from serve_cleanup import _compat;"
+        "from serve_cleanup.serve_adapter import _ray;"
         "loaded = 'ray.serve._private.controller' in sys.modules;"
-        "print('loaded' if loaded else 'not', _compat.RAY_MINOR >= (2, 60))"
+        "print('loaded' if loaded else 'not', _ray.RAY_MINOR >= (2, 60))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     loaded, new_ray = out.stdout.split()
@@ -103,11 +104,11 @@ def test_serve_names_written_out_match_the_installed_serve():
     from ray.serve._private import constants
     from ray.serve._private.storage.kv_store import SERVE_INTERNAL_KV_NAMESPACE, get_storage_key
 
-    assert _compat.SERVE_NAMESPACE == constants.SERVE_NAMESPACE
-    assert _compat.SERVE_CONTROLLER_NAME == constants.SERVE_CONTROLLER_NAME
-    assert _compat.SERVE_LOGGER_NAME == constants.SERVE_LOGGER_NAME
-    assert _compat.KV_NAMESPACE == SERVE_INTERNAL_KV_NAMESPACE
-    assert _compat.KV_PREFIX == get_storage_key(f"ray-serve-{constants.SERVE_NAMESPACE}", "").encode()
+    assert _ray.SERVE_NAMESPACE == constants.SERVE_NAMESPACE
+    assert _ray.SERVE_CONTROLLER_NAME == constants.SERVE_CONTROLLER_NAME
+    assert _ray.SERVE_LOGGER_NAME == constants.SERVE_LOGGER_NAME
+    assert kv.NAMESPACE == SERVE_INTERNAL_KV_NAMESPACE
+    assert kv.PREFIX == get_storage_key(f"ray-serve-{constants.SERVE_NAMESPACE}", "").encode()
 
 
 def test_what_the_driverless_probe_reads_exists_on_the_installed_ray():
@@ -120,10 +121,10 @@ def test_what_the_driverless_probe_reads_exists_on_the_installed_ray():
 
     assert "addr" in inspect.signature(services.canonicalize_bootstrap_address).parameters
     assert callable(GcsClientOptions.create) and hasattr(GlobalStateAccessor, "get_actor_table")
-    fields = {f.name for f in _compat.gcs_pb2.ActorTableData.DESCRIPTOR.fields}
+    fields = {f.name for f in _ray.gcs_pb2.ActorTableData.DESCRIPTOR.fields}
     assert {"name", "ray_namespace", "state", "repr_name", "class_name", "pid", "num_restarts",
             "function_descriptor"} <= fields
-    descriptor = _compat.gcs_pb2.ActorTableData().function_descriptor.python_function_descriptor
+    descriptor = _ray.gcs_pb2.ActorTableData().function_descriptor.python_function_descriptor
     assert hasattr(descriptor, "module_name")
     from ray.serve import context
 
@@ -136,4 +137,4 @@ def test_sending_the_clusters_token_works_on_the_installed_ray(monkeypatch, tmp_
     monkeypatch.setenv("HOME", str(tmp_path))  # no token file of this machine's
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
     monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
-    _compat.use_cluster_token()
+    _ray.use_cluster_token()

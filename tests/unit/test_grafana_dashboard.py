@@ -1,4 +1,4 @@
-"""docs/grafana/serve_cleanup.json against src/serve_cleanup/metrics.py, without Ray.
+"""docs/grafana/serve_cleanup.json against src/serve_cleanup/serve_adapter/metrics.py, without Ray.
 
 metrics.py imports Ray, so its metric names and tag keys are read from its source (the
 ``Gauge(...)`` / ``Counter(...)`` calls). Every metric the dashboard queries must be one
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-METRICS_PY = ROOT / "src" / "serve_cleanup" / "metrics.py"
+METRICS_PY = ROOT / "src" / "serve_cleanup" / "serve_adapter" / "metrics.py"
 DASHBOARD = ROOT / "docs" / "grafana" / "serve_cleanup.json"
 RAY_PREFIX = "ray_"
 OUTSIDE_LABELS = {"ray_io_cluster"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import time
 
-from serve_cleanup._progress import PREFIX, Waiting
+from serve_cleanup.cli.progress import PREFIX, Waiting
 
 
 def _until(predicate, timeout_s: float = 10.0) -> None:

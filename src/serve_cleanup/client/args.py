@@ -8,7 +8,7 @@ from typing import Literal, Optional
 
 from ray.actor import ActorHandle
 
-from serve_cleanup import _compat
+from serve_cleanup.serve_adapter import _ray
 from serve_cleanup.core import records
 
 Scope = Literal["serve", "app", "deployment"]
@@ -48,7 +48,7 @@ def resolve_owner(scope: str, app: Optional[str], deployment: Optional[str]) -> 
     caller left them out; then the owner rule of ``records.check_owner``."""
     if scope in (records.SCOPE_APP, records.SCOPE_DEPLOYMENT) and (app is None or (
             scope == records.SCOPE_DEPLOYMENT and deployment is None)):
-        here = _compat.replica_owner()
+        here = _ray.replica_owner()
         if here is None and app is not None:
             raise ValueError(f"scope='deployment' outside a Serve replica needs deployment=... (app {app!r}).")
         if here is None:
@@ -69,7 +69,7 @@ def resolve_owner(scope: str, app: Optional[str], deployment: Optional[str]) -> 
 
 def unregister_args(actor: object) -> str:
     if isinstance(actor, ActorHandle):
-        return _compat.actor_id_hex(actor)
+        return _ray.actor_id_hex(actor)
     if isinstance(actor, str):
         return records.normalize_actor_id(actor)
     raise TypeError(f"expected a Ray ActorHandle or an actor id, got {type(actor).__name__}")

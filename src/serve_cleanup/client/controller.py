@@ -7,24 +7,22 @@ from typing import Literal, Optional
 import ray
 from ray.actor import ActorHandle
 
-from serve_cleanup import _compat
+from serve_cleanup._startup import is_durable_controller_module
+from serve_cleanup.serve_adapter import _ray
 
 ControllerKind = Literal["durable", "plain", "none"]
-
-# A method only the durable controller (and its subclasses) has; see controller.py.
-MARKER_METHOD = "serve_cleanup_status"
 
 
 def connect() -> None:
     """Connect to the running cluster like Serve's own APIs do."""
     if not ray.is_initialized():
-        ray.init(namespace=_compat.SERVE_NAMESPACE)
+        ray.init(namespace=_ray.SERVE_NAMESPACE)
 
 
 def find_controller() -> Optional[ActorHandle]:
     """The Serve controller actor, or None if Serve is not running."""
     try:
-        return ray.get_actor(_compat.SERVE_CONTROLLER_NAME, namespace=_compat.SERVE_NAMESPACE)
+        return ray.get_actor(_ray.SERVE_CONTROLLER_NAME, namespace=_ray.SERVE_NAMESPACE)
     except ValueError:
         return None
 
@@ -32,10 +30,10 @@ def find_controller() -> Optional[ActorHandle]:
 def controller_kind(handle: Optional[ActorHandle] = None) -> ControllerKind:
     """``"durable"``, ``"plain"`` (upstream Serve) or ``"none"``.
 
-    Decided from the handle's method table (no RPC): the durable controller, or any
-    subclass of it, has ``serve_cleanup_status``.
+    Decided from the class the handle was created from (no RPC), by the switch's one
+    rule (``_startup.is_durable_controller_module``).
     """
     handle = handle if handle is not None else find_controller()
     if handle is None:
         return "none"
-    return "durable" if _compat.handle_has_method(handle, MARKER_METHOD) else "plain"
+    return "durable" if is_durable_controller_module(_ray.handle_class_module(handle)) else "plain"

@@ -5,14 +5,15 @@
 :class:`ClusterReader` is what a probe needs: ``ray.init()`` would register a new driver
 at every probe and start a local Ray where it finds none; this opens a bare GCS client
 and a state accessor on the cluster's address, sends the cluster's auth token when this
-machine has one (``_compat.use_cluster_token``), and reads:
+machine has one (``_ray.use_cluster_token``), and reads:
 
-* the records, with ``core.registry.read_all`` over ``adapters.GcsRecordStore`` (pages
+* the records, with ``core.registry.read_all`` over ``serve_adapter.kv.AsyncKvStore`` (pages
   of keys, the next page requested while one is decoded);
 * the actor states of many ids at once, from one bulk read of the live set
-  (``_compat.live_actors``; never a lookup that scans the table per id);
+  (``_ray.live_actors``; never a lookup that scans the table per id);
 * the Serve controller's actor-table entry, which says which class it runs: the durable
-  controller's class lives in :data:`DURABLE_MODULE` (its ``repr_name`` says so too).
+  controller's class module is one ``_startup.is_durable_controller_module`` accepts
+  (its ``repr_name`` says so too).
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ import socket
 import threading
 from typing import Any, Callable, Optional, TypeVar
 
-from serve_cleanup import _compat
+from serve_cleanup._startup import is_durable_controller_module
+from serve_cleanup.serve_adapter import _ray
+from serve_cleanup.serve_adapter.kv import KvStore
 from serve_cleanup.client.controller import ControllerKind, connect
 from serve_cleanup.core import records as rec
 from serve_cleanup.core.records import Record
 from serve_cleanup.core.registry import SetAside, read_all
 
-DURABLE_MODULE = "serve_cleanup.controller"
 CONNECT_TIMEOUT_S = 10.0
 
 T = TypeVar("T")
@@ -50,14 +52,12 @@ def list_registrations() -> list[Record]:
     Unreadable entries are skipped here; ``serve-cleanup status --detail`` reports them.
     """
     connect()
-    return read_kv(_compat.driver_gcs_client())[0]
+    return read_kv(_ray.driver_gcs_client())[0]
 
 
 def read_kv(gcs_client: Any, *, slim: bool = False) -> tuple[list[Record], list[SetAside]]:
     """Records (oldest first) and set-aside entries as the GCS KV holds them now."""
-    from serve_cleanup.adapters import GcsRecordStore
-
-    found, set_aside = asyncio.run(read_all(GcsRecordStore(gcs_client), slim=slim))
+    found, set_aside = asyncio.run(read_all(KvStore(gcs_client).aio, slim=slim))
     return sorted(found.values(), key=lambda r: (r.registered_at, r.actor_id)), list(set_aside.values())
 
 
@@ -66,17 +66,17 @@ def actor_states(actor_ids: list[str], accessor: Any = None) -> dict[str, str]:
     table), or UNKNOWN when the table cannot be read. One bulk read of the live set,
     however many ids (never a scan per id). ``accessor``: this process's own if None."""
     try:
-        live = _compat.live_actors(frozenset(actor_ids), accessor)
+        live = _ray.live_actors(frozenset(actor_ids), accessor)
     except Exception:
         return {a: "UNKNOWN" for a in actor_ids}
     return {a: live[a].state if a in live else "DEAD" for a in actor_ids}
 
 
 def kind_of_entry(facts: Optional[dict[str, Any]]) -> ControllerKind:
-    """The controller kind from its actor-table entry (``_compat.entry_facts``)."""
+    """The controller kind from its actor-table entry (``_ray.entry_facts``)."""
     if facts is None:
         return "none"
-    return "durable" if facts["module"] == DURABLE_MODULE else "plain"
+    return "durable" if is_durable_controller_module(facts["module"]) else "plain"
 
 
 class ClusterReader:
@@ -85,7 +85,7 @@ class ClusterReader:
 
     def __init__(self, address: Optional[str], timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         try:
-            gcs_address = _compat.resolve_gcs_address(address)
+            gcs_address = _ray.resolve_gcs_address(address)
         except ValueError as e:
             raise ClusterUnreachableError(f"{address!r} is not a Ray cluster address (host:port): {e}") from None
         if gcs_address is None:
@@ -100,10 +100,10 @@ class ClusterReader:
             socket.create_connection((host.strip("[]"), int(port)), timeout=min(timeout_s, 5.0)).close()
         except (OSError, ValueError) as e:
             raise ClusterUnreachableError(f"cannot reach GCS at {gcs_address}: {e}", gcs_address) from None
-        _compat.use_cluster_token()
+        _ray.use_cluster_token()
 
         def open_clients() -> tuple[Any, Any]:
-            return _compat.bare_gcs_client(gcs_address), _compat.bare_state_accessor(gcs_address)
+            return _ray.bare_gcs_client(gcs_address), _ray.bare_state_accessor(gcs_address)
 
         self._gcs, self._accessor = self._bounded(open_clients, f"connecting to GCS at {gcs_address}")
 
@@ -131,21 +131,21 @@ class ClusterReader:
         return result["value"]
 
     def controller(self) -> Optional[dict[str, Any]]:
-        """The Serve controller's actor-table entry (``_compat.entry_facts``) plus its
+        """The Serve controller's actor-table entry (``_ray.entry_facts``) plus its
         ``kind``, or None if Serve is not running."""
         entry = self._bounded(
-            lambda: _compat.named_actor_entry(_compat.SERVE_CONTROLLER_NAME, _compat.SERVE_NAMESPACE, self._accessor),
+            lambda: _ray.named_actor_entry(_ray.SERVE_CONTROLLER_NAME, _ray.SERVE_NAMESPACE, self._accessor),
             "reading the actor table",
         )
         if entry is None:
             return None
-        facts = _compat.entry_facts(entry)
+        facts = _ray.entry_facts(entry)
         return {"kind": kind_of_entry(facts), **facts}
 
     def record_count(self) -> int:
         """Keys under the record prefix (set-aside entries included): one KV request."""
         keys = self._bounded(
-            lambda: self._gcs.internal_kv_keys(_compat.kv_key(rec.KEY_PREFIX), _compat.KV_NAMESPACE, timeout=self._timeout),
+            lambda: KvStore(self._gcs, self._timeout).keys(rec.KEY_PREFIX),
             "listing the records",
         )
         return len(keys)

@@ -22,7 +22,8 @@ from typing import Callable, Optional
 
 import ray
 
-from serve_cleanup import _compat
+from serve_cleanup.serve_adapter import _ray
+from serve_cleanup.serve_adapter.kv import KvStore
 from serve_cleanup.client.args import check_timeout
 from serve_cleanup.client.controller import ControllerKind, connect, controller_kind, find_controller
 from serve_cleanup.client.gcs import actor_states, read_kv
@@ -77,7 +78,7 @@ def shutdown(
     began = time.monotonic()
     deadline = began + timeout_s
     connect()
-    gcs = _compat.driver_gcs_client()
+    gcs = _ray.driver_gcs_client()
     before, _ = read_kv(gcs, slim=True)
     live_before = actor_states([r.actor_id for r in before])
     handle = find_controller()
@@ -108,7 +109,7 @@ def shutdown(
             wait_for("Serve to finish shutting down" + ("" if stored is None else f" ({stored} record(s) stored)"))
         time.sleep(min(_POLL_S, max(0.0, deadline - time.monotonic())))
         handle = find_controller()
-    _compat.forget_serve_client()
+    _ray.forget_serve_client()
 
     after, _ = read_kv(gcs, slim=True)
     remaining_ids = {r.actor_id for r in after}
@@ -128,6 +129,6 @@ def shutdown(
 def _count_records(gcs: object) -> Optional[int]:
     """Keys under the record prefix (one KV request), or None if GCS did not answer."""
     try:
-        return len(gcs.internal_kv_keys(_compat.kv_key(rec.KEY_PREFIX), _compat.KV_NAMESPACE, timeout=5))  # type: ignore[attr-defined]
+        return len(KvStore(gcs, timeout_s=5).keys(rec.KEY_PREFIX))
     except Exception:
         return None

@@ -8,7 +8,8 @@ from typing import Any, Callable, Optional
 
 import ray
 
-from serve_cleanup import _compat
+from serve_cleanup.serve_adapter import _ray
+from serve_cleanup.serve_adapter.kv import KvStore
 from serve_cleanup.client.controller import connect, controller_kind, find_controller
 from serve_cleanup.errors import ControllerUnavailableError, NotDurableControllerError
 
@@ -86,12 +87,12 @@ def start_durable(
         raise NotDurableControllerError(_PLAIN_RUNNING)
     # Imported here, not at module level: replicas and routers that only register
     # need not load Serve's controller module.
-    from serve_cleanup.controller import ServeController as DurableServeController
+    from serve_cleanup.serve_adapter.controller import ServeController as DurableServeController
 
     if waiting is not None:
         waiting("Serve to start (the durable controller and the proxies)")
     try:
-        with _compat.durable_controller_factory(DurableServeController):
+        with _ray.durable_controller_factory(DurableServeController):
             serve.start(**serve_start_kwargs)
     except ValueError as e:
         # Another process created a controller between our check and ours (Ray refuses
@@ -113,7 +114,7 @@ def start_durable(
     return "started"
 
 
-def shutting_down(handle: Optional[_compat.ActorHandle] = None) -> bool:
+def shutting_down(handle: Optional[_ray.ActorHandle] = None) -> bool:
     """Whether the running Serve controller is in the middle of ``serve.shutdown()``."""
     handle = handle if handle is not None else find_controller()
     if handle is None:
@@ -123,7 +124,10 @@ def shutting_down(handle: Optional[_compat.ActorHandle] = None) -> bool:
             return bool(ray.get(handle.serve_cleanup_status.remote(), timeout=10)["shutting_down"])
         except Exception:
             pass  # exiting or restarting: fall back to Serve's own flag
-    return _compat.serve_shutdown_in_progress(_compat.driver_gcs_client())
+    key = _ray.serve_shutdown_in_progress_key()
+    if key is None:  # a Ray without the flag
+        return False
+    return key.encode() in KvStore(_ray.driver_gcs_client()).get_many([key])
 
 
 def _wait_out_shutdown(say: Optional[Callable[[str], None]], waiting: Optional[Callable[[str], None]]) -> None:
@@ -137,7 +141,7 @@ def _wait_out_shutdown(say: Optional[Callable[[str], None]], waiting: Optional[C
     if say is not None:
         say(message)
     else:
-        _compat.controller_logger.warning(f"serve_cleanup: {message}")
+        _ray.controller_logger.warning(f"serve_cleanup: {message}")
     if waiting is not None:
         waiting(f"the Serve controller to finish shutting down (up to {SHUTDOWN_WAIT_S:.0f}s)")
     deadline = time.monotonic() + SHUTDOWN_WAIT_S

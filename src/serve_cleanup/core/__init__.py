@@ -16,7 +16,8 @@ module              what it holds
 """
 
 from serve_cleanup.core.admission import Registration
-from serve_cleanup.core.engine import CRASH_POINTS, CleanupCore, Config
+from serve_cleanup.core.config import CRASH_POINTS, Config
+from serve_cleanup.core.engine import CleanupCore
 from serve_cleanup.core.lifecycle import State
 from serve_cleanup.core.records import Record
 

@@ -27,6 +27,7 @@ from typing import Any, Optional
 
 from serve_cleanup.core import lifecycle as lc
 from serve_cleanup.core.admission import Registration
+from serve_cleanup.core.config import Config
 from serve_cleanup.core.lifecycle import Event, State
 from serve_cleanup.core.locks import KeyedLocks
 from serve_cleanup.core.ports import (
@@ -38,29 +39,7 @@ from serve_cleanup.core.records import Record
 from serve_cleanup.core.registration import Registrar
 from serve_cleanup.core.registry import Registry
 
-# Where a test build may end the process (``Faults.reached``): right after a step that
-# changed the KV, before the step that completes it.
-CRASH_POINTS = (
-    "after_record_write",  # a registration's record is in the KV; the call has not returned
-    "after_refusal_decided",  # a registration was refused after its write; not taken back yet
-    "after_lookup_before_drop",  # the sweep found records' actors gone; records not deleted yet
-    "after_kill_before_delete",  # registered actors were killed; their records not deleted yet
-    "mid_rehydrate",  # the controller is starting and has read some records
-)
 SUMMARY_INTERVAL_S = 10.0
-
-
-@dataclass(frozen=True)
-class Config:
-    reconcile_interval_s: float = 0.5  # owner reconcile, per tick
-    liveness_interval_s: float = 5.0  # the sweep: one bulk read of the live set at most this often
-    unknown_actor_wait_s: float = 2.0  # `register` waits this long for GCS to learn of its actor
-    unknown_grace_s: float = 5.0  # an actor the table does not know is gone once its record is this old
-    confirm_death_s: float = 5.0  # a killed actor must leave the live set within this
-    bulk_drop_min: int = 64  # a drop of this many records uses prefix deletes (Registry.drop_bulk)
-    shutdown_retry_s: float = 1.0  # pause between shutdown passes that left records
-    shutdown_grace_s: float = 20.0  # then shutdown gives up on what is left (records stay)
-    load_wait_s: float = 10.0  # a registration waits this long for the records to be read
 
 
 @dataclass
@@ -88,7 +67,7 @@ class CleanupCore:
     ) -> None:
         self._clock = clock or SystemClock()
         self.config = config
-        self.registry = Registry(store, clock=self._clock.time)
+        self.registry = Registry(store, clock=self._clock.time, deletes_in_flight=config.deletes_in_flight)
         self.locks = KeyedLocks()
         self._table, self._serve = table, serve
         self._log = logger or logging.getLogger("serve_cleanup")

@@ -50,10 +50,6 @@ class WriteGate:
         self._closed: Optional[asyncio.Event] = None  # set when the bulk holder is done
         self._drained: Optional[asyncio.Event] = None  # set when the last writer left
 
-    @property
-    def held_alone(self) -> bool:
-        return self._closed is not None
-
     @contextlib.asynccontextmanager
     async def shared(self) -> AsyncIterator[None]:
         while self._closed is not None:

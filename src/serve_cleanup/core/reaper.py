@@ -27,21 +27,18 @@ import asyncio
 import enum
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
+from serve_cleanup.core.config import Config
 from serve_cleanup.core.locks import KeyedLocks
 from serve_cleanup.core.ports import ActorInfo, ActorTable, Clock, Faults, Killer, Metrics, Serve
 from serve_cleanup.core.records import Record
 from serve_cleanup.core.registry import Registry
 
-if TYPE_CHECKING:
-    from serve_cleanup.core.engine import Config
-
 BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 60.0
 _YIELD_EVERY = 64  # kills between two yields to the event loop
 _CHUNK = 4096  # records looked at between two yields to the event loop (100,000 records: ~25 yields)
-_DELETES_IN_FLIGHT = 64
 _LOOKUPS_IN_FLIGHT = 64
 
 
@@ -90,7 +87,7 @@ class Reaper:
         logger: logging.Logger,
         metrics: Metrics,
         faults: Faults,
-        config: "Config",
+        config: Config,
     ) -> None:
         self._registry = registry
         self._table = table
@@ -320,8 +317,8 @@ class Reaper:
                 dropped, error = set(), e
         else:
             dropped, error = set(), None
-            for i in range(0, len(records), _DELETES_IN_FLIGHT):
-                chunk = records[i:i + _DELETES_IN_FLIGHT]
+            for i in range(0, len(records), self._config.deletes_in_flight):
+                chunk = records[i:i + self._config.deletes_in_flight]
                 results = await asyncio.gather(*(self._drop_one(r) for r in chunk), return_exceptions=True)
                 for r, result in zip(chunk, results):
                     if isinstance(result, BaseException) and not isinstance(result, Exception):

@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import Any, Callable, Optional
 
 from serve_cleanup.core import admission
 from serve_cleanup.core import lifecycle as lc
 from serve_cleanup.core.admission import Registration
+from serve_cleanup.core.config import Config
 from serve_cleanup.core.lifecycle import State
 from serve_cleanup.core.locks import KeyedLocks
 from serve_cleanup.core.ports import ActorInfo, ActorTable, Clock, Faults, Metrics, Serve
@@ -26,15 +27,12 @@ from serve_cleanup.core.records import Record
 from serve_cleanup.core.registry import Registry
 from serve_cleanup.errors import PersistenceError, RegistrationError
 
-if TYPE_CHECKING:
-    from serve_cleanup.core.engine import Config
-
 
 class Registrar:
     def __init__(
         self, registry: Registry, locks: KeyedLocks, table: ActorTable, serve: Serve, reaper: Reaper, *,
         state: Callable[[], State], clock: Clock, logger: logging.Logger, metrics: Metrics,
-        faults: Faults, config: "Config",
+        faults: Faults, config: Config,
     ) -> None:
         self.registry, self.locks, self._table, self._serve, self._reaper = registry, locks, table, serve, reaper
         self._state, self._clock, self._log = state, clock, logger

@@ -31,12 +31,12 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
 from serve_cleanup.core import records as rec
+from serve_cleanup.core.config import Config
 from serve_cleanup.core.locks import WriteGate
 from serve_cleanup.core.ports import RecordStore
 from serve_cleanup.core.records import Record
 from serve_cleanup.errors import RecordDecodeError
 
-_DELETES_IN_FLIGHT = 256
 LOAD_PAGE = 2000  # keys per read at load: 100,000 records in ~0.4 s here (one read of all: 1.1 s)
 
 Owner = tuple[str, str, str]  # (scope, app, deployment)
@@ -105,9 +105,11 @@ async def read_all(
 
 
 class Registry:
-    def __init__(self, store: RecordStore, clock: Callable[[], float]) -> None:
+    def __init__(self, store: RecordStore, clock: Callable[[], float],
+                 deletes_in_flight: int = Config.deletes_in_flight) -> None:
         self._store = store
         self._clock = clock
+        self._deletes_in_flight = deletes_in_flight
         self._records: dict[str, Record] = {}
         self._set_aside: dict[str, SetAside] = {}
         self._by_owner: dict[Owner, dict[str, None]] = {}  # ids in registration order
@@ -138,9 +140,6 @@ class Registry:
 
     def records(self) -> list[Record]:
         return list(self._records.values())
-
-    def ids(self) -> list[str]:
-        return list(self._records)
 
     def counts_by_scope(self) -> dict[str, int]:
         counts = {scope: 0 for scope in rec.SCOPES}
@@ -241,8 +240,8 @@ class Registry:
                 self._forget_all(ids)
                 dropped |= ids
             rest = [r for actor_id, r in doomed.items() if actor_id not in dropped]
-            for i in range(0, len(rest), _DELETES_IN_FLIGHT):
-                chunk = rest[i:i + _DELETES_IN_FLIGHT]
+            for i in range(0, len(rest), self._deletes_in_flight):
+                chunk = rest[i:i + self._deletes_in_flight]
                 results = await asyncio.gather(*(self._store.delete(r.key) for r in chunk), return_exceptions=True)
                 done = [r.actor_id for r, result in zip(chunk, results) if not isinstance(result, BaseException)]
                 self._forget_all(done)

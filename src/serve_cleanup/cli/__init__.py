@@ -63,17 +63,17 @@ def _json_option(f: Any) -> Any:
 def ray_problem() -> Optional[str]:
     """Why Ray cannot be used from this Python, or None. Ray is imported only when its
     package metadata names a supported release."""
-    from serve_cleanup import _support
+    from serve_cleanup.serve_adapter import versions
 
-    version = _support.installed_ray_version()
+    version = versions.installed_ray_version()
     if version is None:
         return f"Ray is not installed in this Python ({sys.executable})"
-    if not _support.is_supported(version):
-        return f"ray {version} is installed, but serve_cleanup supports ray[serve]{_support.SUPPORTED_RAY}"
+    if not versions.is_supported(version):
+        return f"ray {version} is installed, but serve_cleanup supports ray[serve]{versions.SUPPORTED_RAY}"
     try:
         import ray  # noqa: F401
 
-        from serve_cleanup import _compat  # noqa: F401
+        from serve_cleanup.serve_adapter import _ray  # noqa: F401
     except Exception as e:
         return f"ray {version} is installed but cannot be imported ({type(e).__name__}: {e})"
     return None
@@ -95,17 +95,17 @@ def _connect(address: str) -> None:
 
     import ray
 
-    from serve_cleanup import _compat
+    from serve_cleanup.serve_adapter import _ray
 
     try:  # WARNING: no "Connecting to existing Ray cluster" lines around the command's output
-        ray.init(address=address, namespace=_compat.SERVE_NAMESPACE, log_to_driver=False,
+        ray.init(address=address, namespace=_ray.SERVE_NAMESPACE, log_to_driver=False,
                  logging_level=logging.WARNING)
     except ConnectionError as e:
         raise Failure(Exit.NO_CLUSTER, f"could not connect to Ray at {address!r}: {e}") from None
 
 
 def _waiting(what: str) -> Any:
-    from serve_cleanup._progress import Waiting
+    from serve_cleanup.cli.progress import Waiting
 
     return Waiting(what)
 
@@ -277,7 +277,7 @@ def _reader(address: str) -> Any:
 @_json_option
 def list_(address: str, as_json: bool) -> None:
     _need_ray("list")
-    from serve_cleanup import _table
+    from serve_cleanup.cli import table
 
     reader = _reader(address)
     records, _ = reader.records()
@@ -294,7 +294,7 @@ def list_(address: str, as_json: bool) -> None:
     if not rows:
         click.echo("No registrations.")
         return
-    click.echo(_table.records_table(rows, states))
+    click.echo(table.records_table(rows, states))
 
 
 # --- status -----------------------------------------------------------------------------
@@ -322,14 +322,14 @@ def _switch() -> dict[str, Any]:
 
 
 def _ray_facts() -> dict[str, Any]:
-    from serve_cleanup import _support
+    from serve_cleanup.serve_adapter import versions
 
-    version = _support.installed_ray_version()
-    supported = version is not None and _support.is_supported(version)
+    version = versions.installed_ray_version()
+    supported = version is not None and versions.is_supported(version)
     return {
         "version": version,
         "supported": supported,
-        "supported_range": _support.SUPPORTED_RAY,
+        "supported_range": versions.SUPPORTED_RAY,
         "error": ray_problem() if supported else None,
     }
 
@@ -414,26 +414,26 @@ def _print_status(out: dict[str, Any]) -> None:
     click.echo(f"records:         {out['records']}{suffix}")
     controller = out.get("controller_status")
     if controller and "error" not in controller:
-        from serve_cleanup import _table
+        from serve_cleanup.cli import table
 
         rec = controller.get("last_reconcile") or {}
-        when = _table.timestamp(rec["at"]) if rec else "never"
+        when = table.timestamp(rec["at"]) if rec else "never"
         click.echo(f"last reconcile:  {when}" + (f" ({rec['seconds'] * 1000:.2f} ms, {rec['orphans']} orphan(s))" if rec else ""))
         last = controller.get("last_pass") or {}
         if last:
             click.echo(
-                f"last kill pass:  {_table.timestamp(last['at'])} ({last['reason']}: {last.get('killed', 0)} killed, "
+                f"last kill pass:  {table.timestamp(last['at'])} ({last['reason']}: {last.get('killed', 0)} killed, "
                 f"{last.get('already dead', 0)} already dead, {last.get('pending', 0)} pending)"
             )
         click.echo(f"rehydrated in:   {controller['rehydrate_ms']} ms at controller start")
     elif controller:
         click.echo(f"controller status unavailable: {controller['error']}")
     if "set_aside" in out:
-        from serve_cleanup import _table
+        from serve_cleanup.cli import table
 
         click.echo(f"set aside:       {len(out['set_aside'])}")
         if out["set_aside"]:
-            click.echo(_table.render(("KEY", "BYTES", "REASON"), [(s["key"], s["size"], s["reason"]) for s in out["set_aside"]]))
+            click.echo(table.render(("KEY", "BYTES", "REASON"), [(s["key"], s["size"], s["reason"]) for s in out["set_aside"]]))
 
 
 @cli.command(help=(
@@ -475,7 +475,7 @@ def status(address: str, as_json: bool, detail: bool) -> None:
 @_json_option
 def gc(address: str, dry_run: bool, as_json: bool) -> None:
     _need_ray("gc")
-    from serve_cleanup import _table
+    from serve_cleanup.cli import table
     from serve_cleanup.client.calls import collect
     from serve_cleanup.client.gcs import actor_states
     from serve_cleanup.core.reaper import DONE, Outcome
@@ -496,7 +496,7 @@ def gc(address: str, dry_run: bool, as_json: bool) -> None:
         return
     states = actor_states([d["actor_id"] for d in found])
     extra = ("why",) if dry_run else ("why", "outcome")
-    click.echo(_table.records_table(found, states, extra))
+    click.echo(table.records_table(found, states, extra))
     if dry_run:
         click.echo(f"{len(found)} registration(s) would be collected (dry run).")
         return
@@ -552,7 +552,7 @@ def unregister(address: str, actor_id: str) -> None:
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (the Serve apps are deleted).")
 def shutdown(address: str, timeout_s: float, as_json: bool, yes: bool) -> None:
     _need_ray("shutdown")
-    from serve_cleanup import _table
+    from serve_cleanup.cli import table
     from serve_cleanup.client.shutdown import shutdown as shutdown_call
     from serve_cleanup.errors import ControllerUnavailableError, ServeCleanupError
 
@@ -580,13 +580,13 @@ def shutdown(address: str, timeout_s: float, as_json: bool, yes: bool) -> None:
         else:
             click.echo(f"Serve is shut down ({_KIND_NAMES[report.controller]} controller, {report.seconds:.1f}s).")
         if gone:
-            click.echo(_table.records_table(
+            click.echo(table.records_table(
                 [{**r.to_dict(), "outcome": report.outcome(r)} for r in gone],
                 report.states, ("outcome",)))
         click.echo(f"{len(report.killed)} registered actor(s) killed, {len(report.already_dead)} already dead; "
                    f"{len(report.left)} record(s) left.")
         if report.left:
-            click.echo(_table.records_table([r.to_dict() for r in report.left], report.states))
+            click.echo(table.records_table([r.to_dict() for r in report.left], report.states))
     if report.left:
         raise Failure(
             Exit.RECORDS_LEFT,
@@ -612,30 +612,32 @@ def purge(address: str, actor_ids: tuple, set_aside: bool, everything: bool, dry
         raise click.UsageError("name ACTOR_IDS, --set-aside or --all.")
     ids = [_actor_id(a) for a in actor_ids]
     _need_ray("purge")
-    from serve_cleanup import _table, admin
+    from serve_cleanup.cli import table
     from serve_cleanup.client.controller import controller_kind
+    from serve_cleanup.client.purge import purge_entries, purge_plan
+    from serve_cleanup.errors import ControllerRunningError
 
     _connect(address)
     kind = controller_kind()
     if kind != "none" and not dry_run:
-        raise Failure(Exit.ERROR, str(admin.ControllerRunningError.for_kind(kind)))
-    plan = admin.purge_plan(ids, set_aside=set_aside, everything=everything)
+        raise Failure(Exit.ERROR, str(ControllerRunningError.for_kind(kind)))
+    plan = purge_plan(ids, set_aside=set_aside, everything=everything)
     for actor_id in sorted(set(ids) - {p.actor_id for p in plan}):
         click.echo(f"{actor_id}: no record; nothing to delete.", err=True)
     if not plan:
         click.echo("Nothing to delete.")
         return
-    click.echo(_table.render(("KEY", "WHAT"), [(p.key, p.what) for p in plan]))
+    click.echo(table.render(("KEY", "WHAT"), [(p.key, p.what) for p in plan]))
     if dry_run:
         click.echo(f"{len(plan)} entr{'y' if len(plan) == 1 else 'ies'} would be deleted (dry run).")
         if kind != "none":
-            click.echo(f"Note: {admin.ControllerRunningError.for_kind(kind)}", err=True)
+            click.echo(f"Note: {ControllerRunningError.for_kind(kind)}", err=True)
         return
     if not yes:
         click.confirm(f"Delete {len(plan)} entr{'y' if len(plan) == 1 else 'ies'}? The actors are not killed.", abort=True)
     try:
-        deleted = admin.purge(plan)  # checks again: Serve may have started meanwhile
-    except admin.ControllerRunningError as e:
+        deleted = purge_entries(plan)  # checks again: Serve may have started meanwhile
+    except ControllerRunningError as e:
         raise Failure(Exit.ERROR, str(e)) from None
     click.echo(f"Deleted {deleted} entr{'y' if deleted == 1 else 'ies'}; no actor was killed.")
 
@@ -644,7 +646,7 @@ def purge(address: str, actor_ids: tuple, set_aside: bool, everything: bool, dry
 @click.option("--num-cpus", default=2, show_default=True, type=int, help="CPUs for the local Ray.")
 def demo(num_cpus: int) -> None:
     _need_ray("demo")
-    from serve_cleanup.demo import run_demo
+    from serve_cleanup.cli.demo import run_demo
 
     sys.exit(run_demo(num_cpus=num_cpus))
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-from serve_cleanup import _compat
+from serve_cleanup.serve_adapter import _ray
+from serve_cleanup.serve_adapter.kv import KvStore
 from serve_cleanup.core.records import normalize_actor_id
 from serve_cleanup.errors import ControllerRunningError
 
@@ -32,7 +33,7 @@ def purge_plan(actor_ids: Iterable[str] = (), *, set_aside: bool = False, everyt
     from serve_cleanup.client.gcs import read_kv
 
     wanted = {normalize_actor_id(a) for a in actor_ids}
-    records, set_aside_entries = read_kv(_compat.driver_gcs_client(), slim=True)
+    records, set_aside_entries = read_kv(_ray.driver_gcs_client(), slim=True)
     plan = [
         PurgeItem(r.key, r.key.encode(), "record", r.actor_id)
         for r in records
@@ -43,18 +44,16 @@ def purge_plan(actor_ids: Iterable[str] = (), *, set_aside: bool = False, everyt
     return plan
 
 
-def purge(plan: list[PurgeItem]) -> int:
+def purge_entries(plan: list[PurgeItem]) -> int:
     """Delete the planned entries. Refuses while a Serve controller runs."""
     from serve_cleanup.client.controller import controller_kind
 
     kind = controller_kind()
     if kind != "none":
         raise ControllerRunningError.for_kind(kind)
-    gcs = _compat.driver_gcs_client()
+    kv = KvStore(_ray.driver_gcs_client())
     deleted = 0
     for item in plan:
-        deleted += gcs.internal_kv_del(_compat.kv_key(item.raw_key), False, _compat.KV_NAMESPACE)
+        deleted += kv.delete(item.raw_key)
     return deleted
 
-
-__all__ = ["ControllerRunningError", "PurgeItem", "purge", "purge_plan"]

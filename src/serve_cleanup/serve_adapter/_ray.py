@@ -51,7 +51,7 @@ from typing import Any, Iterator, Optional
 
 import ray
 
-from serve_cleanup._support import check_ray_version, minor_of
+from serve_cleanup.serve_adapter.versions import check_ray_version, minor_of
 from serve_cleanup.core.ports import LIVE_STATES, ActorInfo
 
 check_ray_version(ray.__version__)
@@ -113,24 +113,6 @@ def is_serve_system_actor(name: str, namespace: str) -> bool:
     return namespace == SERVE_NAMESPACE and name.startswith(_system_name_prefixes())
 
 
-# --- where serve_cleanup's keys live in the GCS internal KV ------------------------------
-
-KV_NAMESPACE: bytes = b"serve"  # Serve's SERVE_INTERNAL_KV_NAMESPACE
-# The fixed prefix before every key serve_cleanup stores (``ray-serve-serve-``). It is the
-# prefix Serve's own ``RayInternalKVStore`` uses when the job that started Serve runs in
-# Ray namespace ``serve``. Serve's prefix is really ``ray-serve-<namespace of that job>``
-# (checked on 2.54: a driver in namespace ``dbg`` gave a controller whose ``kv_store`` did
-# not see a key written here), so serve_cleanup never relies on the two being equal: it
-# reads and writes its own keys (records, crash-point markers, the pre-2.56 shutdown flag)
-# only under this prefix, through ``kv_key``.
-KV_PREFIX: bytes = b"ray-serve-serve-"  # Serve's get_storage_key("ray-serve-serve", "")
-
-
-def kv_key(key: "str | bytes") -> bytes:
-    """The full GCS KV key of one of serve_cleanup's keys."""
-    return KV_PREFIX + (key.encode() if isinstance(key, str) else bytes(key))
-
-
 def driver_gcs_client() -> GcsClient:
     """The GCS client of this (already connected) driver or worker process."""
     return ray._private.worker.global_worker.gcs_client
@@ -168,9 +150,15 @@ def handle_name_namespace(data: bytes) -> tuple[str, str]:
     return proto.name, proto.ray_namespace
 
 
-def handle_has_method(handle: ActorHandle, method: str) -> bool:
-    """Whether the actor's class defines ``method`` (from the handle's own method table)."""
-    return method in handle._ray_method_signatures
+def handle_class_module(handle: ActorHandle) -> str:
+    """The module of the class the handle's actor was created from (no RPC)."""
+    return handle._ray_actor_creation_function_descriptor.module_name
+
+
+def register_upstream(controller: ActorHandle, actor: ActorHandle) -> Any:
+    """Serve's own registration call (``_register_shutdown_cleanup_actor``) on the
+    controller ``controller``, as Ray's routers make it; returns its ObjectRef."""
+    return controller._register_shutdown_cleanup_actor.remote(actor)
 
 
 # --- the GCS actor table --------------------------------------------------------------
@@ -267,20 +255,22 @@ def serve_done_recovering(controller: Any) -> bool:
     return controller.done_recovering_event.is_set()
 
 
-def serve_shutdown_in_progress(gcs: GcsClient) -> bool:
-    """Serve's own "shutdown in progress" flag in the KV (set by ``graceful_shutdown``,
-    deleted right before the controller exits), read from outside the controller."""
+def serve_shutdown_in_progress_key() -> Optional[str]:
+    """The key (below ``kv.PREFIX``) of Serve's own "shutdown in progress" flag (set by
+    ``graceful_shutdown``, deleted right before the controller exits); None on a Ray
+    without it (before 2.56)."""
     from ray.serve._private import controller as serve_controller
 
-    key = getattr(serve_controller, "SHUTDOWN_IN_PROGRESS_KEY", None)
-    if key is None:  # a Ray without the flag
-        return False
-    full = kv_key(key)
-    return full in gcs.internal_kv_multi_get([full], KV_NAMESPACE, timeout=10)
+    return getattr(serve_controller, "SHUTDOWN_IN_PROGRESS_KEY", None)
 
 
 def serve_shutting_down(controller: Any) -> bool:
     return bool(getattr(controller, "_shutting_down", False))
+
+
+def set_serve_shutting_down(controller: Any) -> None:
+    """Make Serve's control loop carry on with a shutdown (a resumed one, before 2.56)."""
+    controller._shutting_down = True
 
 
 def replica_owner() -> Optional[tuple[str, str]]:

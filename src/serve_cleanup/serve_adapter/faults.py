@@ -31,7 +31,8 @@ import os
 import random
 from typing import Optional
 
-from serve_cleanup.core.engine import CRASH_POINTS as POINTS
+from serve_cleanup.core.config import CRASH_POINTS
+from serve_cleanup.serve_adapter.kv import KvStore
 
 MARKER_PREFIX = "serve-cleanup-fault-"
 
@@ -39,20 +40,20 @@ MARKER_PREFIX = "serve-cleanup-fault-"
 def _configured(log: logging.Logger) -> frozenset[str]:
     raw = os.environ.get("SERVE_CLEANUP_CRASH_POINTS", "")
     points = frozenset(p.strip() for p in raw.split(",") if p.strip())
-    unknown = points - set(POINTS)
+    unknown = points - set(CRASH_POINTS)
     if unknown:  # never raise here: it runs in the controller's constructor
         log.error(
             f"serve_cleanup: ignoring unknown SERVE_CLEANUP_CRASH_POINTS {sorted(unknown)}; "
-            f"known: {POINTS}"
+            f"known: {CRASH_POINTS}"
         )
-    return points & set(POINTS)
+    return points & set(CRASH_POINTS)
 
 
 class CrashPoints:
     """The core's ``Faults`` port: ``reached(point)`` exits the process when the
     environment asks for it."""
 
-    def __init__(self, gcs: Optional[object] = None, logger: Optional[logging.Logger] = None) -> None:
+    def __init__(self, kv: Optional[KvStore] = None, logger: Optional[logging.Logger] = None) -> None:
         self._logger = logger or logging.getLogger(__name__)
         self._points = _configured(self._logger)
         try:
@@ -60,11 +61,7 @@ class CrashPoints:
         except ValueError:
             self._probability = 1.0
         self._repeat = os.environ.get("SERVE_CLEANUP_CRASH_REPEAT", "0") == "1"
-        self._gcs = gcs
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self._points)
+        self._kv = kv
 
     def reached(self, point: str) -> None:
         if point not in self._points or random.random() >= self._probability:
@@ -81,9 +78,6 @@ class CrashPoints:
 
     def _claim(self, point: str) -> bool:
         """True the first time ``point`` is claimed in this cluster (a KV marker)."""
-        if self._gcs is None:
+        if self._kv is None:
             return True
-        from serve_cleanup import _compat
-
-        added = self._gcs.internal_kv_put(_compat.kv_key(MARKER_PREFIX + point), b"1", False, _compat.KV_NAMESPACE)
-        return bool(added)
+        return self._kv.put(MARKER_PREFIX + point, b"1", overwrite=False)

@@ -1,6 +1,7 @@
-"""The core's ports, backed by Ray: the GCS KV, the GCS actor table, ``ray.kill``, Serve.
+"""The core's ports, backed by Ray: the GCS actor table, ``ray.kill``, Serve. (The
+record store is ``kv.AsyncKvStore``.)
 
-Each is a few lines over ``_compat`` (the one module that touches Ray's private API).
+Each is a few lines over ``_ray`` (the one module that touches Ray's private API).
 Nothing here blocks the controller's event loop: KV requests are async GCS calls;
 actor-table reads go through Ray's synchronous state accessor in one worker thread (a
 lookup by id is a hash lookup in GCS; the asynchronous GCS call Ray's Python offers for
@@ -14,51 +15,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-from typing import Any, Collection, Optional, Union
+from typing import Any, Collection, Optional
 
 import ray
 
-from serve_cleanup import _compat
+from serve_cleanup.serve_adapter import _ray
 from serve_cleanup.core.ports import ActorInfo, ServeState
 from serve_cleanup.core.records import Record
-
-# One GCS round trip should take about a millisecond; a call that takes this long means
-# GCS is down or restarting, and the caller retries later.
-KV_TIMEOUT_S = 10.0
-
-Key = Union[str, bytes]
-
-
-class GcsRecordStore:
-    """``RecordStore`` on the GCS internal KV, in Serve's KV namespace, behind the fixed
-    prefix of ``_compat.kv_key``. Keys handed back are below that prefix."""
-
-    def __init__(self, gcs_client: Any, timeout_s: float = KV_TIMEOUT_S) -> None:
-        self._gcs = gcs_client
-        self._timeout = timeout_s
-        self._ns = _compat.KV_NAMESPACE
-        self._strip = len(_compat.KV_PREFIX)
-
-    async def put(self, key: str, value: bytes) -> None:
-        await self._gcs.async_internal_kv_put(_compat.kv_key(key), value, True, self._ns, timeout=self._timeout)
-
-    async def delete(self, key: Key) -> None:
-        await self._gcs.async_internal_kv_del(_compat.kv_key(key), False, self._ns, timeout=self._timeout)
-
-    async def get_many(self, keys: list[bytes]) -> dict[bytes, bytes]:
-        if not keys:
-            return {}
-        found = await self._gcs.async_internal_kv_multi_get(
-            [_compat.kv_key(k) for k in keys], self._ns, timeout=self._timeout)
-        return {bytes(k)[self._strip:]: v for k, v in found.items()}
-
-    async def keys(self, prefix: Key) -> list[bytes]:
-        found = await self._gcs.async_internal_kv_keys(_compat.kv_key(prefix), self._ns, timeout=self._timeout)
-        return [bytes(k)[self._strip:] for k in found]
-
-    async def delete_prefix(self, prefix: Key) -> int:
-        return await self._gcs.async_internal_kv_del(_compat.kv_key(prefix), True, self._ns, timeout=self._timeout)
-
 
 class GcsActorTable:
     """``ActorTable`` over the state accessor, in one worker thread of its own (the
@@ -70,19 +33,19 @@ class GcsActorTable:
 
     def _get_accessor(self) -> Any:
         if self._accessor is None:
-            self._accessor = _compat.state_accessor()
+            self._accessor = _ray.state_accessor()
         return self._accessor
 
     async def lookup(self, actor_id: str) -> Optional[ActorInfo]:
         return await asyncio.get_running_loop().run_in_executor(
-            self._thread, lambda: _compat.actor_info(actor_id, self._get_accessor()))
+            self._thread, lambda: _ray.actor_info(actor_id, self._get_accessor()))
 
     async def live(self, actor_ids: Collection[str]) -> dict[str, ActorInfo]:
         wanted = frozenset(actor_ids)
         if not wanted:
             return {}
         return await asyncio.get_running_loop().run_in_executor(
-            self._thread, lambda: _compat.live_actors(wanted, self._get_accessor()))
+            self._thread, lambda: _ray.live_actors(wanted, self._get_accessor()))
 
 
 class RayKiller:
@@ -102,8 +65,8 @@ class RayKiller:
 
     async def _handle_for(self, record: Record) -> Optional[Any]:
         try:
-            handle = _compat.handle_from_bytes(record.handle)
-            if _compat.actor_id_hex(handle) == record.actor_id:
+            handle = _ray.handle_from_bytes(record.handle)
+            if _ray.actor_id_hex(handle) == record.actor_id:
                 return handle
         except Exception as e:
             self._log.debug(f"serve_cleanup: stored handle of {record.actor_id} unusable: {e!r}")
@@ -113,7 +76,7 @@ class RayKiller:
             handle = await asyncio.to_thread(ray.get_actor, record.name, namespace=record.namespace)
         except ValueError:
             return None
-        return handle if _compat.actor_id_hex(handle) == record.actor_id else None
+        return handle if _ray.actor_id_hex(handle) == record.actor_id else None
 
 
 class ServeFacts:
@@ -124,14 +87,14 @@ class ServeFacts:
         self.controller_id = controller_id
 
     def state(self) -> ServeState:
-        if _compat.serve_shutting_down(self._controller):
+        if _ray.serve_shutting_down(self._controller):
             return ServeState.SHUTTING_DOWN
-        if not _compat.serve_done_recovering(self._controller):
+        if not _ray.serve_done_recovering(self._controller):
             return ServeState.RECOVERING
         return ServeState.RUNNING
 
     def live_owners(self, apps: set[str]) -> tuple[set[str], set[tuple[str, str]]]:
-        return _compat.live_owners(self._controller, apps)
+        return _ray.live_owners(self._controller, apps)
 
     def is_own_actor(self, name: str, namespace: str) -> bool:
-        return _compat.is_serve_system_actor(name, namespace)
+        return _ray.is_serve_system_actor(name, namespace)

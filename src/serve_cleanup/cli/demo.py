@@ -18,7 +18,8 @@ import click
 import ray
 from ray import serve
 
-from serve_cleanup import _compat, _startup
+from serve_cleanup import _startup
+from serve_cleanup.serve_adapter import _ray
 from serve_cleanup.client.controller import controller_kind, find_controller
 from serve_cleanup.client.gcs import actor_states, list_registrations
 from serve_cleanup.client.start import start as durable_start
@@ -41,14 +42,14 @@ class AuxActor:
 @serve.deployment(num_replicas=2, ray_actor_options={"num_cpus": 0})
 class DemoRouter:
     def __init__(self) -> None:
-        controller = ray.get_actor(_compat.SERVE_CONTROLLER_NAME, namespace=_compat.SERVE_NAMESPACE)
+        controller = ray.get_actor(_ray.SERVE_CONTROLLER_NAME, namespace=_ray.SERVE_NAMESPACE)
         replica = serve.get_replica_context().replica_id.unique_id
         # One helper shared by both replicas (get_if_exists) and one of each replica's own.
         for name in (SHARED_NAME, f"demo-stats-{replica}"):
             helper = AuxActor.options(
                 name=name, namespace=DEMO_NAMESPACE, lifetime="detached", get_if_exists=True
             ).remote()
-            ray.get(controller._register_shutdown_cleanup_actor.remote(helper))
+            ray.get(_ray.register_upstream(controller, helper))
 
     def __call__(self) -> str:
         return "ok"
@@ -83,16 +84,16 @@ def _helpers() -> dict[str, str]:
     found = {}
     for entry in ray.util.list_named_actors(all_namespaces=True):
         if entry["namespace"] == DEMO_NAMESPACE and entry["name"] != BYSTANDER_NAME:
-            found[entry["name"]] = ray.get_actor(entry["name"], namespace=DEMO_NAMESPACE)._actor_id.hex()
+            found[entry["name"]] = _ray.actor_id_hex(ray.get_actor(entry["name"], namespace=DEMO_NAMESPACE))
     return found
 
 
 def _controller_restarts() -> tuple[int, bool]:
     """(times Ray restarted the controller, whether it is ALIVE and answering)."""
     controller = find_controller()
-    actor_id = _compat.actor_id_hex(controller)
-    entry = _compat.actor_entry(actor_id)  # the raw table entry: its state is an enum number
-    info = _compat.actor_info(actor_id)  # parsed: the state's name
+    actor_id = _ray.actor_id_hex(controller)
+    entry = _ray.actor_entry(actor_id)  # the raw table entry: its state is an enum number
+    info = _ray.actor_info(actor_id)  # parsed: the state's name
     alive = info is not None and info.state == "ALIVE" and ray.get(controller.check_alive.remote(), timeout=5) is None
     return (entry.num_restarts if entry else 0), alive
 
@@ -123,7 +124,7 @@ def _play(r: Round, start: Callable[[], None], durable: bool) -> None:
         _wait("the helpers to die", lambda: all(s == "DEAD" for s in actor_states(list(helpers.values())).values()), 30)
         states = actor_states(list(helpers.values()))
     r.alive_after_shutdown = [n for n, i in helpers.items() if states[i] != "DEAD"]
-    r.bystander = actor_states([bystander._actor_id.hex()])[bystander._actor_id.hex()]
+    r.bystander = actor_states([_ray.actor_id_hex(bystander)])[_ray.actor_id_hex(bystander)]
     click.echo(f"      serve.shutdown(): {len(r.alive_after_shutdown)} of {r.helpers} helpers still alive")
     for name in list(_helpers()) + [BYSTANDER_NAME]:  # the demo cleans up after itself
         try:
