@@ -736,7 +736,7 @@ class Sim:
         started = self.now
         asked = (SERVE if reg.ensure_only else (reg.scope, reg.app, reg.deployment), started)
         self._start(a, asked[0])
-        ok, result, cut = await self._call(lambda core: core.register(reg), registering=True)
+        ok, result, cut = await self._call(lambda core: core.registrar.register(reg), registering=True)
         how = "upstream" if reg.ensure_only else f"{reg.scope} {reg.app} {reg.deployment}".strip()
         if ok:
             a.last = f"register {how} returned at {self.now:.3f}s"

@@ -57,10 +57,10 @@ async def test_register_stores_a_verified_record_and_a_repeat_needs_no_gcs():
     w = World()
     core = await w.core()
     a = w.actor("cache")
-    record = await core.register(a)
+    record = await core.registrar.register(a)
     assert stored(w) == {a.actor_id} and record.name == "cache" and core.status()["unverified"] == 0
     requests, lookups = w.store.requests, w.table.lookups
-    assert (await core.register(a)).actor_id == a.actor_id
+    assert (await core.registrar.register(a)).actor_id == a.actor_id
     assert (w.store.requests, w.table.lookups) == (requests, lookups)
 
 
@@ -70,10 +70,10 @@ async def test_the_upstream_entry_point_costs_one_put_and_no_lookup():
     core = await w.core()
     a = w.actor("prefix-tree")
     requests = w.store.requests
-    await core.register(upstream(a))
+    await core.registrar.register(upstream(a))
     assert w.store.requests - requests == 1 and w.store.puts == 1
     assert w.table.lookups == 0 and w.table.bulk_reads == 0
-    await core.register(upstream(a))  # every router re-registers its actor
+    await core.registrar.register(upstream(a))  # every router re-registers its actor
     assert w.store.requests - requests == 1
 
 
@@ -82,8 +82,8 @@ async def test_the_upstream_entry_point_keeps_an_existing_owner():
     w.owners.deploy("shop", "D")
     core = await w.core()
     a = w.actor()
-    await core.register(owned(a, "app", "shop"))
-    record = await core.register(upstream(a))
+    await core.registrar.register(owned(a, "app", "shop"))
+    record = await core.registrar.register(upstream(a))
     assert record.scope == "app" and w.store.records()[a.actor_id].scope == "app"
 
 
@@ -93,7 +93,7 @@ async def test_a_dead_actor_registered_upstream_is_accepted_and_its_record_swept
     core = await w.core()
     a = w.actor()
     w.table.die(a.actor_id)
-    await core.register(upstream(a))
+    await core.registrar.register(upstream(a))
     assert stored(w) == {a.actor_id}
     await w.ticks(core, int((core.config.liveness_interval_s + core.config.unknown_grace_s) / 0.5) + 2)
     assert stored(w) == set() and w.killer.kills == []
@@ -111,7 +111,7 @@ async def test_a_refused_registration_leaves_no_record(state):
     # A handle that carries no name: only the actor table tells a system actor apart.
     a = dataclasses.replace(a, name="", namespace="")
     with pytest.raises(SystemActorError if state == "system" else DeadActorError):
-        await core.register(a)
+        await core.registrar.register(a)
     assert stored(w) == set() and core.status()["records"] == 0
 
 
@@ -119,7 +119,7 @@ async def test_an_anonymous_actor_not_yet_known_to_gcs_is_waited_for():
     w = World()
     core = await w.core()
     a = w.actor(known_in=0.5)
-    await core.register(a)
+    await core.registrar.register(a)
     assert stored(w) == {a.actor_id}
 
 
@@ -128,11 +128,11 @@ async def test_the_owner_must_exist_and_arguments_are_checked():
     core = await w.core()
     a = w.actor()
     with pytest.raises(OwnerNotFoundError):
-        await core.register(owned(a, "app", "nope"))
+        await core.registrar.register(owned(a, "app", "nope"))
     with pytest.raises(ValueError):
-        await core.register(owned(a, "app"))
+        await core.registrar.register(owned(a, "app"))
     with pytest.raises(SystemActorError):
-        await core.register(dataclasses.replace(a, actor_id=CONTROLLER_ID))
+        await core.registrar.register(dataclasses.replace(a, actor_id=CONTROLLER_ID))
     assert stored(w) == set()
 
 
@@ -142,7 +142,7 @@ async def test_a_failed_write_raises_and_takes_back():
     a = w.actor()
     w.store.fail_puts = 1
     with pytest.raises(PersistenceError):
-        await core.register(a)
+        await core.registrar.register(a)
     assert stored(w) == set() and core.status()["records"] == 0
 
 
@@ -153,7 +153,7 @@ async def test_a_failed_take_back_is_retried_and_memory_never_claims_more_than_t
     w.table.die(a.actor_id)
     w.store.fail_deletes = 1
     with pytest.raises(DeadActorError):
-        await core.register(a)
+        await core.registrar.register(a)
     status = core.status()
     assert status["records"] == 0 and status["take_backs_pending"] == 1
     assert stored(w) == {a.actor_id}  # the take-back write failed...
@@ -169,10 +169,10 @@ async def test_a_refused_move_gives_back_the_previous_record_with_its_handle():
     w.owners.deploy("shop", "D")
     core = await w.core()
     a = w.actor()  # anonymous: only its handle bytes reach it
-    await core.register(owned(a, "app", "shop"))
+    await core.registrar.register(owned(a, "app", "shop"))
     w.table.fail_lookups = 1  # the move's actor-table lookup fails: refused, taken back
     with pytest.raises(PersistenceError):
-        await core.register(a)  # a move to scope serve
+        await core.registrar.register(a)  # a move to scope serve
     assert w.store.records()[a.actor_id] == dataclasses.replace(
         w.store.records()[a.actor_id], scope="app", app="shop", handle=a.handle)
     w.owners.delete_app("shop")
@@ -185,11 +185,11 @@ async def test_a_refused_move_whose_take_back_failed_is_retried_with_its_handle(
     w.owners.deploy("shop", "D")
     core = await w.core()
     a = w.actor()
-    await core.register(owned(a, "app", "shop"))
+    await core.registrar.register(owned(a, "app", "shop"))
     w.table.fail_lookups = 1  # the move is refused...
     w.table.on_failure = lambda op: setattr(w.store, "fail_puts", 1)  # ...and its take-back write fails
     with pytest.raises(PersistenceError):
-        await core.register(a)
+        await core.registrar.register(a)
     assert core.status()["take_backs_pending"] == 1 and w.store.records()[a.actor_id].scope == "serve"
     await w.ticks(core, 1)  # retried
     assert core.status()["take_backs_pending"] == 0
@@ -207,11 +207,11 @@ async def test_a_take_back_made_moot_by_a_drop_does_not_hold_the_shutdown(caplog
     w.owners.deploy("shop", "D")
     core = await w.core()
     a = w.actor("n")
-    await core.register(owned(a, "app", "shop"))
+    await core.registrar.register(owned(a, "app", "shop"))
     w.table.fail_lookups = 1  # the move is refused...
     w.table.on_failure = lambda op: setattr(w.store, "fail_puts", 1)  # ...and its take-back write fails
     with pytest.raises(PersistenceError):
-        await core.register(a)
+        await core.registrar.register(a)
     w.table.on_failure = None
     assert core.status()["take_backs_pending"] == 1
     w.table.die(a.actor_id)
@@ -226,7 +226,7 @@ async def test_a_give_up_after_the_records_were_read_does_not_say_they_could_not
     w = World(Config(shutdown_grace_s=1.0))
     core = await w.core()
     a = w.actor()
-    await core.register(a)
+    await core.registrar.register(a)
     w.killer.undying.add(a.actor_id)
     with caplog.at_level(logging.ERROR, logger="serve_cleanup"):
         await shut_down(w, core)
@@ -242,7 +242,7 @@ async def test_a_failed_unregister_keeps_a_pending_take_back():
     w.table.die(a.actor_id)
     w.store.fail_deletes = 2
     with pytest.raises(DeadActorError):
-        await core.register(a)  # refused; its take-back fails
+        await core.registrar.register(a)  # refused; its take-back fails
     with pytest.raises(TimeoutError):
         await core.unregister(a.actor_id)  # fails as well
     assert core.status()["take_backs_pending"] == 1
@@ -261,7 +261,7 @@ async def test_an_unregister_while_a_restarted_core_loads_is_not_undone_by_the_l
     calls are served."""
     w = World()
     a = w.actor("n")
-    await (await w.core()).register(a)
+    await (await w.core()).registrar.register(a)
     core = w.new_process()  # Ray restarted the controller; it reads the records
     w.store.read_gate = gate = Gate()
     loading = asyncio.ensure_future(core.load())
@@ -275,7 +275,7 @@ async def test_an_unregister_while_a_restarted_core_loads_is_not_undone_by_the_l
     await loading
     assert await unregistering is True
     assert stored(w) == set() and core.status()["records"] == 0
-    await core.register(a)  # registered again: written again
+    await core.registrar.register(a)  # registered again: written again
     assert stored(w) == {a.actor_id}
 
 
@@ -285,7 +285,7 @@ async def test_an_unregister_while_a_restarted_core_loads_is_not_undone_by_the_l
 async def test_a_non_utf8_key_is_set_aside_not_fatal():
     w = World()
     good = w.actor()
-    await (await w.core()).register(good)
+    await (await w.core()).registrar.register(good)
     w.store.data[rec.KEY_PREFIX.encode() + b"\xff\xfe"] = b"\x00"
     w.store.data[rec.KEY_PREFIX + "x"] = b"\xc1 junk"
     core = await w.core()
@@ -298,7 +298,7 @@ async def test_a_non_utf8_key_is_set_aside_not_fatal():
 async def test_an_unreadable_kv_at_start_is_retried_and_holds_shutdown():
     w = World()
     a = w.actor()
-    await (await w.core()).register(a)
+    await (await w.core()).registrar.register(a)
     w.store.fail_reads = 3
     core = await w.core()
     assert core.status()["state"] == "loading"
@@ -314,7 +314,7 @@ async def test_registrations_wait_for_the_records_and_give_up_with_a_persistence
     w.store.fail_reads = 10_000
     core = await w.core()
     with pytest.raises(PersistenceError, match="could not read its registrations"):
-        await core.register(w.actor())
+        await core.registrar.register(w.actor())
     assert stored(w) == set()
 
 
@@ -328,11 +328,11 @@ async def test_a_dead_actor_is_refused_across_a_crash(point):
     w.table.die(a.actor_id)
     w.crash_at = {point}
     with pytest.raises(Crash):
-        await (await w.core()).register(a)
+        await (await w.core()).registrar.register(a)
     assert stored(w) == {a.actor_id}  # the crash cut the take-back
     core = await w.core()
     with pytest.raises(DeadActorError):  # Ray retries the call on the restarted controller
-        await core.register(a)
+        await core.registrar.register(a)
     assert stored(w) == set()
 
 
@@ -341,7 +341,7 @@ async def test_a_system_actor_record_left_by_a_crash_is_dropped_never_killed():
     a = w.actor("SERVE_PROXY_ACTOR-x", namespace="serve")
     w.crash_at = {"after_refusal_decided"}
     with pytest.raises(Crash):
-        await (await w.core()).register(dataclasses.replace(a, name="", namespace=""))
+        await (await w.core()).registrar.register(dataclasses.replace(a, name="", namespace=""))
     core = await w.core()  # nobody retries: the sweep finds it
     await w.ticks(core, 2)
     assert stored(w) == set() and w.killer.kills == []
@@ -354,10 +354,10 @@ async def test_a_crash_after_the_write_of_a_good_actor_then_the_retry_succeeds_o
     a = w.actor("n")
     w.crash_at = {"after_record_write"}
     with pytest.raises(Crash):
-        await (await w.core()).register(a)
+        await (await w.core()).registrar.register(a)
     core = await w.core()
     assert core.status()["unverified"] == 1
-    await core.register(a)
+    await core.registrar.register(a)
     assert stored(w) == {a.actor_id} and core.status()["unverified"] == 0
 
 
@@ -371,7 +371,7 @@ async def test_the_record_of_a_dead_actor_is_dropped_within_the_sweep_bound(scop
     core = await w.core()
     a = w.actor()
     owner = {"serve": ("",), "app": ("shop",), "deployment": ("shop", "D")}[scope]
-    await core.register(owned(a, scope, *owner))
+    await core.registrar.register(owned(a, scope, *owner))
     w.table.die(a.actor_id)  # a replica restart took its helper along
     start = w.clock.now
     bound = core.config.liveness_interval_s + 2 * core.config.reconcile_interval_s
@@ -386,7 +386,7 @@ async def test_the_sweep_costs_one_bulk_read_per_interval_however_many_records()
     w = World()
     core = await w.core()
     for _ in range(1000):
-        await core.register(upstream(w.actor()))
+        await core.registrar.register(upstream(w.actor()))
     reads, lookups = w.table.bulk_reads, w.table.lookups
     await w.ticks(core, 60)  # 30 s
     assert 5 <= w.table.bulk_reads - reads <= 7  # every liveness interval (5 s)
@@ -399,7 +399,7 @@ async def test_the_sweep_drops_a_thousand_dead_records_with_one_prefix_delete():
     core = await w.core()
     regs = [w.actor() for _ in range(1000)]
     for r in regs:
-        await core.register(upstream(r))
+        await core.registrar.register(upstream(r))
     keep = regs[-1]
     for r in regs[:-1]:
         w.table.die(r.actor_id)
@@ -420,9 +420,9 @@ def test_dead_actors_records_go_within_the_sweep_bound_while_an_owner_pass_waits
         w.owners.deploy("shop", "D")
         core = await w.core()
         stuck, helper, other = w.actor("stuck"), w.actor("helper"), w.actor("other")
-        await core.register(owned(stuck, "app", "shop"))
-        await core.register(owned(helper, "app", "shop"))
-        await core.register(other)
+        await core.registrar.register(owned(stuck, "app", "shop"))
+        await core.registrar.register(owned(helper, "app", "shop"))
+        await core.registrar.register(other)
         w.killer.undying.add(stuck.actor_id)
         deadline: dict[str, float] = {}
         w.killer.on_kill = lambda r, was_alive: r.actor_id == helper.actor_id and deadline.setdefault(
@@ -450,7 +450,7 @@ async def test_an_inflight_anonymous_registration_survives_a_concurrent_pass(rac
     w = World()
     core = await w.core()
     a = w.actor(known_in=1.0)  # GCS learns of it a second from now
-    task = asyncio.ensure_future(core.register(a))
+    task = asyncio.ensure_future(core.registrar.register(a))
     for _ in range(5):
         await asyncio.sleep(0)
     assert a.actor_id in stored(w)  # written, still waiting for the actor table
@@ -490,12 +490,12 @@ async def test_a_bulk_delete_never_deletes_a_record_whose_write_lands_after_its_
     core = await w.core()
     dead = [w.actor() for _ in range(100)]
     for r in dead:
-        await core.register(upstream(r))
+        await core.registrar.register(upstream(r))
         w.table.die(r.actor_id)
     await w.clock.sleep(10)
     live = w.actor("live")
     w.store.put_gate = Gate()
-    registering = asyncio.ensure_future(core.register(live))
+    registering = asyncio.ensure_future(core.registrar.register(live))
     while w.store.put_gate.waiting == 0:
         await asyncio.sleep(0)
     w.store.on_keys = w.store.put_gate.open  # without the gate: the put lands right after the listing
@@ -526,7 +526,7 @@ async def test_a_move_racing_an_orphan_pass_never_kills_a_registered_actor(first
     w.owners.deploy("old", "D")
     core = await w.core()
     a = w.actor("n")
-    await core.register(owned(a, "app", "old"))
+    await core.registrar.register(owned(a, "app", "old"))
     w.owners.delete_app("old")
     gate = w.table.gate = Gate()  # holds the first read of the table only
     if first == "pass":
@@ -534,9 +534,9 @@ async def test_a_move_racing_an_orphan_pass_never_kills_a_registered_actor(first
         while gate.waiting == 0:
             await asyncio.sleep(0)
         w.table.gate = None
-        moving = asyncio.ensure_future(core.register(a))  # scope serve, the default
+        moving = asyncio.ensure_future(core.registrar.register(a))  # scope serve, the default
     else:
-        moving = asyncio.ensure_future(core.register(a))
+        moving = asyncio.ensure_future(core.registrar.register(a))
         while gate.waiting == 0:
             await asyncio.sleep(0)
         w.table.gate = None
@@ -562,7 +562,7 @@ async def test_only_the_current_record_is_killed_and_only_its_id():
     def check(record):
         assert core.registry.get(record.actor_id).actor_id == record.actor_id, "killed a record that is not current"
     w.killer.check = check
-    await core.register(a)
+    await core.registrar.register(a)
     await shut_down(w, core)
     assert w.killer.kills == [a.actor_id] and w.table.alive(bystander.actor_id)
 
@@ -575,8 +575,8 @@ async def test_an_undying_actor_is_retried_with_backoff_and_does_not_block_other
     w.owners.deploy("app", "D")
     core = await w.core()
     stuck, other = w.actor("stuck"), w.actor("other")
-    await core.register(owned(stuck, "app", "app"))
-    await core.register(other)
+    await core.registrar.register(owned(stuck, "app", "app"))
+    await core.registrar.register(other)
     w.killer.undying.add(stuck.actor_id)
     w.owners.delete_app("app")
     with caplog.at_level(logging.WARNING, logger="serve_cleanup"):
@@ -594,7 +594,7 @@ async def test_an_unreachable_actor_backs_off():
     w.owners.deploy("app", "D")
     core = await w.core()
     a = w.actor("n")
-    await core.register(owned(a, "app", "app"))
+    await core.registrar.register(owned(a, "app", "app"))
     w.killer.unreachable.add(a.actor_id)
     w.owners.delete_app("app")
     calls = []
@@ -612,7 +612,7 @@ async def test_shutdown_with_only_an_inflight_registration_gives_up_without_empt
     core = await w.core()
     a = w.actor()
     w.store.put_gate = Gate()  # the write never comes back
-    task = asyncio.ensure_future(core.register(a))
+    task = asyncio.ensure_future(core.registrar.register(a))
     await asyncio.sleep(0)
     requests = w.store.requests
     with caplog.at_level(logging.INFO, logger="serve_cleanup"):
@@ -628,7 +628,7 @@ async def test_shutdown_kills_every_record_and_a_crash_mid_kill_is_finished_by_t
     core = await w.core()
     regs = [w.actor(f"a{i}") for i in range(5)]
     for r in regs:
-        await core.register(r)
+        await core.registrar.register(r)
     w.crash_at = {"after_kill_before_delete"}
     with pytest.raises(Crash):
         await shut_down(w, core)
@@ -641,7 +641,7 @@ async def test_shutdown_gives_up_on_an_undying_actor_after_the_grace_and_keeps_i
     w = World(Config(shutdown_grace_s=3.0))
     core = await w.core()
     a = w.actor()
-    await core.register(a)
+    await core.registrar.register(a)
     w.killer.undying.add(a.actor_id)
     await shut_down(w, core)
     assert stored(w) == {a.actor_id} and core.status()["state"] == "gave up"
@@ -655,7 +655,7 @@ async def test_no_registration_is_accepted_once_shutdown_let_the_controller_exit
     w.owners.serve_state = ServeState.SHUTTING_DOWN
     assert core.shutdown_step() is True and core.status()["state"] == "closed"
     with pytest.raises(RegistrationError, match="finished shutting down"):
-        await core.register(w.actor())
+        await core.registrar.register(w.actor())
     assert stored(w) == set()
 
 
@@ -663,11 +663,11 @@ async def test_after_a_shutdown_gave_up_even_a_repeat_is_refused():
     w = World(Config(shutdown_grace_s=1.0))
     core = await w.core()
     a = w.actor()
-    await core.register(a)
+    await core.registrar.register(a)
     w.killer.undying.add(a.actor_id)
     await shut_down(w, core)  # gives up; the record stays
     with pytest.raises(RegistrationError, match="finished shutting down"):
-        await core.register(a)
+        await core.registrar.register(a)
 
 
 async def test_shutdown_over_many_dead_records_is_one_prefix_delete_and_kills_only_the_live():
@@ -676,7 +676,7 @@ async def test_shutdown_over_many_dead_records_is_one_prefix_delete_and_kills_on
     core = await w.core()
     regs = [w.actor() for _ in range(2000)]
     for r in regs:
-        await core.register(upstream(r))
+        await core.registrar.register(upstream(r))
     for r in regs[:1900]:
         w.table.die(r.actor_id)
     for r in regs[1900:1950]:
@@ -695,7 +695,7 @@ async def test_shutdown_kills_many_live_actors_with_bulk_reads():
     core = await w.core()
     regs = [w.actor(f"a{i}") for i in range(1000)]
     for r in regs:
-        await core.register(upstream(r))
+        await core.registrar.register(upstream(r))
     await shut_down(w, core)
     assert stored(w) == set() and not any(w.table.alive(r.actor_id) for r in regs)
     assert w.table.lookups == 0 and w.table.bulk_reads <= 10
@@ -705,7 +705,7 @@ async def test_unregister_removes_without_killing():
     w = World()
     core = await w.core()
     a = w.actor()
-    await core.register(a)
+    await core.registrar.register(a)
     assert await core.unregister(a.actor_id) is True
     assert await core.unregister(a.actor_id) is False
     await shut_down(w, core)
@@ -720,11 +720,11 @@ async def test_gc_collects_orphans_and_dead_but_not_live_or_young_unknown():
     w.owners.deploy("gone", "D")
     core = await w.core()
     orphan, dead, live = w.actor("o"), w.actor("d"), w.actor("l")
-    await core.register(owned(orphan, "app", "gone"))
-    await core.register(dead)
-    await core.register(live)
+    await core.registrar.register(owned(orphan, "app", "gone"))
+    await core.registrar.register(dead)
+    await core.registrar.register(live)
     young = w.actor()
-    await core.register(upstream(young))
+    await core.registrar.register(upstream(young))
     w.table.actors.pop(young.actor_id)  # unknown, but registered a moment ago
     w.owners.delete_app("gone")
     w.table.die(dead.actor_id)
@@ -741,7 +741,7 @@ async def test_reconcile_kills_orphans_after_a_restart_but_not_before_recovery()
     w = World()
     w.owners.deploy("app", "D")
     a = w.actor()
-    await (await w.core()).register(owned(a, "deployment", "app", "D"))
+    await (await w.core()).registrar.register(owned(a, "deployment", "app", "D"))
     w.owners.delete_app("app")  # deleted while the controller was down
     w.owners.serve_state = ServeState.RECOVERING
     core = await w.core()
@@ -757,7 +757,7 @@ async def test_the_outcomes_of_a_pass_keep_the_order_of_its_records():
     core = await w.core()
     regs = [w.actor() for _ in range(3)]
     for r in regs:
-        await core.register(r)
+        await core.registrar.register(r)
     w.table.die(regs[1].actor_id)
     outcomes = await core.run_pass(core.registry.records(), Reason.GC)
     assert outcomes == [Outcome.KILLED, Outcome.ALREADY_DEAD, Outcome.KILLED]
@@ -768,7 +768,7 @@ async def test_registrations_are_summed_up_in_the_log_not_one_info_line_each(cap
     core = await w.core()
     with caplog.at_level(logging.INFO, logger="serve_cleanup"):
         for _ in range(5):
-            await core.register(w.actor())
+            await core.registrar.register(w.actor())
         assert "registered" not in caplog.text
         await w.ticks(core, 1)
     assert "5 new registration(s) accepted" in caplog.text and "serve=5" in caplog.text

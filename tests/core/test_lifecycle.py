@@ -41,7 +41,7 @@ async def test_a_core_walks_the_table_from_start_to_close():
     assert core.status()["state"] == "loading"
     await core.load()
     assert core.status()["state"] == "open"
-    await core.register(w.actor())
+    await core.registrar.register(w.actor())
     w.owners.serve_state = ServeState.SHUTTING_DOWN
     assert core.shutdown_step() is False
     assert core.status()["state"] == "shutting down"

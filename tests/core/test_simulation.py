@@ -99,7 +99,7 @@ def test_a_crashed_process_sends_none_of_its_pending_kills():
         w = World(clock=LoopClock(loop))
         core = await w.core()
         a = w.actor("n")
-        await core.register(a)
+        await core.registrar.register(a)
         w.table.gate = gate = Gate()
         w.owners.serve_state = ServeState.SHUTTING_DOWN
         assert core.shutdown_step() is False  # starts a pass; its read of the table waits

@@ -8,8 +8,8 @@ from typing import Literal, Optional
 
 from ray.actor import ActorHandle
 
-from serve_cleanup.serve_adapter import _ray
 from serve_cleanup.core import records
+from serve_cleanup.serve_adapter import _ray
 
 Scope = Literal["serve", "app", "deployment"]
 
@@ -31,11 +31,7 @@ def check_timeout(timeout_s: object) -> float:
 def register_args(
     actor: object, scope: object, app: object, deployment: object
 ) -> tuple[ActorHandle, str, str, str]:
-    if not isinstance(actor, ActorHandle):
-        raise TypeError(
-            f"expected a Ray ActorHandle, got {type(actor).__name__}; pass the handle "
-            "returned by MyActor.remote() or ray.get_actor()."
-        )
+    _ray.require_actor_handle(actor)
     for label, value in (("app", app), ("deployment", deployment)):
         if value is not None and not isinstance(value, str):
             raise TypeError(f"{label} must be a str, got {type(value).__name__}")
@@ -45,7 +41,7 @@ def register_args(
 
 def resolve_owner(scope: str, app: Optional[str], deployment: Optional[str]) -> tuple[str, str]:
     """Fill in the replica's own app and deployment where the scope needs them and the
-    caller left them out; then the owner rule of ``records.check_owner``."""
+    caller left them out; then the owner rule of ``records.check_owner_shape``."""
     if scope in (records.SCOPE_APP, records.SCOPE_DEPLOYMENT) and (app is None or (
             scope == records.SCOPE_DEPLOYMENT and deployment is None)):
         here = _ray.replica_owner()
@@ -63,7 +59,7 @@ def resolve_owner(scope: str, app: Optional[str], deployment: Optional[str]) -> 
                 raise ValueError(f"scope='deployment' needs deployment=... (app {app!r}).")
             deployment = here[1]
     app, deployment = app or "", deployment or ""
-    records.check_owner(scope, app, deployment)
+    records.check_owner_shape(scope, app, deployment)
     return app, deployment
 
 

@@ -1,6 +1,6 @@
 """Which registrations are accepted: argument, owner and actor checks. No Ray imports.
 
-``check_request`` runs first, ``check_owner`` right before a new write; ``refusal``
+``check_request`` runs first, ``check_owner_exists`` right before a new write; ``refusal``
 decides on the actor-table entry that the write raced with (or that a record read at
 start is verified against).
 
@@ -43,13 +43,13 @@ class Registration:
 def check_request(reg: Registration, serve: Serve) -> None:
     """Refuse at once: bad arguments, the controller itself, or a handle that names one
     of Serve's own actors."""
-    rec.check_owner(reg.scope, reg.app, reg.deployment)
+    rec.check_owner_shape(reg.scope, reg.app, reg.deployment)
     if reg.actor_id == serve.controller_id:
         raise SystemActorError("the Serve controller cannot be registered for cleanup.")
     refuse_own(reg.actor_id, reg.name, reg.namespace, serve)
 
 
-def check_owner(reg: Registration, serve: Serve) -> None:
+def check_owner_exists(reg: Registration, serve: Serve) -> None:
     """Refuse a new write for an owner that does not exist. Not asked when the actor
     already has a record with this owner: that may be the write of this very call, cut
     short by a crash and retried by Ray, and refusing it would leave that record behind

@@ -2,13 +2,13 @@
 
 It owns the registry (records in the KV and their in-memory mirror), the per-actor
 locks, the reaper and the lifecycle (``lifecycle.py``), and reaches the world only
-through the ports in ``ports.py``. ``serve_cleanup.controller.ServeController`` adapts
-Serve's hooks to it: ``load`` before Serve starts its control loop, ``register`` and
-``unregister`` for remote calls, ``run`` (the reconcile loop) as a task, and
-``shutdown_step`` from Serve's shutdown. The invariants these decisions keep are stated
-in docs/architecture.md ("Invariants"); tests/unit/test_core.py checks each against
-fakes that delay, forget and crash between any two steps, and tests/unit/test_simulation.py
-under seeded random interleavings.
+through the ports in ``ports.py``. ``serve_adapter.controller.ServeController`` adapts
+Serve's hooks to it: ``load`` before Serve starts its control loop, ``registrar.register``
+(``registration.py``) and ``unregister`` for remote calls, ``run`` (the reconcile loop)
+as a task, and ``shutdown_step`` from Serve's shutdown. The invariants these decisions
+keep are stated in docs/architecture.md ("Invariants"); tests/no_ray/test_core.py checks
+each against fakes that delay, forget and crash between any two steps, and
+tests/no_ray/test_simulation.py under seeded random interleavings.
 
 Verified records. A record this process checked against the actor table (the public
 ``register`` path, or the liveness sweep) is *verified*. Records read at start are not:
@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from serve_cleanup.core import lifecycle as lc
-from serve_cleanup.core.admission import Registration
 from serve_cleanup.core.config import Config
 from serve_cleanup.core.lifecycle import Event, State
 from serve_cleanup.core.locks import KeyedLocks
@@ -134,14 +133,6 @@ class CleanupCore:
         return True
 
     # --- registration -----------------------------------------------------------------
-
-    async def register(self, reg: Registration) -> Record:
-        """Durably register; returns the stored record. Raises ``RegistrationError`` (or
-        ``ValueError`` for bad arguments) and then leaves no record behind."""
-        return await self.registrar.register(reg)
-
-    def settled(self, reg: Registration) -> Optional[Record]:
-        return self.registrar.settled(reg)
 
     async def unregister(self, actor_id: str) -> bool:
         """Remove the record (durably) without killing the actor."""

@@ -138,7 +138,7 @@ def normalize_actor_id(value: object) -> str:
     return actor_id
 
 
-def check_owner(scope: object, app: str, deployment: str) -> None:
+def check_owner_shape(scope: object, app: str, deployment: str) -> None:
     """The owner rule every registration keeps: ``serve`` names no app or deployment,
     ``app`` names its app only, ``deployment`` its app and deployment. Raises
     ``ValueError`` saying what to pass."""
@@ -237,7 +237,7 @@ def validate(record: Record) -> None:
     if not _valid_id(record.actor_id):
         raise RecordDecodeError(f"bad actor id {record.actor_id!r}: expected lower-case hex")
     try:
-        check_owner(record.scope, record.app, record.deployment)
+        check_owner_shape(record.scope, record.app, record.deployment)
     except ValueError as e:
         raise RecordDecodeError(f"inconsistent owner: {e}") from None
     if not math.isfinite(record.registered_at):

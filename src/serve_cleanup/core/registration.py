@@ -61,7 +61,7 @@ class Registrar:
                     if not reg.check_actor or reg.actor_id in self.registry.verified:
                         return existing
                     return await self._verify_existing(existing)
-                admission.check_owner(reg, self._serve)
+                admission.check_owner_exists(reg, self._serve)
                 return await self._write(reg, existing)
         finally:
             self.inflight -= 1

@@ -121,6 +121,16 @@ def driver_gcs_client() -> GcsClient:
 # --- actor handles --------------------------------------------------------------------
 
 
+def require_actor_handle(obj: Any) -> ActorHandle:
+    """``obj`` if it is an actor handle; else a ``TypeError`` that says what to pass."""
+    if not isinstance(obj, ActorHandle):
+        raise TypeError(
+            f"expected a Ray ActorHandle, got {type(obj).__name__}; pass the handle "
+            "returned by MyActor.remote() or ray.get_actor()."
+        )
+    return obj
+
+
 def handle_to_bytes(handle: ActorHandle) -> bytes:
     """Ray's own (non-pickle) serialization of an actor handle.
 
@@ -177,26 +187,28 @@ def state_accessor() -> Any:
     return _global_state._connect_and_get_accessor()
 
 
-def parse_actor_entry(data: bytes) -> ActorInfo:
-    entry = gcs_pb2.ActorTableData.FromString(data)
+def _info_of(entry: Any, state: Optional[str] = None) -> ActorInfo:
+    """An ``ActorTableData`` as the core's ``ActorInfo`` (``state``: when the caller
+    knows it already)."""
     return ActorInfo(
         actor_id=entry.actor_id.hex(),
         name=entry.name,
         namespace=entry.ray_namespace,
-        state=gcs_pb2.ActorTableData.ActorState.Name(entry.state),
+        state=state or gcs_pb2.ActorTableData.ActorState.Name(entry.state),
     )
 
 
 def actor_entry(actor_id: str, accessor: Any = None) -> Any:
-    """The raw ``ActorTableData`` of ``actor_id`` (None if GCS does not know it). Blocking."""
+    """The raw ``ActorTableData`` of ``actor_id`` (None if GCS does not know it): a
+    lookup by id. Blocking."""
     data = (accessor or state_accessor()).get_actor_info(actor_id_from_hex(actor_id))
     return None if data is None else gcs_pb2.ActorTableData.FromString(data)
 
 
 def actor_info(actor_id: str, accessor: Any = None) -> Optional[ActorInfo]:
-    """The actor table entry of ``actor_id`` (None if GCS does not know it). Blocking."""
-    data = (accessor or state_accessor()).get_actor_info(actor_id_from_hex(actor_id))
-    return None if data is None else parse_actor_entry(data)
+    """``actor_entry`` as the core's ``ActorInfo``. Blocking."""
+    entry = actor_entry(actor_id, accessor)
+    return None if entry is None else _info_of(entry)
 
 
 def actors_in_state(state: str, wanted: "set[str] | frozenset[str]", accessor: Any = None) -> dict[str, ActorInfo]:
@@ -205,9 +217,9 @@ def actors_in_state(state: str, wanted: "set[str] | frozenset[str]", accessor: A
     out: dict[str, ActorInfo] = {}
     for data in (accessor or state_accessor()).get_actor_table(None, state.encode()):
         entry = gcs_pb2.ActorTableData.FromString(data)
-        actor_id = entry.actor_id.hex()
-        if actor_id in wanted:
-            out[actor_id] = ActorInfo(actor_id, entry.name, entry.ray_namespace, state)
+        if entry.actor_id.hex() in wanted:
+            info = _info_of(entry, state)
+            out[info.actor_id] = info
     return out
 
 

@@ -93,18 +93,14 @@ class _CleanupPending(Exception):
 
 async def _register(core: CleanupCore, actor: Any, **how: Any) -> Record:
     """The handle to a ``Registration``; serialized only when the core needs to write."""
-    if not isinstance(actor, _ray.ActorHandle):
-        raise TypeError(
-            f"expected a Ray ActorHandle, got {type(actor).__name__}; pass the handle "
-            "returned by MyActor.remote() or ray.get_actor()."
-        )
+    _ray.require_actor_handle(actor)
     reg = Registration(actor_id=_ray.actor_id_hex(actor), name="", namespace="", handle=b"", **how)
-    done = core.settled(reg)  # the common repeat (every router re-registers its actor)
+    done = core.registrar.settled(reg)  # the common repeat (every router re-registers its actor)
     if done is not None:
         return done
     handle = _ray.handle_to_bytes(actor)
     name, namespace = _ray.handle_name_namespace(handle)
-    return await core.register(
+    return await core.registrar.register(
         dataclasses.replace(reg, name=name, namespace=namespace if name else "", handle=handle)
     )
 
