@@ -10,7 +10,7 @@ machine has one (``_ray.use_cluster_token``), and reads:
 * the records, with ``core.registry.read_all`` over ``serve_adapter.kv.AsyncKvStore`` (pages
   of keys, the next page requested while one is decoded);
 * the actor states of many ids at once, from one bulk read of the live set
-  (``_ray.live_actors``; never a lookup that scans the table per id);
+  (``serve_adapter.ports.live_actors``; never a lookup that scans the table per id);
 * the Serve controller's actor-table entry, which says which class it runs: the durable
   controller's class module is one ``_startup.is_durable_controller_module`` accepts
   (its ``repr_name`` says so too).
@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional, TypeVar
 from serve_cleanup._startup import is_durable_controller_module
 from serve_cleanup.serve_adapter import _ray
 from serve_cleanup.serve_adapter.kv import KvStore
+from serve_cleanup.serve_adapter.ports import live_actors
 from serve_cleanup.client.controller import ControllerKind, connect
 from serve_cleanup.core import records as rec
 from serve_cleanup.core.records import Record
@@ -66,7 +67,7 @@ def actor_states(actor_ids: list[str], accessor: Any = None) -> dict[str, str]:
     table), or UNKNOWN when the table cannot be read. One bulk read of the live set,
     however many ids (never a scan per id). ``accessor``: this process's own if None."""
     try:
-        live = _ray.live_actors(frozenset(actor_ids), accessor)
+        live = live_actors(frozenset(actor_ids), accessor)
     except Exception:
         return {a: "UNKNOWN" for a in actor_ids}
     return {a: live[a].state if a in live else "DEAD" for a in actor_ids}

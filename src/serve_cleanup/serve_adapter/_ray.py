@@ -223,30 +223,6 @@ def actors_in_state(state: str, wanted: "set[str] | frozenset[str]", accessor: A
     return out
 
 
-BY_ID_MAX = 16  # ids missing from the ALIVE set looked up one by one; more: bulk reads
-
-
-def live_actors(actor_ids: "set[str] | frozenset[str]", accessor: Any = None) -> dict[str, ActorInfo]:
-    """Of ``actor_ids``, those in a state that is not final, with their entries. One read
-    of the ALIVE actors; the few ids not found there are looked up by id, many of them by
-    one read per other live state. Never a scan per id. Blocking."""
-    accessor = accessor or state_accessor()
-    found = actors_in_state("ALIVE", actor_ids, accessor)
-    missing = actor_ids - found.keys()
-    if not missing:
-        return found
-    if len(missing) <= BY_ID_MAX:
-        for actor_id in missing:
-            info = actor_info(actor_id, accessor)
-            if info is not None and info.state in LIVE_STATES:
-                found[actor_id] = info
-        return found
-    for state in LIVE_STATES:
-        if state != "ALIVE":
-            found.update(actors_in_state(state, missing, accessor))
-    return found
-
-
 # --- what the controller knows about apps and deployments ------------------------------
 
 

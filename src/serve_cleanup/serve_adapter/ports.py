@@ -20,8 +20,32 @@ from typing import Any, Collection, Optional
 import ray
 
 from serve_cleanup.serve_adapter import _ray
-from serve_cleanup.core.ports import ActorInfo, ServeState
+from serve_cleanup.core.ports import LIVE_STATES, ActorInfo, ServeState
 from serve_cleanup.core.records import Record
+
+BY_ID_MAX = 16  # ids missing from the ALIVE set looked up one by one; more: bulk reads
+
+
+def live_actors(actor_ids: "set[str] | frozenset[str]", accessor: Any = None) -> dict[str, ActorInfo]:
+    """Of ``actor_ids``, those in a state that is not final, with their entries. One read
+    of the ALIVE actors; the few ids not found there are looked up by id, many of them by
+    one read per other live state. Never a scan per id. Blocking."""
+    accessor = accessor or _ray.state_accessor()
+    found = _ray.actors_in_state("ALIVE", actor_ids, accessor)
+    missing = actor_ids - found.keys()
+    if not missing:
+        return found
+    if len(missing) <= BY_ID_MAX:
+        for actor_id in missing:
+            info = _ray.actor_info(actor_id, accessor)
+            if info is not None and info.state in LIVE_STATES:
+                found[actor_id] = info
+        return found
+    for state in LIVE_STATES:
+        if state != "ALIVE":
+            found.update(_ray.actors_in_state(state, missing, accessor))
+    return found
+
 
 class GcsActorTable:
     """``ActorTable`` over the state accessor, in one worker thread of its own (the
@@ -45,7 +69,7 @@ class GcsActorTable:
         if not wanted:
             return {}
         return await asyncio.get_running_loop().run_in_executor(
-            self._thread, lambda: _ray.live_actors(wanted, self._get_accessor()))
+            self._thread, lambda: live_actors(wanted, self._get_accessor()))
 
 
 class RayKiller:
