@@ -9,7 +9,9 @@ The ONE module of ``benchmarks`` that imports serve_cleanup. What the benchmarks
   (``KEY_PREFIX``, ``record_key``): records are seeded, counted and purged, and the probes
   put, through it, so no module of ``benchmarks`` composes a KV key or names the KV
   namespace. The record *values* are written here in the documented v1 layout
-  (``record_value``), so the sections measure any code that keeps reading v1 records;
+  (``record_value``), so the seeded records are what any v1 reader reads. These imports
+  need a serve_cleanup that has both modules: to measure older code, run the benchmarks
+  of its own time (as issue 14's "before" run did: c39582f, raw GCS KV calls);
 * ``internals()``: private modules, for ``benchmarks.micro`` and
   ``benchmarks.memory_per_record`` only. When the package is restructured, fix the
   imports here and in ``internals()``.
