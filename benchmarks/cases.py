@@ -16,8 +16,10 @@ from benchmarks.harness import (
     controller,
     kill_actors,
     kill_controller_and_wait,
+    kv_store,
     log,
     make_actors,
+    probe_key,
     purge_records,
     seed_synthetic,
     start_serve,
@@ -222,7 +224,8 @@ def latency_breakdown(sizes: Sizes) -> dict:
     out["durable: new registration (+ KV put and actor lookup, concurrent)"] = s.ms()
 
     gcs = driver_gcs()
-    key = b"serve-cleanup-bench-probe"
+    store = kv_store(gcs, timeout_s=5)
+    key = probe_key("probe")
     actor_id = actors[0]._actor_id
 
     async def probe() -> dict:
@@ -234,7 +237,8 @@ def latency_breakdown(sizes: Sizes) -> dict:
                 xs.append(time.perf_counter() - t)
             return statistics.median(xs) * 1000
 
-        put = lambda: gcs.async_internal_kv_put(key, b"x" * 300, True, b"serve", timeout=5)  # noqa: E731
+        # AsyncKvStore.put: the put the controller makes.
+        put = lambda: store.aio.put(key, b"x" * 300)  # noqa: E731
         look = lambda: gcs.async_get_all_actor_info(actor_id=actor_id, timeout=5)  # noqa: E731
         return {
             "GCS KV put alone (from the driver)": await amed(put),
@@ -243,7 +247,7 @@ def latency_breakdown(sizes: Sizes) -> dict:
         }
 
     out.update(asyncio.run(probe()))
-    gcs.internal_kv_del(key, False, b"serve")
+    store.delete(key)
     stop_serve()
     kill_actors(actors)
     for k, v in out.items():

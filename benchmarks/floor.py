@@ -9,17 +9,22 @@ Per round and kind (plain, durable; which goes first alternates), on one Serve i
    (GCS may not know it yet: Ray registers an anonymous actor asynchronously);
 3. ``public`` (durable only): ``serve_cleanup.register(actor)`` of named actors created
    beforehand, one at a time: the public path and its extra checks;
-4. ``put``: one GCS KV put from the driver (300-byte value, Serve's KV namespace),
-   awaited one at a time;
+4. ``put``: one GCS KV put from the driver (300-byte value), awaited one at a time;
 5. a burst: ``burst_registrants`` driver threads at once, each submitting its
    ``burst_per_registrant`` new registrations at once; controller CPU (psutil on the
    controller's pid) per registration, and throughput;
 6. the probe: an async Ray actor (started once per section) doing as many
-   ``await gcs_client.async_internal_kv_put(...)`` calls as the burst registered, in the
-   burst's shape (``burst_registrants`` groups, each group's puts all in flight at once),
-   its own process CPU (psutil) per put: what one async KV put costs an actor process.
+   ``await KvStore(gcs_client).aio.put(...)`` calls as the burst registered, as many in
+   flight at once (``burst_registrants`` x ``burst_per_registrant``; each repeated
+   ``probe_repeat`` times by the coroutine that made it), its own process CPU (psutil)
+   per put: what one async KV put costs an actor process.
    Also one put at a time, and through a separate ``GcsClient(address=)`` (as the durable
    controller at 1984f6e builds its own), for reference.
+
+Every put here is ``AsyncKvStore.put`` (``serve_cleanup.serve_adapter.kv``), the call the
+durable controller makes to store a record, on a key below the store's prefix: the floor
+is one put exactly as the controller makes it (the store's key composition and coroutine
+frames, about a microsecond, included).
 
 Every actor asks for a resource no node has: PENDING_CREATION, live in the actor table
 (every call takes the full new-registration path), no worker process. Figures are pooled
@@ -39,7 +44,6 @@ from ray import cloudpickle
 
 from benchmarks.harness import (
     DURABLE,
-    KV_NAMESPACE,
     PLAIN,
     Samples,
     burst as run_burst,
@@ -47,11 +51,15 @@ from benchmarks.harness import (
     controller_process,
     cores_over,
     cpu_s,
+    gcs,
     handle_bytes,
     kill_actors,
+    kv_store,
     log,
     median,
+    own_gcs_client,
     pending_actors,
+    probe_key,
     purge_records,
     ratio,
     register_public,
@@ -77,7 +85,7 @@ class FloorSizes:
 QUICK = FloorSizes(rounds=1, named_per_round=10, anon_per_round=5, public_per_round=5, puts_per_round=10,
                    burst_registrants=2, burst_per_registrant=3, probe_repeat=1, settle_s=0.1)
 
-PROBE_PREFIX = b"serve-cleanup-bench-probe-"
+PROBE_PREFIX = probe_key("probe-")
 
 # Workers need not import the benchmarks package: ship this module's classes by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -94,8 +102,10 @@ class KvPutProbe:
         import psutil
 
         proc = psutil.Process()
-        worker_gcs = ray._private.worker.global_worker.gcs_client
-        own_gcs = ray._raylet.GcsClient(address=ray.get_runtime_context().gcs_address)
+        # The put the controller makes is AsyncKvStore.put: measure through it, over the
+        # worker's GCS client and over one of its own (the controller builds its own).
+        worker_kv = kv_store(gcs(), timeout_s=10)
+        own_kv = kv_store(own_gcs_client(), timeout_s=10)
         value = os.urandom(value_size)
         n = groups * per_group * repeat  # repeated: psutil's CPU times tick every 10 ms
 
@@ -112,52 +122,56 @@ class KvPutProbe:
         await asyncio.sleep(idle_s)
         idle = (cpu() - c0) / (time.perf_counter() - t0)
 
-        def burst_shape(client, times: int = repeat):
+        def burst_shape(store, times: int = repeat):
+            # groups x per_group puts in flight at once, each awaited inside a coroutine of
+            # its own that then makes its next one (``times`` each), as the controller awaits
+            # its put inside the registration's own task. Not a gather over the puts
+            # themselves: that would add a task per put (~4 µs of CPU here) that the
+            # controller's put does not cost.
             async def run():
-                async def group(g: int):
-                    await asyncio.gather(*(client.async_internal_kv_put(
-                        PROBE_PREFIX + f"{g}-{i}".encode(), value, True, KV_NAMESPACE, timeout=10)
-                        for i in range(per_group)))
-                for _ in range(times):
-                    await asyncio.gather(*(group(g) for g in range(groups)))
+                async def slot(key: str):
+                    for _ in range(times):
+                        await store.aio.put(key, value)
+                await asyncio.gather(*(slot(PROBE_PREFIX + f"{g}-{i}")
+                                       for g in range(groups) for i in range(per_group)))
             return run
 
-        def one_at_a_time(client):
+        def one_at_a_time(store):
             async def run():
                 for i in range(n):
-                    await client.async_internal_kv_put(PROBE_PREFIX + f"s-{i}".encode(), value, True,
-                                                       KV_NAMESPACE, timeout=10)
+                    await store.aio.put(PROBE_PREFIX + f"s-{i}", value)
             return run
 
-        await burst_shape(worker_gcs, 1)()  # warm up
+        await burst_shape(worker_kv, 1)()  # warm up
         out = {"idle_cores": idle, "puts": n}
-        for label, factory in (("burst", burst_shape(worker_gcs)), ("sequential", one_at_a_time(worker_gcs)),
-                               ("burst_own_client", burst_shape(own_gcs))):
+        for label, factory in (("burst", burst_shape(worker_kv)), ("sequential", one_at_a_time(worker_kv)),
+                               ("burst_own_client", burst_shape(own_kv))):
             busy, took = await timed(factory)
             out[label] = {"cpu_ms": busy / n * 1000, "cpu_ms_minus_idle": (busy - idle * took) / n * 1000,
                           "wall_s": took}
-        worker_gcs.internal_kv_del(PROBE_PREFIX, True, KV_NAMESPACE, timeout=10)
+        worker_kv.delete_prefix(PROBE_PREFIX)
         return out
 
 
 def kv_put_samples(n: int) -> list[float]:
-    """One GCS KV put at a time from the driver, the size of a record, Serve's namespace."""
-    client = ray._private.worker.global_worker.gcs_client
-    key = PROBE_PREFIX + b"driver"
+    """One KV put at a time from the driver, the size of a record: ``AsyncKvStore.put``,
+    the put the controller makes."""
+    store = kv_store(timeout_s=5)
+    key = PROBE_PREFIX + "driver"
     value = os.urandom(300)
 
     async def run() -> list[float]:
         xs = []
         for _ in range(n + 3):
             t = time.perf_counter()
-            await client.async_internal_kv_put(key, value, True, KV_NAMESPACE, timeout=5)
+            await store.aio.put(key, value)
             xs.append(time.perf_counter() - t)
         return xs[3:]
 
     try:
         return asyncio.run(run())
     finally:
-        client.internal_kv_del(key, False, KV_NAMESPACE)
+        store.delete(key)
 
 
 def _anon_registrations(ctrl, n: int) -> tuple[Samples, list, list[int]]:

@@ -4,12 +4,17 @@ The ONE module of ``benchmarks`` that imports serve_cleanup. What the benchmarks
 
 * the public API (``serve_cleanup.start``, ``register``, ``unregister``,
   ``controller_kind``), and the durable controller's remote ``serve_cleanup_status``;
-* the documented v1 record layout (``src/serve_cleanup/records.py``, moving to
-  ``core/records.py``), restated below as constants: records are seeded, counted and
-  purged through raw GCS KV calls, so the sections run unchanged on any code that keeps
-  reading that layout;
-* ``internals()``: private modules, for ``benchmarks.micro`` only. When the package is
-  restructured, fix the import there (one place).
+* the GCS KV through the package's one store (``serve_adapter.kv``: ``KvStore`` and its
+  awaitable face ``.aio``; keys below its prefix) and the record keys of ``core.records``
+  (``KEY_PREFIX``, ``record_key``): records are seeded, counted and purged, and the probes
+  put, through it, so no module of ``benchmarks`` composes a KV key or names the KV
+  namespace. The record *values* are written here in the documented v1 layout
+  (``record_value``), so the seeded records are what any v1 reader reads. These imports
+  need a serve_cleanup that has both modules: to measure older code, run the benchmarks
+  of its own time (as issue 14's "before" run did: c39582f, raw GCS KV calls);
+* ``internals()``: private modules, for ``benchmarks.micro`` and
+  ``benchmarks.memory_per_record`` only. When the package is restructured, fix the
+  imports here and in ``internals()``.
 
 Everything else is Ray (its private GCS client and protos included).
 """
@@ -40,13 +45,18 @@ from ray.core.generated import core_worker_pb2
 from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 
 import serve_cleanup
+from serve_cleanup.core import records
+from serve_cleanup.serve_adapter.kv import KvStore, full_key
+from serve_cleanup.serve_adapter.kv import NAMESPACE as _KV_NAMESPACE
 
 PLAIN, DURABLE = "plain", "durable"
 
-# --- the documented v1 record layout (serve_cleanup's records module docstring) ---------
-KV_NAMESPACE = b"serve"
-RECORD_KEY_PREFIX = b"ray-serve-serve-serve-cleanup-actor-"
+# The record values this module writes: schema v1 (serve_cleanup's records module docstring).
 SCHEMA_VERSION = 1
+# Keys the probes put (below the store's prefix, like every key of the package; never
+# under records.KEY_PREFIX, so they are never taken for records).
+PROBE_KEY_PREFIX = "serve-cleanup-bench-"
+KV_TIMEOUT_S = 60.0
 
 NEVER_RESOURCE = "serve_cleanup_bench_never"  # no node has it
 BENCH_NAMESPACE = "serve-cleanup-bench"
@@ -58,10 +68,21 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 def internals() -> SimpleNamespace:
     """serve_cleanup's private modules (``benchmarks.micro`` and ``benchmarks.memory_per_record``
     only). Fix moves here."""
-    from serve_cleanup.core import records, registry
+    from serve_cleanup.core import registry
     from serve_cleanup.serve_adapter import _ray
 
     return SimpleNamespace(ray_side=_ray, records=records, registry=registry)
+
+
+def probe_key(name: str) -> str:
+    """A probe's KV key (below the store's prefix), e.g. ``probe_key("micro")``."""
+    return PROBE_KEY_PREFIX + name
+
+
+def stored_layout() -> str:
+    """How a record is stored, for report text: its whole KV key and the namespace."""
+    key = full_key(records.record_key("<id hex>")).decode()
+    return f"key `{key}`, KV namespace `{_KV_NAMESPACE.decode()}`"
 
 
 def package_commit() -> str:
@@ -203,8 +224,18 @@ def fresh_cluster() -> bool:
 
 
 def gcs():
-    """This driver's GCS client."""
+    """This process's GCS client (a driver's, or the worker's inside an actor)."""
     return ray._private.worker.global_worker.gcs_client
+
+
+def own_gcs_client():
+    """A GCS client of its own (``GcsClient(address=)``), as the durable controller builds."""
+    return ray._raylet.GcsClient(address=ray.get_runtime_context().gcs_address)
+
+
+def kv_store(client=None, timeout_s: float = KV_TIMEOUT_S) -> KvStore:
+    """serve_cleanup's KV store over ``client`` (default: this process's GCS client)."""
+    return KvStore(gcs() if client is None else client, timeout_s)
 
 
 def state_accessor():
@@ -352,7 +383,7 @@ def unregister(actors: Iterable) -> None:
 
 def stored_actor_ids() -> set[str]:
     """Actor ids of every record the KV holds (decoded from the keys)."""
-    n = len(RECORD_KEY_PREFIX)
+    n = len(records.KEY_PREFIX)
     return {bytes(k)[n:].decode() for k in record_keys()}
 
 
@@ -380,7 +411,7 @@ def burst(ctrl, groups: list[list]) -> float:
     return time.perf_counter() - started
 
 
-# --- records, through raw GCS KV calls -------------------------------------------------
+# --- records, through serve_cleanup's KV store -------------------------------------------
 
 
 def record_value(actor_id_hex: str, name: str, namespace: str, handle: bytes,
@@ -394,7 +425,8 @@ def record_value(actor_id_hex: str, name: str, namespace: str, handle: bytes,
 
 
 def record_keys() -> list[bytes]:
-    return gcs().internal_kv_keys(RECORD_KEY_PREFIX, KV_NAMESPACE, timeout=60)
+    """The keys of every stored record (below the store's prefix)."""
+    return kv_store().keys(records.KEY_PREFIX)
 
 
 def record_count() -> int:
@@ -402,22 +434,24 @@ def record_count() -> int:
 
 
 def purge_records() -> None:
-    gcs().internal_kv_del(RECORD_KEY_PREFIX, True, KV_NAMESPACE, timeout=60)
+    kv_store().delete_prefix(records.KEY_PREFIX)
 
 
 def put_records(items: Iterable[tuple[bytes, bytes]], in_flight: int = 2000) -> float:
-    """Raw async KV puts of ``(actor id bytes, value)`` pairs; seconds."""
-    client = gcs()
+    """Async KV puts (``AsyncKvStore.put``) of ``(actor id bytes, value)`` pairs, ``in_flight``
+    at a time; seconds."""
+    store = kv_store().aio
+    pending = iter(items)
+
+    # ``in_flight`` workers share one iterator, each awaiting its put before taking the next
+    # item: always ``in_flight`` puts outstanding, and one task per worker, not per put (a
+    # gather over 100,000 coroutines would wrap each in a task of its own).
+    async def worker() -> None:
+        for actor_id, value in pending:
+            await store.put(records.record_key(actor_id.hex()), value)
 
     async def run() -> None:
-        batch = []
-        for actor_id, value in items:
-            batch.append(client.async_internal_kv_put(RECORD_KEY_PREFIX + actor_id.hex().encode(), value,
-                                                      True, KV_NAMESPACE, timeout=60))
-            if len(batch) >= in_flight:
-                await asyncio.gather(*batch)
-                batch = []
-        await asyncio.gather(*batch)
+        await asyncio.gather(*(worker() for _ in range(in_flight)))
 
     started = time.perf_counter()
     asyncio.run(run())

@@ -14,7 +14,8 @@ process is started), for one live (PENDING_CREATION) actor:
 
 each awaited one at a time from this driver: p50 wall time, and the CPU the gcs_server
 process spent per call (psutil on its pid, the window's idle rate not subtracted).
-A GCS KV put is the control. ``history`` in ``python -m benchmarks`` calls ``probe``.
+A KV put (``AsyncKvStore.put``, as the controller makes it) is the control. ``history``
+in ``python -m benchmarks`` calls ``probe``.
 """
 
 from __future__ import annotations
@@ -35,9 +36,11 @@ from benchmarks.harness import (
     gcs,
     gcs_server_process,
     kill_actors,
+    kv_store,
     log,
     make_dead_actors,
     pending_actors,
+    probe_key,
     state_accessor,
 )
 
@@ -45,6 +48,8 @@ from benchmarks.harness import (
 def probe(n: int = 300, gcs_proc: psutil.Process | None = None) -> dict:
     """The three reads (and a KV put) for one live actor, ``n`` times each."""
     client = gcs()
+    store = kv_store(client, timeout_s=30)
+    key = probe_key("lvt")
     acc = state_accessor()
     gcs_proc = gcs_proc or gcs_server_process()
     [live] = pending_actors(1)
@@ -54,8 +59,7 @@ def probe(n: int = 300, gcs_proc: psutil.Process | None = None) -> dict:
         "by_id_filter": lambda: client.async_get_all_actor_info(actor_id=aid, timeout=30),
         "accessor_by_id": lambda: acc.get_actor_info(aid),
         "alive_filter": lambda: client.async_get_all_actor_info(actor_state_name="ALIVE", timeout=30),
-        "kv_put": lambda: client.async_internal_kv_put(b"serve-cleanup-bench-lvt", b"x" * 300, True, b"serve",
-                                                       timeout=30),
+        "kv_put": lambda: store.aio.put(key, b"x" * 300),
     }
 
     async def run() -> dict:
@@ -83,6 +87,7 @@ def probe(n: int = 300, gcs_proc: psutil.Process | None = None) -> dict:
         result = asyncio.run(run())
     finally:
         kill_actors([live])
+        store.delete(key)
     return result
 
 

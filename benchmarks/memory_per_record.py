@@ -38,7 +38,7 @@ def main(argv=None) -> int:
         for i in range(n):
             aid = os.urandom(16).hex()
             name, ns = (f"seeded-{i}", "serve-cleanup-bench") if i % 2 == 0 else ("", "")
-            found[(sc.records.KEY_PREFIX + aid).encode()] = record_value(aid, name, ns, os.urandom(300), time.time())
+            found[sc.records.record_key(aid).encode()] = record_value(aid, name, ns, os.urandom(300), time.time())
         return found
 
     class DictStore:  # the two reads Registry.load makes

@@ -23,7 +23,7 @@ from typing import Callable
 import msgpack
 import ray
 
-from benchmarks.harness import connect, internals, log
+from benchmarks.harness import connect, internals, kv_store, log, probe_key
 
 _internal = internals()
 _ray, records = _internal.ray_side, _internal.records
@@ -135,21 +135,23 @@ def run(n: int) -> dict:
     try:
         gcs_driver = _ray.driver_gcs_client()
         gcs_own = _ray.GcsClient(address=ray.get_runtime_context().gcs_address)
-        key = b"serve-cleanup-bench-micro"
+        key = probe_key("micro")
         value = records.encode(rec)
         aid = _ray.actor_id_from_hex(actor_id)
         for label, gcs in (("driver's GcsClient", gcs_driver), ("own GcsClient(address=)", gcs_own)):
-            put = lambda g=gcs: g.async_internal_kv_put(key, value, True, b"serve", timeout=5)  # noqa: E731
+            # The put the controller makes: AsyncKvStore.put (a coroutine; gathered, each
+            # in a task of its own).
+            put = lambda s=kv_store(gcs, timeout_s=5).aio: s.put(key, value)  # noqa: E731
             look = lambda g=gcs: g.async_get_all_actor_info(actor_id=aid, timeout=5)  # noqa: E731
-            out[f"async_internal_kv_put, awaited one at a time ({label})"] = ameasure(put, n, loop)
+            out[f"KV put (AsyncKvStore.put), awaited one at a time ({label})"] = ameasure(put, n, loop)
             out[f"async_get_all_actor_info(actor_id=...), one at a time ({label})"] = ameasure(look, n, loop)
             out[f"put + lookup via asyncio.gather, one pair at a time ({label})"] = ameasure(
                 lambda p=put, lk=look: asyncio.gather(p(), lk()), n, loop)
-            out[f"async_internal_kv_put, {n} in flight ({label})"] = apipelined(put, n, loop)
+            out[f"KV put (AsyncKvStore.put), {n} in flight ({label})"] = apipelined(put, n, loop)
             out[f"async_get_all_actor_info(actor_id=...), {n} in flight ({label})"] = apipelined(look, n, loop)
-        out["internal_kv_put, sync (driver's GcsClient)"] = measure(
-            lambda: gcs_driver.internal_kv_put(key, value, True, b"serve", timeout=5), n // 4)
-        gcs_driver.internal_kv_del(key, False, b"serve")
+        sync_kv = kv_store(gcs_driver, timeout_s=5)
+        out["KV put, sync (KvStore.put, driver's GcsClient)"] = measure(lambda: sync_kv.put(key, value), n // 4)
+        sync_kv.delete(key)
 
         async def noop() -> None:
             return None

@@ -11,7 +11,7 @@ from typing import Optional
 
 import ray
 
-from benchmarks.harness import DURABLE, PLAIN
+from benchmarks.harness import DURABLE, PLAIN, stored_layout
 
 # Which section each target row comes from, and the command that re-runs only it.
 SECTION_OF = {"1": "floor", "2": "history", "3": "shutdown", "4": "memory", "5": "list"}
@@ -417,8 +417,8 @@ def write(results: dict, out_dir: Path, baseline: Optional[dict] = None) -> Path
         "- Actors that must stay live without a process ask for a resource no node has: `PENDING_CREATION` "
         "in the actor table (every registration takes the full new-registration path; they are killable), "
         "no worker process. Real actors cost ~100 MB each on this machine.",
-        "- Records are written with raw GCS KV puts in the documented v1 layout (key "
-        "`ray-serve-serve-serve-cleanup-actor-<id hex>`, KV namespace `serve`, msgpack v1), with real-sized "
+        f"- Records are written through serve_cleanup's KV store in the documented v1 layout "
+        f"({stored_layout()}, msgpack v1), with real-sized "
         "handles: a real serialized handle with the actor id, name and namespace replaced in Ray's "
         "`ActorHandle` proto.",
         "- Dead actors are made the same way (created PENDING and killed: GCS caches them as DEAD, "

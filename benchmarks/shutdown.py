@@ -6,7 +6,7 @@ existed and are DEAD in GCS's actor table (created PENDING, their real handles s
 then killed), the rest of actors GCS never knew (as after it evicted them from its cache
 of dead actors), with real-sized handles. Every record is dated 10 minutes back (older
 than any grace for actors GCS does not know yet). Then ``serve.shutdown()``; a thread
-counts the records left (``internal_kv_keys`` on the record prefix) every second and at
+counts the records left (``KvStore.keys`` on the record prefix) every second and at
 exactly 10 s after the call, until none is left or ``records_wait_s`` passed.
 
 ``live`` (plain vs durable, order alternating, ``live_reps`` each): one app deployed,
