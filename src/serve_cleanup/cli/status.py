@@ -81,13 +81,12 @@ def probe(address: str, detail: bool) -> tuple[dict[str, Any], Exit]:
 def _detail(reader: Any, kind: str) -> dict[str, Any]:
     """``--detail``: every record read (counted by scope), the set-aside entries, and the
     durable controller's view."""
+    from serve_cleanup.core.records import records_by_scope
+
     records, set_aside = reader.records()
-    by_scope: dict[str, int] = {}
-    for r in records:
-        by_scope[r.scope] = by_scope.get(r.scope, 0) + 1
     return {
         "records": len(records),
-        "records_by_scope": by_scope,
+        "records_by_scope": records_by_scope((r.scope, 1) for r in records),
         "set_aside": [s.to_dict() for s in set_aside],
         "controller_status": _controller_view(reader.address) if kind == "durable" else None,
     }
