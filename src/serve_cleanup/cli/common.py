@@ -10,7 +10,8 @@ from __future__ import annotations
 import enum
 import os
 import sys
-from typing import Any, NoReturn, Optional
+from contextlib import contextmanager
+from typing import Any, Iterator, NoReturn, Optional
 
 import click
 
@@ -52,6 +53,19 @@ class Failure(click.ClickException):
     def __init__(self, code: Exit, message: str) -> None:
         super().__init__(message)
         self.exit_code = int(code)
+
+
+@contextmanager
+def failing_as(code: Exit = Exit.ERROR, errors: Optional[type[BaseException]] = None) -> Iterator[None]:
+    """``errors`` (serve_cleanup's own by default) raised inside become a :class:`Failure`
+    with their message and ``code``."""
+    from serve_cleanup.errors import ServeCleanupError
+
+    caught = ServeCleanupError if errors is None else errors
+    try:
+        yield
+    except caught as e:
+        raise Failure(code, str(e)) from None
 
 
 def fail(e: BaseException) -> NoReturn:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import click
 
 from serve_cleanup.cli.common import (
-    Exit, Failure, address_option, cluster_reader, connect, echo_json, json_option, need_ray, needs_durable,
-    parse_actor_id, waiting,
+    Exit, Failure, address_option, cluster_reader, connect, echo_json, failing_as, json_option, need_ray,
+    needs_durable, parse_actor_id, waiting,
 )
 
 
@@ -47,16 +47,12 @@ def gc(address: str, dry_run: bool, as_json: bool) -> None:
     from serve_cleanup.client.calls import collect
     from serve_cleanup.client.gcs import actor_states
     from serve_cleanup.core.reaper import DONE, Outcome
-    from serve_cleanup.errors import ServeCleanupError
 
     connect(address)
     needs_durable("gc")
     what = "look for" if dry_run else "collect"
-    try:
-        with waiting(f"the durable controller to {what} orphaned and dead registrations"):
-            found = collect(dry_run=dry_run, timeout_s=30)
-    except ServeCleanupError as e:
-        raise Failure(Exit.ERROR, str(e)) from None
+    with failing_as(Exit.ERROR), waiting(f"the durable controller to {what} orphaned and dead registrations"):
+        found = collect(dry_run=dry_run, timeout_s=30)
     if as_json:
         echo_json(found)
         return
@@ -85,15 +81,11 @@ def unregister(address: str, actor_id: str) -> None:
     actor_id = parse_actor_id(actor_id)
     need_ray("unregister")
     from serve_cleanup.client.calls import unregister as unregister_call
-    from serve_cleanup.errors import ServeCleanupError
 
     connect(address)
     needs_durable("unregister")
-    try:
-        with waiting(f"the durable controller to unregister {actor_id}"):
-            removed = unregister_call(actor_id, timeout_s=30)
-    except ServeCleanupError as e:
-        raise Failure(Exit.ERROR, str(e)) from None
+    with failing_as(Exit.ERROR), waiting(f"the durable controller to unregister {actor_id}"):
+        removed = unregister_call(actor_id, timeout_s=30)
     if removed:
         click.echo(f"Unregistered {actor_id}; the actor was not killed.")
     else:
@@ -142,8 +134,6 @@ def purge(address: str, actor_ids: tuple, set_aside: bool, everything: bool, dry
         return
     if not yes:
         click.confirm(f"Delete {_entries(len(plan))}? The actors are not killed.", abort=True)
-    try:
+    with failing_as(Exit.ERROR, ControllerRunningError):
         deleted = purge_entries(plan)  # checks again: Serve may have started meanwhile
-    except ControllerRunningError as e:
-        raise Failure(Exit.ERROR, str(e)) from None
     click.echo(f"Deleted {_entries(deleted)}; no actor was killed.")

@@ -8,7 +8,7 @@ from typing import Any, Optional
 import click
 
 from serve_cleanup.cli.common import (
-    KIND_NAMES, Exit, Failure, address_option, connect, echo_json, json_option, need_ray, waiting,
+    KIND_NAMES, Exit, Failure, address_option, connect, echo_json, failing_as, json_option, need_ray, waiting,
 )
 
 
@@ -43,7 +43,6 @@ def start(
 
     need_ray("start")
     from serve_cleanup.client.start import start_durable
-    from serve_cleanup.errors import ServeCleanupError
 
     connect(address)
     http = _given({"host": http_host, "port": http_port})
@@ -52,18 +51,16 @@ def start(
         "grpc_servicer_functions": list(grpc_servicer_functions) or None,
         "enable_reflection": grpc_enable_reflection,
     })
-    with warnings.catch_warnings(record=True) as caught, waiting("the Serve controller") as progress:
+    with failing_as(Exit.ERROR), warnings.catch_warnings(record=True) as caught, \
+            waiting("the Serve controller") as progress:
         warnings.simplefilter("always")
-        try:
-            outcome = start_durable(
-                say=progress.note,
-                waiting=progress.update,
-                http_options=http or None,
-                grpc_options=grpc or None,
-                proxy_location=proxy_location,
-            )
-        except ServeCleanupError as e:
-            raise Failure(Exit.ERROR, str(e)) from None
+        outcome = start_durable(
+            say=progress.note,
+            waiting=progress.update,
+            http_options=http or None,
+            grpc_options=grpc or None,
+            proxy_location=proxy_location,
+        )
     for w in caught:
         if str(w.message).startswith("serve_cleanup"):
             click.echo(f"Warning: {w.message}", err=True)
@@ -91,18 +88,14 @@ def _given(options: dict[str, Any]) -> dict[str, Any]:
 def shutdown(address: str, timeout_s: float, as_json: bool, yes: bool) -> None:
     need_ray("shutdown")
     from serve_cleanup.client.shutdown import shutdown as shutdown_call
-    from serve_cleanup.errors import ControllerUnavailableError, ServeCleanupError
+    from serve_cleanup.errors import ControllerUnavailableError
 
     if not yes:
         click.confirm("Shut down Serve and delete all its applications?", abort=True, err=True)
     connect(address)
-    try:
-        with waiting("the Serve controller") as progress:
-            report = shutdown_call(timeout_s=timeout_s, waiting=progress.update)
-    except ControllerUnavailableError as e:
-        raise Failure(Exit.TIMEOUT, str(e)) from None
-    except ServeCleanupError as e:
-        raise Failure(Exit.ERROR, str(e)) from None
+    with failing_as(Exit.ERROR), failing_as(Exit.TIMEOUT, ControllerUnavailableError), \
+            waiting("the Serve controller") as progress:
+        report = shutdown_call(timeout_s=timeout_s, waiting=progress.update)
     gone = [{**r.to_dict(), "outcome": report.outcome(r)} for r in report.killed + report.already_dead]
     if as_json:
         echo_json({
