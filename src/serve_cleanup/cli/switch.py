@@ -6,7 +6,7 @@ Both work without Ray: they import only ``serve_cleanup._startup`` (the standard
 from __future__ import annotations
 
 import sys
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import click
 
@@ -17,19 +17,28 @@ def _site_dir_option(help_text: str) -> Any:
     return click.option("--site-dir", default=None, type=click.Path(file_okay=False), help=help_text)
 
 
+def _change_pth(site_dir: Optional[str], change: Callable[[Optional[str]], bool], verb: str, foreign: str) -> tuple[str, bool]:
+    """Apply ``change`` (write or remove) to the hook unless the file in its place is not
+    ours: its path, and whether anything changed."""
+    from serve_cleanup import _startup
+
+    path = _startup.pth_path(site_dir)
+    try:
+        if _startup.pth_state(site_dir) == "foreign":
+            raise Failure(Exit.ERROR, f"{path} {foreign}")
+        return path, change(site_dir)
+    except OSError as e:
+        raise Failure(Exit.ERROR, f"cannot {verb} {path}: {e.strerror or e}.") from None
+
+
 @click.command(help="Make every Serve controller this Python environment creates the durable one.")
 @_site_dir_option("Directory to install the start-up hook in. Defaults to this environment's site-packages.")
 def enable(site_dir: Optional[str]) -> None:
     from serve_cleanup import _startup
 
-    path = _startup.pth_path(site_dir)
-    try:
-        state = _startup.pth_state(site_dir)
-        if state == "foreign":
-            raise Failure(Exit.ERROR, f"{path} exists but was not written by serve-cleanup; remove it first.")
-        written = _startup.write_pth(site_dir)
-    except OSError as e:
-        raise Failure(Exit.ERROR, f"cannot write {path}: {e.strerror or e}.") from None
+    path, written = _change_pth(
+        site_dir, _startup.write_pth, "write", "exists but was not written by serve-cleanup; remove it first."
+    )
     if not written:
         click.echo(f"Already enabled: {path} is in place; nothing changed.")
         return
@@ -50,13 +59,7 @@ def enable(site_dir: Optional[str]) -> None:
 def disable(site_dir: Optional[str]) -> None:
     from serve_cleanup import _startup
 
-    path = _startup.pth_path(site_dir)
-    try:
-        if _startup.pth_state(site_dir) == "foreign":
-            raise Failure(Exit.ERROR, f"{path} was not written by serve-cleanup; left alone.")
-        removed = _startup.remove_pth(site_dir)
-    except OSError as e:
-        raise Failure(Exit.ERROR, f"cannot remove {path}: {e.strerror or e}.") from None
+    path, removed = _change_pth(site_dir, _startup.remove_pth, "remove", "was not written by serve-cleanup; left alone.")
     if not removed:
         click.echo(f"Already disabled: {path} does not exist; nothing changed.")
         return
