@@ -189,6 +189,14 @@ def test_what_is_not_an_actor_id_is_refused_with_a_message(typed):
         rec.normalize_actor_id(typed)
 
 
+def test_records_by_scope_sums_per_scope_in_scope_order_and_leaves_out_empty_scopes():
+    # One pair per record (the CLI, from the KV) or per owner with its count (the registry).
+    per_record = [("deployment", 1), ("app", 1), ("deployment", 1)]
+    assert list(rec.records_by_scope(per_record).items()) == [("app", 1), ("deployment", 2)]
+    assert rec.records_by_scope({"serve": 0, "app": 3, "deployment": 0}.items()) == {"app": 3}
+    assert rec.records_by_scope([]) == {}
+
+
 def test_slim_decode_drops_the_handle_and_shares_strings():
     shared: dict = {}
     a = rec.decode(rec.encode(make_record("deployment")), slim=True, shared=shared)

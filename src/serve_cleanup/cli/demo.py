@@ -10,6 +10,7 @@ Module-level actor and deployment classes so Ray workers import them from the pa
 from __future__ import annotations
 
 import os
+import textwrap
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -19,6 +20,7 @@ import ray
 from ray import serve
 
 from serve_cleanup import _startup
+from serve_cleanup.cli.table import render
 from serve_cleanup.serve_adapter import _ray
 from serve_cleanup.client.controller import controller_kind, find_controller
 from serve_cleanup.client.gcs import actor_states, list_registrations
@@ -176,17 +178,14 @@ def run_demo(num_cpus: int = 2) -> int:
 
     say("Side by side:")
     rows = [
-        ("", plain.title, durable.title),
-        ("helper actors registered", str(plain.helpers), str(durable.helpers)),
-        ("controller restarts", str(plain.restarts), str(durable.restarts)),
+        ("helper actors registered", plain.helpers, durable.helpers),
+        ("controller restarts", plain.restarts, durable.restarts),
         ("registrations after restart", plain.records_after_restart, durable.records_after_restart),
         ("helpers alive after shutdown", _leak(plain), _leak(durable)),
         ("unregistered bystander", plain.bystander, durable.bystander),
         ("wall time", f"{plain.seconds:.1f}s", f"{durable.seconds:.1f}s"),
     ]
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    for r in rows:
-        click.echo("      " + "   ".join(c.ljust(w) for c, w in zip(r, widths)))
+    click.echo(textwrap.indent(render(("", plain.title, durable.title), rows), "      "))
     ok = (
         plain.alive_after_shutdown  # the leak this package exists for is reproduced
         and not durable.alive_after_shutdown

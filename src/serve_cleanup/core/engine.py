@@ -34,7 +34,7 @@ from serve_cleanup.core.ports import (
     ServeState, SystemClock,
 )
 from serve_cleanup.core.reaper import DONE, Outcome, Reaper, Reason, gone
-from serve_cleanup.core.records import Record
+from serve_cleanup.core.records import Record, records_by_scope
 from serve_cleanup.core.registration import Registrar
 from serve_cleanup.core.registry import Registry
 
@@ -313,11 +313,10 @@ class CleanupCore:
     # --- inspection -------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        by_scope = {k: v for k, v in self.registry.counts_by_scope().items() if v}
         return {
             "state": self._state.value,
             "records": len(self.registry),
-            "records_by_scope": by_scope,
+            "records_by_scope": records_by_scope(self.registry.counts_by_scope().items()),
             "loaded": self.registry_loaded,
             "unverified": self.registry.unverified(),
             "in_flight": self.registrar.inflight,

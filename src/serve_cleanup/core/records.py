@@ -53,7 +53,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import msgpack
 
@@ -150,6 +150,17 @@ def check_owner_shape(scope: object, app: str, deployment: str) -> None:
         raise ValueError("scope='app' needs app=... and takes no deployment; use scope='deployment'.")
     if scope == SCOPE_DEPLOYMENT and not (app and deployment):
         raise ValueError("scope='deployment' needs app=... and deployment=....")
+
+
+def records_by_scope(counts: Iterable[tuple[str, int]]) -> dict[str, int]:
+    """How many records each scope holds, as ``status`` shows them (the controller's and
+    ``serve-cleanup status --detail``'s ``records_by_scope``): summed from ``(scope, n)``
+    pairs (one per owner with its count, or one per record read from the KV), in
+    ``SCOPES`` order, a scope that holds none left out."""
+    totals = dict.fromkeys(SCOPES, 0)
+    for scope, n in counts:
+        totals[scope] = totals.get(scope, 0) + n
+    return {scope: n for scope, n in totals.items() if n}
 
 
 def encode(record: Record) -> bytes:

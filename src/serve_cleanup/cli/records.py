@@ -1,0 +1,139 @@
+"""The records: ``list`` reads them straight from GCS (no Ray driver); ``gc`` and
+``unregister`` ask the durable controller; ``purge`` deletes them from the KV while Serve
+is down."""
+
+from __future__ import annotations
+
+import click
+
+from serve_cleanup.cli.common import (
+    Exit, Failure, address_option, cluster_reader, connect, echo_json, failing_as, json_option, need_ray,
+    needs_durable, parse_actor_id, waiting,
+)
+
+
+@click.command(name="list", help="List durable registrations (read from the GCS KV; works while the controller is down).")
+@address_option
+@json_option
+def list_(address: str, as_json: bool) -> None:
+    need_ray("list")
+    from serve_cleanup.cli import table
+
+    reader = cluster_reader(address)
+    records, _ = reader.records()
+    states = reader.states([r.actor_id for r in records])
+    # Record.to_dict()'s keys and order, plus the state, built in one step (100,000 rows).
+    rows = [
+        {"actor_id": r.actor_id, "name": r.name, "namespace": r.namespace, "scope": r.scope, "app": r.app,
+         "deployment": r.deployment, "registered_at": r.registered_at, "state": states[r.actor_id]}
+        for r in records
+    ]
+    if as_json:
+        echo_json(rows)
+        return
+    if not rows:
+        click.echo("No registrations.")
+        return
+    click.echo(table.records_table(rows, states))
+
+
+@click.command(help="Kill registrations whose owner (app or deployment) is gone or whose actor is dead.")
+@address_option
+@click.option("--dry-run", is_flag=True, help="Only show what would be killed.")
+@json_option
+def gc(address: str, dry_run: bool, as_json: bool) -> None:
+    need_ray("gc")
+    from serve_cleanup.cli import table
+    from serve_cleanup.client.calls import collect
+    from serve_cleanup.client.gcs import actor_states
+    from serve_cleanup.core.reaper import DONE, Outcome
+
+    connect(address)
+    needs_durable("gc")
+    what = "look for" if dry_run else "collect"
+    with failing_as(Exit.ERROR), waiting(f"the durable controller to {what} orphaned and dead registrations"):
+        found = collect(dry_run=dry_run, timeout_s=30)
+    if as_json:
+        echo_json(found)
+        return
+    if not found:
+        click.echo("Nothing to collect.")
+        return
+    states = actor_states([d["actor_id"] for d in found])
+    extra = ("why",) if dry_run else ("why", "outcome")
+    click.echo(table.records_table(found, states, extra))
+    if dry_run:
+        click.echo(f"{len(found)} registration(s) would be collected (dry run).")
+        return
+    outcomes = [d.get("outcome") for d in found]
+    collected = sum(1 for o in outcomes if o in {d.value for d in DONE})
+    pending, skipped = outcomes.count(Outcome.PENDING.value), outcomes.count(Outcome.SUPERSEDED.value)
+    click.echo(
+        f"{collected} registration(s) collected, {pending} {Outcome.PENDING.value} (retried by gc or shutdown)"
+        + (f", {skipped} unregistered or moved meanwhile (left alone)." if skipped else ".")
+    )
+
+
+@click.command(help="Remove the registration of ACTOR_ID (hex) without killing the actor.")
+@address_option
+@click.argument("actor_id")
+def unregister(address: str, actor_id: str) -> None:
+    actor_id = parse_actor_id(actor_id)
+    need_ray("unregister")
+    from serve_cleanup.client.calls import unregister as unregister_call
+
+    connect(address)
+    needs_durable("unregister")
+    with failing_as(Exit.ERROR), waiting(f"the durable controller to unregister {actor_id}"):
+        removed = unregister_call(actor_id, timeout_s=30)
+    if removed:
+        click.echo(f"Unregistered {actor_id}; the actor was not killed.")
+    else:
+        click.echo(f"{actor_id} was not registered; nothing to do.")
+
+
+def _entries(n: int) -> str:
+    return f"{n} entr{'y' if n == 1 else 'ies'}"
+
+
+@click.command(help=(
+    "Delete records straight from the GCS KV while Serve is down: those of ACTOR_IDS, "
+    "the set-aside (unreadable) entries, or all. Refuses while a Serve controller runs."
+))
+@address_option
+@click.argument("actor_ids", nargs=-1)
+@click.option("--set-aside", "set_aside", is_flag=True, help="Delete the entries set aside as unreadable.")
+@click.option("--all", "everything", is_flag=True, help="Delete every record and set-aside entry.")
+@click.option("--dry-run", is_flag=True, help="Only show what would be deleted.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+def purge(address: str, actor_ids: tuple, set_aside: bool, everything: bool, dry_run: bool, yes: bool) -> None:
+    if not (actor_ids or set_aside or everything):
+        raise click.UsageError("name ACTOR_IDS, --set-aside or --all.")
+    ids = [parse_actor_id(a) for a in actor_ids]
+    need_ray("purge")
+    from serve_cleanup.cli import table
+    from serve_cleanup.client.controller import controller_kind
+    from serve_cleanup.client.purge import purge_entries, purge_plan
+    from serve_cleanup.errors import ControllerRunningError
+
+    connect(address)
+    kind = controller_kind()
+    if kind != "none" and not dry_run:
+        raise Failure(Exit.ERROR, str(ControllerRunningError.for_kind(kind)))
+    plan = purge_plan(ids, set_aside=set_aside, everything=everything)
+    for missing in sorted(set(ids) - {p.actor_id for p in plan}):
+        click.echo(f"{missing}: no record; nothing to delete.", err=True)
+    if not plan:
+        click.echo("Nothing to delete.")
+        return
+    click.echo(table.render(("KEY", "WHAT"), [(p.key, p.what) for p in plan]))
+    if dry_run:
+        click.echo(f"{_entries(len(plan))} would be deleted (dry run).")
+        if kind != "none":
+            click.echo(f"Note: {ControllerRunningError.for_kind(kind)}", err=True)
+        return
+    if not yes:
+        click.confirm(f"Delete {_entries(len(plan))}? The actors are not killed.", abort=True)
+    with failing_as(Exit.ERROR, ControllerRunningError):
+        deleted = purge_entries(plan)  # checks again: Serve may have started meanwhile
+    click.echo(f"Deleted {_entries(deleted)}; no actor was killed.")
