@@ -152,6 +152,7 @@ PKG_PATH = re.compile(
 )
 MODULE = re.compile(r"(?<![\w./-])serve_cleanup((?:\.[A-Za-z_]\w*)+)(?::([A-Za-z_]\w*))?")
 FILE_SUFFIXES = {"json", "py", "md", "pth", "whl", "egg", "log", "txt"}
+SECTION = re.compile(r'(?<![\w./-])(docs/[\w/.-]+\.md)(?:,\s*|\s*\(\s*)"([^"\n]+)"')
 
 
 def check_paths(text: str, markdown: bool, base: Path) -> list[str]:
@@ -171,6 +172,10 @@ def check_paths(text: str, markdown: bool, base: Path) -> list[str]:
         target = SRC / token if token.startswith("serve_cleanup/") else PKG / token
         if not target.exists():
             problems.append(f"names {token}, which is not in src/serve_cleanup")
+    for m in SECTION.finditer(text):  # docs/x.md, "Heading" or docs/x.md ("Heading")
+        page = ROOT / m.group(1)
+        if page.exists() and slug(m.group(2)) not in anchors(page):
+            problems.append(f'names {m.group(1)}, "{m.group(2)}": no such heading there')
     return problems
 
 
@@ -484,7 +489,7 @@ MADE_UP = """\
 See [the tutorial](docs/tutorial.md), [this part](#good), `src/serve_cleanup/errors.py`,
 `serve_cleanup.errors.DeadActorError`, `serve_cleanup._startup:expect_durable`,
 `core/records.py`, the tests in `tests/conftest.py`, `test_doc_references.py::test_*` and
-`test_there_is_something_to_check`. Run `serve-cleanup status --json` or
+`test_there_is_something_to_check`, docs/architecture.md ("Invariants"). Run `serve-cleanup status --json` or
 `serve-cleanup purge <actor id> --dry-run`; `pip install serve-cleanup`. It exits 0.
 
 | code | meaning |
@@ -496,7 +501,7 @@ See [the tutorial](docs/tutorial.md), [this part](#good), `src/serve_cleanup/err
 [gone](docs/no-such-page.md), [no anchor](docs/tutorial.md#no-such-heading), [here](#nowhere),
 `docs/no-such-file.md`, `core/no_such_module.py`, `serve_cleanup.errors.NoSuchError`,
 `serve_cleanup.no_such_module`, `test_doc_references.py::test_no_such_test`,
-`test_no_such_file.py`, `test_no_such_test_anywhere`.
+`test_no_such_file.py`, `test_no_such_test_anywhere`, docs/architecture.md, "No such section".
 
 ```console
 $ serve-cleanup frobnicate
@@ -542,6 +547,7 @@ def test_the_checks_report_each_kind_of_broken_reference(tmp_path):
         "names test_doc_references.py::test_no_such_test, which is not defined there",
         "names test file test_no_such_file.py, which is not under tests/",
         "names test test_no_such_test_anywhere, which no file under tests/ defines",
+        'names docs/architecture.md, "No such section": no such heading there',
     ]
     assert sorted(broken) == sorted(expected)
 
