@@ -6,7 +6,7 @@ KV; not with ``--address``), then writes ``OUT/benchmarks.md`` and the JSON.
 
 Before/after: the report has a "before" and an "after" column per target. Without
 ``--baseline`` this run fills the column ``--label`` names. With ``--baseline FILE`` (an
-earlier ``benchmarks.json``, e.g. ``docs/benchmarks-before.json``) that file fills
+earlier ``benchmarks.json``, e.g. ``docs/reports/benchmarks-before.json``) that file fills
 "before" and this run "after". Each section records the commit of the serve_cleanup it
 imported (``-dirty`` if that checkout's src/ had changes) and the command that ran it.
 
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     p.add_argument("--commit", default=None,
                    help="label the sections with this commit (default: that of the imported serve_cleanup)")
     p.add_argument("--address", default=None, help="use this running cluster instead of local ones")
-    p.add_argument("--out", default="docs", help="where benchmarks.md and benchmarks.json go")
+    p.add_argument("--out", default="docs/reports", help="where benchmarks.md and benchmarks.json go")
     p.add_argument("--profile", default=None, metavar="DIR",
                    help="attach py-spy to the controller in the shutdown and history sections and run "
                         "`list --json` once more under it; stacks and summaries go to DIR (figures of such a "

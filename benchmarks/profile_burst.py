@@ -228,7 +228,7 @@ def main(argv=None) -> int:
     p.add_argument("--per-registrant", type=int, default=250)
     p.add_argument("--address", default=None)
     p.add_argument("--out", default="/tmp/serve-cleanup-profile", help="raw stacks and profile.json go here")
-    p.add_argument("--json", default=None, help="also write the summary here (e.g. docs/benchmarks-profile.json)")
+    p.add_argument("--json", default=None, help="also write the summary here (e.g. docs/reports/benchmarks-profile-after.json)")
     args = p.parse_args(argv)
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     out = Path(args.out)
