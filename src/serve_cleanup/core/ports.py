@@ -1,7 +1,7 @@
 """The interfaces through which the Ray-free core reaches the world: one style, Protocols.
 
 ``engine.CleanupCore`` decides; these ports act. The durable controller plugs in the
-Ray-backed implementations of ``serve_cleanup.adapters``; the unit tests and the
+Ray-backed implementations of ``serve_cleanup.serve_adapter`` (``ports``, ``kv``); the unit tests and the
 simulation plug in fakes that delay, forget, fail and crash between any two steps
 (``tests/unit/fakes.py``). Nothing here imports Ray.
 
