@@ -10,7 +10,6 @@ earlier ``benchmarks.json``, e.g. ``docs/reports/benchmarks-before.json``) that 
 "before" and this run "after". Each section records the commit of the serve_cleanup it
 imported (``-dirty`` if that checkout's src/ had changes) and the command that ran it.
 
-Start Ray only under the machine's lock: ``flock /work/ray.lock python -m benchmarks ...``.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import ray
 
-from benchmarks import cases, floor, history, owners, report, scale, shutdown
+from benchmarks import cases, deletes, floor, history, owners, report, scale, shutdown
 from benchmarks.harness import (
     connect,
     fresh_cluster,
@@ -47,6 +46,9 @@ SECTIONS = {
                scale.ScaleSizes(), scale.QUICK, scale.memory),
     "list": ("target 5: serve-cleanup list --json over 100k records",
              scale.ScaleSizes(), scale.QUICK, scale.list_json),
+    # Run only with --only.
+    "deletes": ("Config.deletes_in_flight: single-key deletes at 16 / 64 / 256 / 1,024 in flight",
+                deletes.DeleteSizes(), deletes.QUICK, deletes.deletes),
     # Earlier figures (issue 11), run only with --only.
     "owners": ("issue 11: many owners, idle controller CPU and control loop",
                owners.OwnerSizes(), owners.QUICK, owners.owners),

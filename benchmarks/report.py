@@ -319,6 +319,19 @@ def _memory_details(m: dict, li: Optional[dict]) -> list[str]:
     return lines
 
 
+def _deletes_details(d: dict) -> list[str]:
+    lines = [
+        "## Delete concurrency (`Config.deletes_in_flight`)", "",
+        f"{d['keys']:,} single-key deletes through `AsyncKvStore.delete`, a chunk gathered at a time "
+        "(`benchmarks/deletes.py`); median of the reps; the stall is the longest gap of a 1 ms ticker "
+        "on the same event loop.", "",
+        "| in flight | total (s) | per key (us) | longest loop stall (ms) |", "|---|---|---|---|",
+    ]
+    for k, row in d["by_in_flight"].items():
+        lines.append(f"| {k} | {row['s_median']:.2f} | {row['us_per_key']:.0f} | {row['stall_ms_max']:.1f} |")
+    return lines + [""]
+
+
 def _by_thread_role(cpu: dict[str, float]) -> dict[str, float]:
     """Thread names (``comm``) to roles: the controller's main thread carries the process
     title (``ray::ServeController``), the event-loop thread the title it had when it was
@@ -407,6 +420,8 @@ def write(results: dict, out_dir: Path, baseline: Optional[dict] = None) -> Path
         lines += _shutdown_details(results["shutdown"])
     if results.get("memory"):
         lines += _memory_details(results["memory"], results.get("list"))
+    if results.get("deletes"):
+        lines += _deletes_details(results["deletes"])
     analysis = out_dir / "benchmarks-analysis.md"  # hand-written
     if analysis.exists():
         lines += [analysis.read_text().rstrip(), ""]
