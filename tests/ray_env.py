@@ -11,7 +11,17 @@ import ray
 from ray import serve
 
 TEST_NAMESPACE = "serve-cleanup-tests"
-_HERE = os.path.dirname(os.path.abspath(__file__))
+TESTS = os.path.dirname(os.path.abspath(__file__))
+# Replicas unpickle deployment classes defined in test modules by reference (module name,
+# class name): every folder holding such modules (and the shared helpers here) must be on
+# the workers' PYTHONPATH.
+WORKER_PATHS = [TESTS] + [os.path.join(TESTS, d) for d in ("shared_cluster", "own_cluster", "chaos")]
+
+
+def worker_pythonpath() -> str:
+    """``WORKER_PATHS`` first, then whatever PYTHONPATH this process already had."""
+    old = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in WORKER_PATHS]
+    return os.pathsep.join(WORKER_PATHS + old)
 
 
 def start_local_ray(**init_kwargs) -> None:
@@ -21,10 +31,8 @@ def start_local_ray(**init_kwargs) -> None:
     ``address="local"`` always starts a new cluster, also where ``RAY_ADDRESS`` names
     another one (KubeRay pods set it): the tests never touch a cluster they did not start.
     """
-    # Replicas unpickle deployment classes defined in test modules by reference; the
-    # raylet (and so every worker) inherits this path from the driver.
-    paths = [_HERE] + [os.path.join(_HERE, d) for d in ("integration", "chaos")]
-    os.environ["PYTHONPATH"] = os.pathsep.join(paths + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    # The raylet (and so every worker) inherits this path from the driver.
+    os.environ["PYTHONPATH"] = worker_pythonpath()
     ray.init(
         address="local", num_cpus=2, include_dashboard=False, namespace=TEST_NAMESPACE,
         log_to_driver=False, **init_kwargs,

@@ -23,7 +23,7 @@ from ray import serve
 from ray.cluster_utils import Cluster
 
 import serve_cleanup
-from ray_env import TEST_NAMESPACE, stop_ray  # noqa: F401  (re-exported for the tests)
+from ray_env import TEST_NAMESPACE, stop_ray, worker_pythonpath  # noqa: F401  (re-exported for the tests)
 from serve_cleanup.serve_adapter import _ray
 from serve_cleanup.serve_adapter.kv import KvStore
 from serve_cleanup.client.controller import find_controller
@@ -114,9 +114,7 @@ def own_cluster(**head_node_args) -> Iterator[Cluster]:
     """A ``ray.cluster_utils.Cluster`` of this test's own, after stopping the shared one
     (one cluster at a time on this machine). Add worker nodes to it as needed."""
     stop_ray()
-    here = os.path.dirname(os.path.abspath(__file__))
-    old_path = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([here, os.path.dirname(here)] + [p for p in [old_path] if p])
+    os.environ["PYTHONPATH"] = worker_pythonpath()
     cluster = Cluster(initialize_head=True, head_node_args={"include_dashboard": False, **head_node_args})
     try:
         ray.init(address=cluster.address, namespace=TEST_NAMESPACE, log_to_driver=False)
