@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from typing import Callable, Iterator, Optional
 
@@ -24,6 +23,7 @@ from ray.cluster_utils import Cluster
 
 import serve_cleanup
 from ray_env import TEST_NAMESPACE, stop_ray, worker_pythonpath  # noqa: F401  (re-exported for the tests)
+from waiting import TimedOut, assert_stays, wait_for  # noqa: F401  (re-exported for the tests)
 from serve_cleanup.serve_adapter import _ray
 from serve_cleanup.serve_adapter.kv import KvStore
 from serve_cleanup.client.controller import find_controller
@@ -31,29 +31,6 @@ from serve_cleanup.core import records
 
 pytestmark = pytest.mark.ray
 
-
-
-def wait_for(predicate: Callable[[], object], timeout_s: float = 30.0, what: str = "condition") -> object:
-    """Poll ``predicate`` until it returns a truthy value; fail the test after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    last_exc: Optional[BaseException] = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as e:  # the predicate may race a restarting controller
-            last_exc = e
-        time.sleep(0.05)
-    pytest.fail(f"timed out after {timeout_s}s waiting for {what} (last error: {last_exc!r})")
-
-
-def assert_stays(predicate: Callable[[], bool], seconds: float, what: str) -> None:
-    """Assert ``predicate`` holds for a whole window (for negatives such as "not killed")."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert predicate(), f"expected {what} to hold for {seconds}s"
-        time.sleep(0.1)
 
 
 def actor_state(actor_id: str) -> str:
@@ -153,11 +130,11 @@ def end_marked_processes(token: str) -> None:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
-        deadline = time.monotonic() + 10
-        while marked_pids(token) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if not marked_pids(token):
+        try:
+            wait_for(lambda: not marked_pids(token), 10, "the marked processes to exit", interval_s=0.1)
             return
+        except TimedOut:
+            pass  # still there: SIGKILL them
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

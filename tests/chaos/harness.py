@@ -47,6 +47,7 @@ import time
 import traceback
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import ray
@@ -60,6 +61,11 @@ from serve_cleanup.client.calls import controller_status
 from serve_cleanup.client.controller import find_controller
 from serve_cleanup.core import records
 from serve_cleanup.core.config import CRASH_POINTS
+
+TESTS = Path(__file__).resolve().parents[1]
+if str(TESTS) not in sys.path:  # run as a script: the tests' shared helpers are one folder up
+    sys.path.insert(0, str(TESTS))
+from waiting import TimedOut, wait_for  # noqa: E402
 
 # Workers need not import this file: ship its classes by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -281,17 +287,14 @@ class Totals:
 # --- Ray look-ups ---------------------------------------------------------------------
 
 
-def _wait(predicate: Callable[[], object], timeout_s: float, interval_s: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if predicate():
-                return True
-        except Exception:
-            pass
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval_s)
+def _came_true(predicate: Callable[[], object], timeout_s: float) -> bool:
+    """Whether ``predicate`` came true within ``timeout_s`` (the harness counts what did
+    not instead of failing at once)."""
+    try:
+        wait_for(predicate, timeout_s)
+    except TimedOut:
+        return False
+    return True
 
 
 def _state(actor_id: str) -> str:
@@ -452,7 +455,7 @@ def _round(rng, plan: _Plan, cfg: Config, res: RoundResult, tag: str, ledger: An
            junk: dict, attempted: list, bystanders: list, threads: list,
            log: Callable[[str], None] = print) -> None:
     serve.shutdown()
-    if not _wait(lambda: find_controller() is None, cfg.timeout_s):
+    if not _came_true(lambda: find_controller() is None, cfg.timeout_s):
         raise AssertionError("a controller from before this round is still running")
     for point in CRASH_POINTS:
         _kv_del(_marker(point))
@@ -509,7 +512,7 @@ def _round(rng, plan: _Plan, cfg: Config, res: RoundResult, tag: str, ledger: An
             try:
                 ray.get(actor.ping.remote())
                 ray.kill(actor, no_restart=True)
-                _wait(lambda: _state(_id(actor)) == "DEAD", 30)
+                _came_true(lambda: _state(_id(actor)) == "DEAD", 30)
                 serve_cleanup.register(actor, timeout_s=call_timeout)
                 with lock:
                     res.dead_accepted.append(_id(actor))  # its call returned: a bug
@@ -646,7 +649,7 @@ def _round(rng, plan: _Plan, cfg: Config, res: RoundResult, tag: str, ledger: An
         except Exception:
             pass  # shutdown already finished
     shutdown.join(cfg.timeout_s)
-    if not _wait(lambda: find_controller() is None, cfg.timeout_s):
+    if not _came_true(lambda: find_controller() is None, cfg.timeout_s):
         raise AssertionError("the controller did not finish shutdown")
     shutdown_done.set()
     for t in threads:
@@ -665,7 +668,7 @@ def _round(rng, plan: _Plan, cfg: Config, res: RoundResult, tag: str, ledger: An
     res.kills = landed[0] + in_shutdown + res.injected
     res.registrations = len(returned)
     res.owned_registrations = sum(v == "app" for v in returned.values())
-    res.leaked = [a for a in returned if not _wait(lambda a=a: _state(a) == "DEAD", 30)]
+    res.leaked = [a for a in returned if not _came_true(lambda a=a: _state(a) == "DEAD", 30)]
     res.wrongly_killed += [_id(b) for b in bystanders if _state(_id(b)) != "ALIVE"]
     keys = _record_keys()
     res.records_left = len(keys - set(junk))
@@ -709,7 +712,7 @@ def _settle(cfg: Config, res: RoundResult, returned: dict[str, str], self_killed
     registration still lives (nothing killed it early)."""
     owned = [a for a, s in returned.items() if s == "app"] if owner_deleted else []
     keys = {a: records.record_key(a).encode() for a in self_killed}
-    _wait(lambda: all(_state(a) == "DEAD" for a in owned)
+    _came_true(lambda: all(_state(a) == "DEAD" for a in owned)
           and not (set(keys.values()) & _record_keys()), cfg.settle_s, 0.1)
     res.orphans_alive = [a for a in owned if _state(a) != "DEAD"]
     left = _record_keys()
@@ -749,7 +752,7 @@ def _clean_up(res: RoundResult, junk: dict, attempted: list, threads: list, ledg
     """Leave nothing for the next round, whatever happened in this one."""
     try:
         serve.shutdown()
-        _wait(lambda: find_controller() is None, cfg.timeout_s)
+        _came_true(lambda: find_controller() is None, cfg.timeout_s)
     except Exception:
         pass
     for t in threads:

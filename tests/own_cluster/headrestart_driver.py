@@ -19,10 +19,11 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Callable, Optional
 
 import ray
 from ray import serve
+
+from waiting import TimedOut, wait_for  # tests/ is on this script's PYTHONPATH (see the test)
 
 NAMESPACE = "serve-cleanup-headrestart"
 APP = "hr-app"
@@ -63,20 +64,6 @@ class Registrant:
 
 def emit(result: dict) -> None:
     print("RESULT " + json.dumps(result), flush=True)
-
-
-def poll(predicate: Callable[[], object], timeout_s: float, what: str) -> object:
-    deadline = time.monotonic() + timeout_s
-    last: Optional[BaseException] = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as e:  # GCS or the controller may still be coming back
-            last = e
-        time.sleep(0.1)
-    raise TimeoutError(f"timed out after {timeout_s}s waiting for {what} (last error: {last!r})")
 
 
 def actor_info(actor_id: str) -> dict:
@@ -157,7 +144,7 @@ def shutdown(mode: str, registered: list[str], bystander: str, wait_s: float) ->
 
     # The GCS re-creates the detached controller on the new head once it has marked the
     # old head dead; until then the name may resolve to the dead one, or not at all.
-    ctrl = poll(answering_controller, wait_s, "the Serve controller to answer")
+    ctrl = wait_for(answering_controller, wait_s, "the Serve controller to answer")
     answered_at = time.time()  # wall clock: the test compares it with the kill's
     before = {
         "head": head_node_id(),
@@ -169,24 +156,24 @@ def shutdown(mode: str, registered: list[str], bystander: str, wait_s: float) ->
 
     t0 = time.monotonic()
     serve.shutdown()
-    poll(lambda: controller() is None, wait_s, "the Serve controller to exit")
+    wait_for(lambda: controller() is None, wait_s, "the Serve controller to exit")
     shutdown_s = time.monotonic() - t0
     if mode == "durable":
         # The durable controller exits only once its records are gone, which it deletes
         # after the actor table says DEAD: nothing to wait for here, but do not rely on it.
         try:
-            poll(lambda: all(actor_info(a)["state"] == "DEAD" for a in registered), wait_s,
+            wait_for(lambda: all(actor_info(a)["state"] == "DEAD" for a in registered), wait_s,
                  "the registered actors to die")
-        except TimeoutError:
+        except TimedOut:
             pass  # the test reports the states
     else:
         # Plain Serve: a kill it sent would land within milliseconds. Watch for 3 s
         # whether any registered actor dies after the controller exited.
-        end = time.monotonic() + 3.0
-        while time.monotonic() < end and not any(
-            actor_info(a)["state"] == "DEAD" for a in registered
-        ):
-            time.sleep(0.1)
+        try:
+            wait_for(lambda: any(actor_info(a)["state"] == "DEAD" for a in registered), 3.0,
+                     "a registered actor to die", interval_s=0.1)
+        except TimedOut:
+            pass  # none did: the test reports the states
     emit({
         "controller_answered_at": answered_at,
         "shutdown_s": round(shutdown_s, 1),

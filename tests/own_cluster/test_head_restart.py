@@ -47,7 +47,7 @@ from typing import Iterator, Optional
 
 import pytest
 
-from ray_helpers import free_port, stop_ray, wait_for
+from ray_helpers import TimedOut, free_port, stop_ray, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(360)]
 
@@ -107,7 +107,8 @@ class HeadRestartCluster:
     def env(self, role: str, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SERVE_CLEANUP_")}
         env.pop("RAY_ADDRESS", None)
-        env["PYTHONPATH"] = os.pathsep.join([HERE] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+        # The drivers import this folder's modules and the tests' shared helpers one up.
+        env["PYTHONPATH"] = os.pathsep.join([HERE, os.path.dirname(HERE)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
         env["RAY_AUTH_MODE"] = "token"  # Ray 2.60's CLIs send the cluster token only with this
         env["RAY_AUTH_TOKEN"] = self.token
         env.pop("RAY_AUTH_TOKEN_PATH", None)
@@ -211,9 +212,10 @@ class HeadRestartCluster:
         """End every process of this run by SIGKILL (SIGTERM takes 10 s for a raylet and
         more than 30 s for the GCS here); remove the temp dirs."""
         self.kill(self.processes())
-        deadline = time.monotonic() + 30
-        while self.processes() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        try:
+            wait_for(lambda: not self.processes(), 30, "this run's processes to exit")
+        except TimedOut:
+            pass  # the fixture reports what is left
         for d in (self.head_dir, self.worker_dir):
             shutil.rmtree(d, ignore_errors=True)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import urllib.request
 from pathlib import Path
 from typing import Iterator, Optional
@@ -103,23 +102,13 @@ EXPECTED = {
 }
 
 
-def wait_for_figures(expected: dict) -> list:
-    """Poll every node's endpoint until the figures are ``expected``; fail with the last."""
-    deadline = time.monotonic() + DEADLINE_S
-    last, error = None, None
-    while time.monotonic() < deadline:
-        try:
-            samples = scrape()
-            last = observed(samples)
-            if last == expected:
-                return samples
-        except OSError as e:  # the agent may not listen yet
-            error = e
-        time.sleep(0.5)
-    pytest.fail(
-        f"Ray's metrics endpoint(s) {_endpoints()} did not show the expected figures within "
-        f"{DEADLINE_S}s.\nexpected: {expected}\nlast:     {last}\nlast error: {error!r}"
-    )
+def figures_are(expected: dict) -> list:
+    """Every node's samples, once the figures are ``expected`` (for ``wait_for``: an
+    endpoint not listening yet, or other figures, fail this try with what it saw)."""
+    samples = scrape()
+    last = observed(samples)
+    assert last == expected, f"\nexpected: {expected}\nlast:     {last}"
+    return samples
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0})
@@ -148,7 +137,8 @@ def test_metrics_reach_rays_prometheus_endpoint(metrics_cluster):
         wait_dead(app_owned, 60)
         assert ray.get(serve_wide.ping.remote(), timeout=30) == "pong"
 
-        samples = wait_for_figures(EXPECTED)
+        samples = wait_for(lambda: figures_are(EXPECTED), DEADLINE_S,
+                           f"the expected figures on Ray's metrics endpoint(s) {_endpoints()}", interval_s=0.5)
         assert total(samples, "ray_serve_cleanup_reconcile_duration_s") is not None
 
         # Every metric the Grafana dashboard queries is served under that name.

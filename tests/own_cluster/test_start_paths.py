@@ -37,7 +37,8 @@ HELPER_NAMESPACE = "serve-cleanup-startpaths"
 def cli_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SERVE_CLEANUP_")}
     env.pop("RAY_ADDRESS", None)
-    env["PYTHONPATH"] = os.pathsep.join([HERE] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    # This folder (the app Serve imports) and the tests' shared helpers one up.
+    env["PYTHONPATH"] = os.pathsep.join([HERE, os.path.dirname(HERE)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
     env["RAY_AUTH_MODE"] = "token"  # Ray 2.60's CLIs send the cluster token only with this
     return {**env, **extra}
 
@@ -321,17 +322,19 @@ def controller_log_containing(text: str, timeout_s: float = 30) -> str:
 
 
 AVATAR = """
-import time, ray
+import ray
 from ray import serve
 from ray.job_config import JobConfig
 from ray.serve._private.controller_avatar import ServeControllerAvatar
 import serve_cleanup
+from waiting import TimedOut, wait_for
 ray.init(address="{gcs}", job_config=JobConfig(code_search_path=["{here}"]), log_to_driver=False)
 avatar = ServeControllerAvatar.options(namespace="serve").remote({port})
 ray.get(avatar.check_alive.remote(), timeout=60)
-deadline = time.monotonic() + 60
-while serve_cleanup.controller_kind() == "none" and time.monotonic() < deadline:
-    time.sleep(0.1)
+try:
+    wait_for(lambda: serve_cleanup.controller_kind() != "none", 60, "a controller", interval_s=0.1)
+except TimedOut:
+    pass  # the line below says "none"
 print("KIND", serve_cleanup.controller_kind())
 serve.shutdown()
 """

@@ -5,15 +5,13 @@ before that the durable controller does it from its own flag (see ``_compat``). 
 ``wait=False`` test below fails on 2.54/2.55 without that flag.
 
 Each kill lands at an observed step of the shutdown, not after a sleep: the test polls
-(with a deadline) until the step is visible from outside, then kills the controller.
+(with a deadline, and no pause between tries: the reaping step lasts ~0.1 s) until the
+step is visible from outside, then kills the controller.
 """
 
 from __future__ import annotations
 
 import threading
-import time
-from typing import Callable
-
 import pytest
 import ray
 from ray import serve
@@ -57,15 +55,6 @@ def _shutting_down() -> bool:
     return controller_status()["shutting_down"]
 
 
-def _poll(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    """Like ``wait_for``, but without a pause between tries: the kill must land while the
-    step is still under way (the reaping step lasts ~0.1 s)."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
-
-
 # The observed step after which the controller is killed:
 #   flag      the controller reports it is shutting down (the apps are still there);
 #   app_gone  every replica of the app is dead (apps torn down; the cleanup has not run);
@@ -86,13 +75,13 @@ def test_controller_killed_mid_shutdown(durable_serve, actors, unique, step):
     assert not _shutting_down()
     ray.get(ctrl.graceful_shutdown.remote(wait=False))
     if step == "flag":
-        _poll(_shutting_down, 30, "the controller to report that it is shutting down")
+        wait_for(_shutting_down, 30, "the controller to report that it is shutting down", interval_s=0)
         assert all(actor_state(r) == "ALIVE" for r in replicas), "the app was already gone"
     elif step == "app_gone":
-        _poll(lambda: all(actor_state(r) == "DEAD" for r in replicas), 60, "the replicas to die")
+        wait_for(lambda: all(actor_state(r) == "DEAD" for r in replicas), 60, "the replicas to die", interval_s=0)
     else:
-        _poll(lambda: any(actor_state(a) == "DEAD" for a in registered_ids), 60,
-              "the first registered actor to die")
+        wait_for(lambda: any(actor_state(a) == "DEAD" for a in registered_ids), 60,
+                 "the first registered actor to die", interval_s=0)
     ray.kill(ctrl, no_restart=False)
 
     # The restarted controller finds Serve's shutdown flag and our records, finishes
