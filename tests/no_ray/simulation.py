@@ -75,7 +75,7 @@ from typing import Any, Callable, Optional
 import msgpack
 
 from fakes import (
-    Crash, LoopClock, close_loop, Process, SimDeadlock, VirtualTimeLoop, World, handle_of, is_system, track_tasks,
+    Crash, FakeServe, LoopClock, close_loop, Process, SimDeadlock, VirtualTimeLoop, World, handle_of, track_tasks,
 )
 from serve_cleanup.core import CRASH_POINTS, Config, Registration, State
 from serve_cleanup.core import records as rec
@@ -299,15 +299,13 @@ class _CoreLog(logging.Handler):
                                    f"{record.exc_info[1]!r}")
 
 
-class SimServe:
-    """Serve, as the core sees it: apps and deployments (durable), recovering for a moment
-    after each controller start, shutting down once asked (Serve's flag, durable)."""
-
-    controller_id = "c0ffee" * 5 + "00"
+class SimServe(FakeServe):
+    """The fakes' Serve, whose state follows the run: recovering for a moment after each
+    controller start, shutting down once asked (Serve's flag, durable)."""
 
     def __init__(self, sim: "Sim") -> None:
+        super().__init__()
         self.sim = sim
-        self.deployments: set[tuple[str, str]] = set()
 
     def state(self) -> ServeState:
         if self.sim.shutdown_at is not None:
@@ -316,12 +314,6 @@ class SimServe:
         if info is None or self.sim.now < info.recovered_at:
             return ServeState.RECOVERING
         return ServeState.RUNNING
-
-    def live_owners(self, apps: set[str]) -> tuple[set[str], set[tuple[str, str]]]:
-        return {a for a in apps if any(a == x for x, _ in self.deployments)}, set(self.deployments)
-
-    def is_own_actor(self, name: str, namespace: str) -> bool:
-        return is_system(name, namespace)
 
 
 class SimMetrics:
@@ -398,9 +390,9 @@ class Sim:
 
     async def _main(self) -> None:
         self.w = w = World(self.p.config, clock=LoopClock(self.loop))
-        self.serve = w.owners = SimServe(self)  # type: ignore[assignment]
+        self.serve = w.owners = SimServe(self)
         for app, deployments in APPS.items():
-            self.serve.deployments |= {(app, d) for d in deployments}
+            self.serve.deploy(app, *deployments)
         self.metrics = w.metrics = SimMetrics()
         logger = logging.Logger("serve_cleanup")  # this run's own: not in logging's registry
         logger.setLevel(logging.DEBUG if TRACE_CORE_LOG else logging.ERROR)
@@ -832,11 +824,11 @@ class Sim:
                     self.race_kills += 1  # a kill that did not take, then this death: the core sees a kill
                 self.note(f"{a.label} dies on its own")
         elif op == "delete_app":
-            self.serve.deployments = {(x, d) for x, d in self.serve.deployments if x != args[0]}
+            self.serve.delete_app(args[0])
             self.deleted_at.setdefault(args[0], []).append(self.now)
             self.note(f"app {args[0]} deleted")
         elif op == "deploy":
-            self.serve.deployments |= {(args[0], d) for d in APPS[args[0]]}
+            self.serve.deploy(args[0], *APPS[args[0]])
             self.note(f"app {args[0]} deployed")
         elif op == "gc":
             self._spawn_call(self._gc())
