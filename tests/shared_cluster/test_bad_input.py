@@ -1,6 +1,21 @@
-"""Bad input is refused with a clear error and stores nothing; bad state is set aside."""
+"""Bad and odd input, and bad state in the KV, on a real cluster.
+
+* Wrong arguments, things that are not actor handles, dead actors and Serve's own actors
+  are refused with a clear error, and nothing is stored;
+* odd but legal names and namespaces round-trip through a restart and are killed;
+* what is under the record prefix but is not a record this release reads (not msgpack, a
+  newer schema, a key that is not UTF-8) is set aside: it never stops the controller (I4),
+  stays untouched, and is reported; a record written by hand as schema v1 documents it is
+  honoured;
+* the record of a dead actor is dropped (I5), also under a live owner and after a refused
+  move;
+* what the controller logs while it reads the records reaches the controller log.
+"""
 
 from __future__ import annotations
+
+import os
+import time
 
 import msgpack
 import pytest
@@ -9,16 +24,19 @@ from ray import serve
 
 import serve_cleanup
 from ray_helpers import (
-    kv,
+    Aux,
     controller_handle,
     controller_status,
     kill_controller_and_wait_restart,
+    kv,
     kv_record_keys,
+    run_cli,
     wait_dead,
     wait_for,
 )
-from serve_cleanup.serve_adapter import _ray
 from serve_cleanup.core import records
+from serve_cleanup.core.config import Config
+from serve_cleanup.serve_adapter import _ray
 
 pytestmark = pytest.mark.ray
 
@@ -29,9 +47,35 @@ class Idle:
         return "ok"
 
 
-def test_not_a_handle_is_a_type_error(durable_serve):
+# --- refused, nothing stored ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(scope=123),
+        dict(scope="cluster"),
+        dict(scope="app", app=object()),
+        dict(scope="deployment", app="a"),
+        dict(scope="app", deployment="d", app="a"),
+        dict(timeout_s="soon"),
+    ],
+    ids=repr,
+)
+def test_wrong_arguments_are_refused_before_anything_is_stored(durable_serve, actors, bad):
+    with pytest.raises((TypeError, ValueError)):
+        serve_cleanup.register(actors(), **bad)
+    assert kv_record_keys() == []
+
+
+@pytest.mark.parametrize("not_a_handle", [None, 1, "actor", "not-an-actor", b"\x00", [1], {"a": 1}, Aux])
+def test_non_handles_are_type_errors(durable_serve, not_a_handle):
     with pytest.raises(TypeError, match="ActorHandle"):
-        serve_cleanup.register("not-an-actor")
+        serve_cleanup.register(not_a_handle)
+    assert kv_record_keys() == []
+
+
+def test_the_upstream_method_refuses_a_non_handle(durable_serve):
     with pytest.raises(TypeError, match="ActorHandle"):
         ray.get(controller_handle()._register_shutdown_cleanup_actor.remote(42))
     assert kv_record_keys() == []
@@ -79,8 +123,43 @@ def test_serve_system_actors_are_refused(durable_serve, which):
     assert kv_record_keys() == []
 
 
+# --- odd but legal -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, namespace",
+    [
+        ("x" * 1000, "long-name"),
+        ("名前 with spaces", "名前空間"),
+        ("colons::in::name", "serve::app::deployment"),
+        ("emoji-🦄", "ns with spaces and ✓"),
+        ("SERVE_REPLICA::lookalike", "not-serve"),  # reserved prefix, but not in "serve"
+    ],
+    ids=["long", "unicode", "colons", "emoji", "lookalike"],
+)
+def test_odd_names_and_namespaces_round_trip_and_are_killed(durable_serve, name, namespace):
+    actor = Aux.options(name=name, namespace=namespace, lifetime="detached").remote()
+    ray.get(actor.ping.remote())
+    record = serve_cleanup.register(actor)
+    assert (record.name, record.namespace) == (name, namespace)
+    kill_controller_and_wait_restart()
+    (stored,) = serve_cleanup.list_registrations()
+    assert (stored.name, stored.namespace) == (name, namespace)
+    serve.shutdown()
+    wait_dead(actor)
+
+
+# --- bad state is set aside; a hand-written v1 record is read --------------------------------
+
+
 def _plant(key_suffix: str, value: bytes) -> str:
     key = records.KEY_PREFIX + key_suffix
+    kv().put(key, value)
+    return key
+
+
+def _plant_raw(suffix: bytes, value: bytes) -> bytes:
+    key = records.KEY_PREFIX.encode() + suffix
     kv().put(key, value)
     return key
 
@@ -108,6 +187,72 @@ def test_corrupt_and_future_records_are_set_aside(durable_serve, actors):
     wait_for(lambda: sorted(kv_record_keys()) == sorted([garbage, future]), 10, "only bad entries left")
 
 
+@pytest.mark.smoke
+def test_non_utf8_key_is_set_aside_and_serve_keeps_working(durable_serve, actors):
+    good = actors()
+    serve_cleanup.register(good)
+    _plant_raw(b"\xff\xfe\x00", b"\xc1 random bytes")
+    status = kill_controller_and_wait_restart()  # used to raise UnicodeDecodeError in __init__
+    assert status["records"] == 1
+    (bad,) = status["set_aside"]
+    assert "\\xff" in bad["key"] and "UTF-8" in bad["reason"]
+    listed = run_cli("list")
+    assert listed.returncode == 0, listed.stderr
+    assert good._actor_id.hex() in listed.stdout
+    shown = run_cli("status", "--detail")  # set-aside entries need every record read
+    assert shown.returncode == 0 and "set aside:       1" in shown.stdout, shown.stdout + shown.stderr
+    serve.shutdown()
+    wait_dead(good)
+    assert len(kv_record_keys()) == 1  # set aside: untouched, for `serve-cleanup purge`
+
+
+def test_v1_record_written_by_hand_is_honoured(durable_serve, actors):
+    """A record laid out exactly as schema v1 documents it (not via today's encoder)."""
+    aux = actors()
+    actor_id = aux._actor_id.hex()
+    v1 = msgpack.packb(
+        {
+            "v": 1,
+            "actor_id": actor_id,
+            "name": "",
+            "namespace": "",
+            "handle": _ray.handle_to_bytes(aux),
+            "scope": "serve",
+            "app": "",
+            "deployment": "",
+            "registered_at": time.time(),
+        },
+        use_bin_type=True,
+    )
+    key = records.KEY_PREFIX + actor_id
+    kv().put(key, v1)
+    status = kill_controller_and_wait_restart()
+    assert status["records"] == 1 and status["set_aside"] == []
+    serve.shutdown()
+    wait_dead(aux)
+    assert kv_record_keys() == []
+
+
+# --- dead actors' records are dropped ------------------------------------------------------
+
+# I5's bound (docs/architecture.md): the liveness interval plus a reconcile tick after the
+# actor died, plus the pass itself (two ticks here, and a second for the lookups). The
+# controller's sweep runs on its own schedule, so the death may land anywhere in it.
+I5_BOUND_S = Config.liveness_interval_s + 2 * Config.reconcile_interval_s + 1.0
+
+
+@pytest.mark.parametrize("scope", ["serve", "deployment"])
+def test_dead_actor_record_under_live_owner_is_dropped(durable_serve, actors, scope):
+    serve.run(Idle.bind(), name="live-app", route_prefix=None)
+    aux = actors()
+    owner = {"scope": "deployment", "app": "live-app", "deployment": "Idle"} if scope == "deployment" else {}
+    serve_cleanup.register(aux, **owner)
+    ray.kill(aux, no_restart=True)
+    wait_dead(aux)
+    wait_for(lambda: kv_record_keys() == [], I5_BOUND_S, "the dead actor's record to be dropped")
+    assert serve.status().applications["live-app"].status == "RUNNING"
+
+
 def test_refused_move_keeps_the_previous_registration(slow_reconcile_serve, actors):
     """Re-registering a (now dead) actor under another owner is refused, and the
     registration it had stays as it was (until the liveness sweep, which this fixture
@@ -123,3 +268,22 @@ def test_refused_move_keeps_the_previous_registration(slow_reconcile_serve, acto
     assert (kept.actor_id, kept.scope, kept.app) == (aux._actor_id.hex(), "serve", "")
     serve.shutdown()  # the dead actor's record is dropped without error
     wait_for(lambda: kv_record_keys() == [], 30, "the dead actor's record to go")
+
+
+# --- what the controller says while it starts ----------------------------------------------
+
+
+def test_what_the_controller_logs_while_it_starts_lands_in_the_controller_log(durable_serve, actors):
+    """The records are read before Serve sets up its controller log; the lines of that
+    read are held and written there once it exists (they used to land in the worker's
+    stderr file, where nobody looks)."""
+    serve_cleanup.register(actors())
+    pid = kill_controller_and_wait_restart()["pid"]
+    session = ray._private.worker.global_worker.node.get_session_dir_path()
+    path = os.path.join(session, "logs", "serve", f"controller_{pid}.log")
+
+    def logged() -> bool:
+        with open(path, errors="replace") as f:
+            return "serve_cleanup: rehydrated 1 registration(s)" in f.read()
+
+    wait_for(logged, 30, f"the rehydrate line in {path}")
