@@ -1,6 +1,13 @@
-"""`start()` tells the truth: never "durable" when a plain controller won, a controller
-that is shutting down is waited out, options Serve ignores are warned about, and the CLI
-takes what `serve start` takes."""
+"""Serve started with the durable controller by its caller, without the switch:
+``serve_cleanup.start()`` and ``serve-cleanup start`` on the session's cluster. (Serve
+started by Ray's own paths with the switch on: tests/own_cluster/test_start_by_the_switch.py.)
+
+* ``start()`` is idempotent, ``serve.run`` uses the controller it started, and it refuses
+  to mix with plain Serve (as does ``register``);
+* it tells the truth: never "durable" when a plain controller won a race, a controller
+  that is shutting down is waited out, options Serve ignores are warned about;
+* the CLI takes what ``serve start`` takes.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +28,12 @@ from serve_cleanup.client.start import SHUTDOWN_WAIT_S, shutting_down, start_dur
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
 
 
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+class Hello:
+    def __call__(self) -> str:
+        return "hello"
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0}, graceful_shutdown_timeout_s=20)
 class SlowToStop:
     def __call__(self) -> str:
@@ -35,6 +48,54 @@ def no_serve(ray_cluster):
     _teardown_serve()
     yield
     _teardown_serve()
+
+
+# --- idempotent, and never mixed with plain Serve -----------------------------------------
+
+
+@pytest.mark.smoke
+def test_start_is_idempotent_and_serve_run_uses_it(durable_serve):
+    pid = controller_status()["pid"]
+    serve_cleanup.start()
+    assert controller_status()["pid"] == pid
+    handle = serve.run(Hello.bind(), name="hello", route_prefix=None)
+    assert handle.remote().result() == "hello"
+    assert controller_kind() == "durable"
+    assert controller_status()["pid"] == pid
+
+
+@pytest.mark.smoke
+def test_start_refuses_when_plain_serve_runs(plain_serve):
+    with pytest.raises(serve_cleanup.NotDurableControllerError, match="serve.shutdown"):
+        serve_cleanup.start()
+    assert controller_kind() == "plain"
+
+
+def test_register_refuses_plain_serve(plain_serve, actors):
+    with pytest.raises(serve_cleanup.NotDurableControllerError):
+        serve_cleanup.register(actors())
+
+
+@pytest.mark.smoke
+def test_cli_start_against_running_cluster(ray_cluster):
+    serve.shutdown()
+    out = run_cli("start")
+    assert out.returncode == 0, out.stderr
+    assert "Started Serve with the durable controller" in out.stdout
+    assert controller_kind() == "durable"
+    again = run_cli("start", "--address", ray.get_runtime_context().gcs_address)
+    assert again.returncode == 0, again.stderr
+    assert "already running" in again.stdout
+    serve.shutdown()
+
+
+def test_cli_start_refuses_plain_serve(plain_serve):
+    out = run_cli("start")
+    assert out.returncode == 1
+    assert "plain Ray Serve controller" in out.stderr
+
+
+# --- it tells the truth ---------------------------------------------------------------------
 
 
 def test_plain_controller_created_in_between_is_not_reported_durable(no_serve, monkeypatch):

@@ -1,9 +1,13 @@
-"""`serve-cleanup enable` on a real `ray start --head` cluster with the dashboard, driven
-by Ray's real `serve` CLI: every way of starting Serve gets the durable controller.
+"""Serve started by Ray's own paths with the switch on: `serve-cleanup enable` on a real
+`ray start --head` cluster with the dashboard, driven by Ray's real `serve` CLI (deploy,
+run, start), a driver's `serve.start()`, and Java's controller avatar: every way of
+starting Serve gets the durable controller; where it cannot load, the fallback and the
+guard. (Serve started by its caller with `serve_cleanup.start()`, without the switch:
+tests/shared_cluster/test_start_by_the_caller.py.)
 
 The module enables the hook in this test environment's own site-packages and starts
 its own head node (non-default ports); the fixture always stops Ray and disables the
-hook again, also on failure. Run under the shared lock like every Ray test.
+hook again, also on failure.
 """
 
 from __future__ import annotations
