@@ -1,5 +1,5 @@
 """Shared by every test directory. Imports no Ray: the unit tests (the core, the simulation,
-the switch) run where Ray is not installed; the Ray fixtures live in ray_env.py."""
+the switch) run where Ray is not installed; the Ray fixtures live in ray_helpers.py."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
 """Fixtures for the tests that start clusters of their own (one cluster at a time on this
-machine: each stops the session's shared cluster first)."""
+machine: each stops the session's shared cluster first; defined in ray_helpers)."""
 
-from ray_env import _ray_down_at_exit  # noqa: F401  (pytest finds fixtures by name here)
-from ray_helpers import redis_address  # noqa: F401
+from ray_helpers import _ray_down_at_exit, redis_address  # noqa: F401  (pytest finds fixtures by name here)

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from ray_env import stop_ray
+from ray_helpers import stop_ray
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 

@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ray import serve
 
 import serve_cleanup
-from ray_env import TEST_NAMESPACE, start_local_ray, stop_ray
+from ray_helpers import TEST_NAMESPACE, start_local_ray, stop_ray
 from ray_helpers import Aux, free_port, wait_dead, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]

@@ -23,7 +23,10 @@ from serve_cleanup.serve_adapter import _ray
 
 pytestmark = pytest.mark.ray
 
-V1_KEY = b"ray-serve-serve-serve-cleanup-actor-"  # the whole key, as 0.1.0's docs give it
+# A deliberate format pin: the whole key and the raw GCS KV call, as 0.1.0's docs give
+# them, NOT composed through serve_adapter.kv.KvStore (as every other test does): if the
+# store's layout ever changes, this test must fail rather than follow it.
+V1_KEY = b"ray-serve-serve-serve-cleanup-actor-"
 
 
 def _put_v1(actor_id: str, handle: bytes, scope: str = "serve", app: str = "", deployment: str = "",
