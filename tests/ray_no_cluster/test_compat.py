@@ -80,22 +80,47 @@ def test_private_symbols_used_exist_on_the_installed_ray():
     assert kv.PREFIX == b"ray-serve-serve-"
 
 
+# Serve's controller module made unimportable in a fresh interpreter: on Ray < 2.60
+# `import ray.serve` loads it (Ray's own import), so it is imported first, then taken out
+# of sys.modules (and off its package), and any later import of it raises.
+BLOCK_SERVE_CONTROLLER = """
+import sys
+import ray, ray.serve
+import ray.serve._private as serve_private
+NAME = "ray.serve._private.controller"
+sys.modules.pop(NAME, None)
+if hasattr(serve_private, "controller"):
+    del serve_private.controller
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == NAME:
+            raise ImportError("blocked: " + NAME)
+sys.meta_path.insert(0, Block())
+"""
+
+
 def test_import_does_not_load_serve_controller_module_itself():
-    """serve_cleanup imports Serve's controller module only on first use. (On Ray < 2.60
-    ``import ray.serve`` loads it anyway; from 2.60 it does not.)"""
+    """serve_cleanup imports Serve's controller module only on first use: importing the
+    package and its Ray module needs it on no release (on Ray < 2.60 ``import ray.serve``
+    loads it anyway, which is Ray's doing and taken out of the way here), and the first
+    use of ``_ray.ServeController`` does import it."""
     import subprocess
     import sys
 
-    code = (
-        "import sys, serve_cleanup, ray;"
-        "from serve_cleanup.serve_adapter import _ray;"
-        "loaded = 'ray.serve._private.controller' in sys.modules;"
-        "print('loaded' if loaded else 'not', _ray.RAY_MINOR >= (2, 60))"
+    code = BLOCK_SERVE_CONTROLLER + (
+        "import serve_cleanup\n"
+        "from serve_cleanup.serve_adapter import _ray\n"
+        "print('imported', NAME in sys.modules)\n"
+        "try:\n"
+        "    _ray.ServeController\n"
+        "except ImportError as e:\n"
+        "    print('first use', e)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    loaded, new_ray = out.stdout.split()
-    if new_ray == "True":
-        assert loaded == "not"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["imported False", "first use blocked: ray.serve._private.controller"], (
+        out.stdout + out.stderr
+    )
 
 
 def test_serve_names_written_out_match_the_installed_serve():
@@ -131,10 +156,56 @@ def test_what_the_driverless_probe_reads_exists_on_the_installed_ray():
     assert callable(context._set_global_client)
 
 
-def test_sending_the_clusters_token_works_on_the_installed_ray(monkeypatch, tmp_path):
-    """`status` and `list` call this before they open a bare GCS client: on every supported
-    Ray it returns (Ray 2.54-2.59 have no `maybe_enable_token_auth_if_token_available`)."""
-    monkeypatch.setenv("HOME", str(tmp_path))  # no token file of this machine's
-    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
-    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
-    _ray.use_cluster_token()
+# use_cluster_token() in a fresh interpreter (it changes process-wide state: the
+# environment and Ray's cached config), then what it left: RAY_AUTH_MODE, and the
+# authentication mode Ray's own GCS client now runs in.
+USE_TOKEN = """
+import json, os
+from serve_cleanup.serve_adapter import _ray
+_ray.use_cluster_token()
+try:
+    from ray._raylet import AuthenticationMode, get_authentication_mode
+    mode = "token" if get_authentication_mode() == AuthenticationMode.TOKEN else "other"
+except ImportError:  # a Ray without token authentication
+    mode = "other"
+print(json.dumps({"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE"), "mode": mode}))
+"""
+
+
+def _use_token(home, **env: str) -> dict:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    out = subprocess.run(
+        [sys.executable, "-c", USE_TOKEN], capture_output=True, text=True, timeout=120,
+        env={**clean, "HOME": str(home), **env},
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def test_sending_the_clusters_token_works_on_the_installed_ray(tmp_path):
+    """`status` and `list` call ``use_cluster_token()`` before they open a bare GCS client:
+    on every supported Ray it returns; it switches token authentication on exactly when a
+    token is there and RAY_AUTH_MODE says nothing, on the Rays that need it switched on
+    (2.60 has ``maybe_enable_token_auth_if_token_available``; on 2.54-2.59 Ray's client
+    reads the token itself where RAY_AUTH_MODE=token, so nothing changes there)."""
+    from ray._private.authentication import authentication_token_setup as setup
+
+    switches_on = hasattr(setup, "maybe_enable_token_auth_if_token_available")
+    token = "ab" * 32
+
+    # No token on this machine: nothing is switched on (a cluster without auth stays reachable).
+    assert _use_token(tmp_path) == {"RAY_AUTH_MODE": None, "mode": "other"}
+    # A token in the environment, as a KubeRay head container has it.
+    expected = {"RAY_AUTH_MODE": "token", "mode": "token"} if switches_on else {"RAY_AUTH_MODE": None, "mode": "other"}
+    assert _use_token(tmp_path, RAY_AUTH_TOKEN=token) == expected
+    # ... or in ~/.ray/auth_token, where `ray start --head` writes it.
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text(token)
+    assert _use_token(tmp_path) == expected
+    # RAY_AUTH_MODE says otherwise: it is respected.
+    assert _use_token(tmp_path, RAY_AUTH_MODE="disabled") == {"RAY_AUTH_MODE": "disabled", "mode": "other"}
