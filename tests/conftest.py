@@ -1,11 +1,37 @@
-"""Shared by every test directory. Imports no Ray: the unit tests (the core, the simulation,
-the switch) run where Ray is not installed; the Ray fixtures live in ray_helpers.py."""
+"""Shared by every test directory. Imports no Ray: tests/no_ray runs where Ray is not
+installed; the Ray fixtures live in ray_helpers.py.
+
+At the end of the session it checks that the suite left the machine as it found it for
+Ray (a check, not a test: it fails the run):
+
+* no ``ray_current_cluster`` in Ray's default temp dir that was not there before the
+  session (or that changed): ``ray.init()`` reads it to join "the" local cluster, so one
+  pointing at a cluster a test started and ended breaks the next ``ray.init(num_cpus=2)``
+  on the machine ("When connecting to an existing cluster, num_cpus ... must not be
+  provided"). Every cluster a test starts gets a temp dir of its own instead;
+* no process the session started still running. Every process started during the
+  session inherits ``SESSION_MARKER`` in its environment (``ray start`` passes it on to
+  everything it spawns), so the check finds exactly this session's processes, not those of
+  other Ray users of the machine.
+
+What it finds it reports, and removes (the file; the processes, by pid).
+"""
 
 from __future__ import annotations
 
 import os
+import signal
+import sys
+import uuid
+from pathlib import Path
+from typing import NamedTuple, Optional
 
 import pytest
+
+from waiting import TimedOut, wait_for
+
+SESSION_MARKER = "SC_TEST_SESSION"  # not SERVE_CLEANUP_*: some tests drop those from a child's env
+EXIT_GRACE_S = 30.0  # processes still exiting when the session ends (Ray's workers) get this long
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -32,3 +58,115 @@ def pytest_report_header(config: pytest.Config) -> str:
         f"ray {ray_version}: the Ray tests start their own local cluster "
         f"(ray.init(address='local')){ignored}, and shut Serve and it down at the end"
     )
+
+
+# --- the machine after the suite ---------------------------------------------------------------
+
+
+def ray_address_file() -> Path:
+    """``ray_current_cluster`` in Ray's default temp dir, found as Ray finds it
+    (``ray._common.utils.get_default_system_temp_dir``), without importing Ray."""
+    if "RAY_TMPDIR" in os.environ:
+        base = os.environ["RAY_TMPDIR"]
+    elif sys.platform.startswith("linux") and "TMPDIR" in os.environ:
+        base = os.environ["TMPDIR"]
+    else:
+        base = "/tmp"
+    return Path(base) / "ray" / "ray_current_cluster"
+
+
+class AddressFile(NamedTuple):
+    content: Optional[bytes]  # None: no such file
+    mtime_ns: int
+
+
+def _address_file() -> AddressFile:
+    path = ray_address_file()
+    try:
+        return AddressFile(path.read_bytes(), path.stat().st_mtime_ns)
+    except OSError:
+        return AddressFile(None, 0)
+
+
+def session_processes(marker: str) -> dict[int, str]:
+    """pid -> command line of every live process (zombies aside) carrying ``marker``."""
+    needle = f"{SESSION_MARKER}={marker}".encode()
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if needle not in f.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{entry}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                found[int(entry)] = f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:160]
+        except (OSError, IndexError):
+            pass  # gone meanwhile, or not ours to read
+    return found
+
+
+_marker = pytest.StashKey[str]()
+_file_before = pytest.StashKey[AddressFile]()
+_left = pytest.StashKey[list]()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    marker = os.environ.setdefault(SESSION_MARKER, uuid.uuid4().hex)
+    session.config.stash[_marker] = marker
+    session.config.stash[_file_before] = _address_file()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    if _marker not in config.stash:
+        return
+    left: list[str] = []
+
+    before, after = config.stash[_file_before], _address_file()
+    if after.content is not None and after != before:
+        path = ray_address_file()
+        left.append(
+            f"{path} ({after.content.decode(errors='replace')!r}) was "
+            + ("not there before the session" if before.content is None else f"{before.content!r} before the session")
+            + "; a plain ray.init() on this machine would try to join that cluster. Give the "
+            "cluster a temp dir of its own. (Removed"
+            + (")" if before.content is None else "; the previous content put back)")
+        )
+        if before.content is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_bytes(before.content)
+
+    if os.path.isdir("/proc"):
+        marker = config.stash[_marker]
+        try:
+            wait_for(lambda: not session_processes(marker), EXIT_GRACE_S, "the session's processes to exit",
+                     interval_s=0.2)
+        except TimedOut:
+            alive = session_processes(marker)
+            left.append(
+                f"{len(alive)} process(es) this session started are still running "
+                f"{EXIT_GRACE_S:.0f} s after its end (killed now, by pid):\n"
+                + "\n".join(f"    {pid}  {cmd}" for pid, cmd in sorted(alive.items()))
+            )
+            for pid in alive:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    config.stash[_left] = left
+    if left and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    left = config.stash.get(_left, [])
+    if left:
+        terminalreporter.section("the suite left the machine broken for Ray", sep="=", red=True, bold=True)
+        for line in left:
+            terminalreporter.write_line("FAILED: " + line, red=True)

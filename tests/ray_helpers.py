@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import uuid
 from typing import Callable, Iterator, Optional
 
@@ -46,29 +47,47 @@ def worker_pythonpath() -> str:
     return os.pathsep.join(WORKER_PATHS + old)
 
 
+def temp_dir_of_its_own(role: str) -> str:
+    """A fresh temp dir for a cluster a test starts (its sessions, logs, sockets, and the
+    ``ray_current_cluster`` a head writes), so that Ray's default one (/tmp/ray) is never
+    touched; remove it with ``shutil.rmtree`` once the cluster is gone. Short, under /tmp:
+    Ray's Unix sockets live below it (108-byte limit)."""
+    return tempfile.mkdtemp(prefix=f"sc-{role}-", dir="/tmp")
+
+
+_local_temp_dir: Optional[str] = None  # the temp dir of the cluster start_local_ray started
+
+
 def start_local_ray(**init_kwargs) -> None:
-    """The local test cluster: 2 CPUs, no dashboard (the facts note's setup); a test that
-    needs more (a metrics export port) passes it in ``init_kwargs``.
+    """The local test cluster: 2 CPUs, no dashboard (the facts note's setup), a temp dir of
+    its own; a test that needs more (a metrics export port) passes it in ``init_kwargs``.
 
     ``address="local"`` always starts a new cluster, also where ``RAY_ADDRESS`` names
     another one (KubeRay pods set it): the tests never touch a cluster they did not start.
     """
+    global _local_temp_dir
     # The raylet (and so every worker) inherits this path from the driver.
     os.environ["PYTHONPATH"] = worker_pythonpath()
+    _local_temp_dir = temp_dir_of_its_own("local")
     ray.init(
         address="local", num_cpus=2, include_dashboard=False, namespace=TEST_NAMESPACE,
-        log_to_driver=False, **init_kwargs,
+        log_to_driver=False, _temp_dir=_local_temp_dir, **init_kwargs,
     )
 
 
 def stop_ray() -> None:
-    """Shut down Serve and disconnect (stopping the local cluster if this process owns it)."""
+    """Shut down Serve and disconnect (stopping the local cluster if this process owns it,
+    and removing its temp dir)."""
+    global _local_temp_dir
     if ray.is_initialized():
         try:
             serve.shutdown()
         except Exception:
             pass
         ray.shutdown()
+    if _local_temp_dir is not None:
+        shutil.rmtree(_local_temp_dir, ignore_errors=True)
+        _local_temp_dir = None
 
 
 @pytest.fixture
@@ -145,13 +164,25 @@ def own_cluster(**head_node_args) -> Iterator[Cluster]:
     (one cluster at a time on this machine). Add worker nodes to it as needed."""
     stop_ray()
     os.environ["PYTHONPATH"] = worker_pythonpath()
-    cluster = Cluster(initialize_head=True, head_node_args={"include_dashboard": False, **head_node_args})
+    # Cluster writes ray_current_cluster into Ray's *default* temp dir (and its nodes use
+    # it): RAY_TMPDIR makes that default one of this test's own while the cluster lives.
+    temp_dir = temp_dir_of_its_own("nodes")
+    saved = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = temp_dir
+    cluster = None
     try:
+        cluster = Cluster(initialize_head=True, head_node_args={"include_dashboard": False, **head_node_args})
         ray.init(address=cluster.address, namespace=TEST_NAMESPACE, log_to_driver=False)
         yield cluster
     finally:
         stop_ray()
-        cluster.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
+        if saved is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = saved
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 # Every process of a `ray start` a test runs carries this variable (with a token of the

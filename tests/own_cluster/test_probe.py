@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from typing import Iterator
@@ -26,7 +26,7 @@ from ray import serve
 from ray._private.authentication_test_utils import reset_auth_token_state
 
 import serve_cleanup
-from ray_helpers import CLUSTER_MARKER, TEST_NAMESPACE, end_marked_processes, stop_ray, wait_for
+from ray_helpers import CLUSTER_MARKER, TEST_NAMESPACE, end_marked_processes, stop_ray, temp_dir_of_its_own, wait_for
 from serve_cleanup.serve_adapter import _ray
 from serve_cleanup.client.controller import find_controller
 
@@ -55,7 +55,7 @@ def status(*args: str, **env: str) -> subprocess.CompletedProcess:
 def head() -> Iterator[None]:
     stop_ray()  # the session's embedded cluster: one cluster at a time
     token = uuid.uuid4().hex
-    temp_dir = tempfile.mkdtemp(prefix="scp-")
+    temp_dir = temp_dir_of_its_own("probe")
     saved_auth_mode = os.environ.get("RAY_AUTH_MODE")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update({CLUSTER_MARKER: token, "RAY_AUTH_MODE": "token"})
@@ -83,6 +83,7 @@ def head() -> Iterator[None]:
             os.environ["RAY_AUTH_MODE"] = saved_auth_mode
         reset_auth_token_state()
         end_marked_processes(token)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,7 +25,9 @@ import pytest
 import ray
 from ray._private.authentication_test_utils import reset_auth_token_state
 
-from ray_helpers import CLUSTER_MARKER, TEST_NAMESPACE, end_marked_processes, stop_ray, wait_dead, wait_for
+from ray_helpers import (
+    CLUSTER_MARKER, TEST_NAMESPACE, end_marked_processes, stop_ray, temp_dir_of_its_own, wait_dead, wait_for,
+)
 from serve_cleanup import _startup
 from serve_cleanup.client.controller import controller_kind, find_controller
 
@@ -83,15 +86,18 @@ def write_config(tmp_path, helper: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def head() -> Iterator[None]:
+def head() -> Iterator[str]:
+    """The head node, with a temp dir of its own (``ray start`` writes its
+    ``ray_current_cluster`` there, not in /tmp/ray); yields that temp dir."""
     stop_ray()  # the session's embedded cluster: one cluster at a time
     saved_auth_mode = os.environ.get("RAY_AUTH_MODE")
     token = uuid.uuid4().hex
+    temp_dir = temp_dir_of_its_own("paths")
     enabled = sc_cli("enable")
     assert "Enabled" in enabled.stdout or "Already enabled" in enabled.stdout
     try:
         run(
-            os.path.join(BIN, "ray"), "start", "--head", f"--port={GCS_PORT}",
+            os.path.join(BIN, "ray"), "start", "--head", f"--port={GCS_PORT}", f"--temp-dir={temp_dir}",
             f"--dashboard-port={DASHBOARD_PORT}", "--dashboard-host=127.0.0.1",
             "--include-dashboard=true", "--num-cpus=2", "--ray-client-server-port=23021",
             "--dashboard-agent-listen-port=52385", "--disable-usage-stats",
@@ -102,7 +108,7 @@ def head() -> Iterator[None]:
         os.environ["RAY_AUTH_MODE"] = "token"
         reset_auth_token_state()
         ray.init(address=GCS, namespace=TEST_NAMESPACE, log_to_driver=False)
-        yield
+        yield temp_dir
     finally:
         ray.shutdown()
         if saved_auth_mode is None:
@@ -111,6 +117,7 @@ def head() -> Iterator[None]:
             os.environ["RAY_AUTH_MODE"] = saved_auth_mode
         reset_auth_token_state()
         end_marked_processes(token)
+        shutil.rmtree(temp_dir, ignore_errors=True)
         sc_cli("disable", check=False)
         assert _startup.pth_state() == "off"
 
@@ -299,7 +306,7 @@ def test_guard_lets_the_durable_controller_start_and_stops_a_plain_one(head):
     # The hook switched off for this driver: a plain controller; the guard logs an ERROR.
     out = drive(GUARD, SERVE_CLEANUP_ENABLE="0")
     assert "KIND plain" in out.stdout, out.stdout + out.stderr
-    log = controller_log_containing("where the durable one was expected")
+    log = controller_log_containing(head, "where the durable one was expected")
     assert "ERROR" in log
     serve_cli("shutdown", "-y", "-a", DASHBOARD)
     wait_serve_gone()
@@ -310,8 +317,8 @@ def test_guard_lets_the_durable_controller_start_and_stops_a_plain_one(head):
     assert find_controller() is None
 
 
-def controller_log_containing(text: str, timeout_s: float = 30) -> str:
-    logs = os.path.join("/tmp/ray/session_latest/logs/serve")
+def controller_log_containing(temp_dir: str, text: str, timeout_s: float = 30) -> str:
+    logs = os.path.join(temp_dir, "session_latest", "logs", "serve")
 
     def find() -> str:
         for name in sorted(os.listdir(logs)):
