@@ -36,13 +36,13 @@ EXIT_GRACE_S = 30.0  # processes still exiting when the session ends (Ray's work
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
-        "--chaos-rounds", type=int, default=3,
-        help="rounds of the chaos harness (CI runs a few; a long run is e.g. 100)",
+        "--chaos-rounds", type=int, default=1,
+        help="rounds of the chaos harness (the default run has one; a long run is e.g. 100)",
     )
     parser.addoption("--chaos-seed", type=int, default=20261127, help="seed of the chaos harness")
     parser.addoption(
         "--sim-seeds", type=int, default=300,
-        help="seeds of the core's simulation (tests/core/test_simulation.py); e.g. 100000 for a long run",
+        help="seeds of the core's simulation (tests/no_ray/test_simulation.py); e.g. 100000 for a long run",
     )
 
 
@@ -52,7 +52,7 @@ def pytest_report_header(config: pytest.Config) -> str:
     try:
         ray_version = version("ray")
     except PackageNotFoundError:
-        return "ray: not installed (the unit tests run; the Ray tests need it)"
+        return "ray: not installed (tests/no_ray run; the other folders need it)"
     ignored = f"; RAY_ADDRESS={os.environ['RAY_ADDRESS']!r} is ignored" if os.environ.get("RAY_ADDRESS") else ""
     return (
         f"ray {ray_version}: the Ray tests start their own local cluster "

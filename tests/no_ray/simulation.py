@@ -3,7 +3,7 @@
 In the spirit of FoundationDB's simulation tests. A seed draws a *profile* (shutdown grace,
 bulk-drop threshold, sweep interval, request latency, fault level) and a *schedule*: a list
 of events at virtual times (``Event``). ``Sim`` runs the schedule against a ``World``
-(tests/core/fakes.py) on a ``VirtualTimeLoop``, as the durable controller runs in Ray:
+(tests/no_ray/fakes.py) on a ``VirtualTimeLoop``, as the durable controller runs in Ray:
 
 * a supervisor (Ray) starts a controller process, and restarts it after a crash. A
   process reads its records (``CleanupCore.load``; ``mid_rehydrate`` can crash it there),

@@ -1,6 +1,6 @@
 """The core's decisions, deterministically, without Ray (see docs/architecture.md, Invariants).
 
-Each test drives a ``World`` (tests/core/fakes.py): one KV, actor table, killer, Serve and
+Each test drives a ``World`` (tests/no_ray/fakes.py): one KV, actor table, killer, Serve and
 virtual clock, and controller processes built over them. A crash is simulated by raising
 ``Crash`` at a crash point (or anywhere) and building a new core from the same store.
 Tests read the core's state through ``status()``, not its private fields.
@@ -251,7 +251,7 @@ async def test_a_failed_unregister_keeps_a_pending_take_back():
 
 
 async def test_an_unregister_while_a_restarted_core_loads_is_not_undone_by_the_load():
-    """Found by the simulation (tests/core/test_simulation.py, seed 241 of 300, once the
+    """Found by the simulation (tests/no_ray/test_simulation.py, seed 241 of 300, once the
     actor table and killer died with their process): a restarted core read a record; an
     unregister then deleted it from the KV and forgot it in a memory the load had not
     filled yet; the load then remembered it. Memory claimed a record the KV did not hold,
@@ -409,7 +409,7 @@ async def test_the_sweep_drops_a_thousand_dead_records_with_one_prefix_delete():
 
 
 def test_dead_actors_records_go_within_the_sweep_bound_while_an_owner_pass_waits_for_an_undying_actor():
-    """Found by the simulation (tests/core/test_simulation.py, seeds 53, 954 and 975 of
+    """Found by the simulation (tests/no_ray/test_simulation.py, seeds 53, 954 and 975 of
     1000): the owner pass ran inside the reconcile tick, so while it waited (up to
     ``confirm_death_s``, 5 s) for a killed actor that does not die, no sweep ran and the
     record of an actor killed in the same pass stayed: I5's bound did not hold."""

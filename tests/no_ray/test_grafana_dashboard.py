@@ -6,7 +6,7 @@ the controller exports (Ray adds the ``ray_`` prefix), every exported metric mus
 panel, and every label a query groups or filters by must be one of that metric's tag keys
 (or ``ray_io_cluster``, the label KubeRay's PodMonitor adds, as in Ray's own dashboards).
 That the names are what Ray's endpoint really serves is checked on a real cluster by
-tests/integration/test_metrics.py.
+tests/own_cluster/test_metrics.py.
 """
 
 from __future__ import annotations

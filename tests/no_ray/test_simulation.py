@@ -1,9 +1,9 @@
-"""The core's seeded simulation (tests/core/simulation.py says what it runs and checks).
+"""The core's seeded simulation (tests/no_ray/simulation.py says what it runs and checks).
 
 ``--sim-seeds`` seeds (300 by default; a long run is ``--sim-seeds 100000``). A failing
 seed prints its profile, the invariant it broke, a minimal trace (the shortest part of its
 schedule found that still breaks the same invariant, and what happened when it ran) and
-replays exactly with ``pytest tests/core/test_simulation.py -k 'test_simulation[<seed>]'``.
+replays exactly with ``pytest tests/no_ray/test_simulation.py -k 'test_simulation[<seed>]'``.
 No Ray: this runs where Ray is not installed.
 """
 
@@ -50,7 +50,7 @@ def report(seed: int, failure: Failure) -> str:
     return (
         f"seed {seed}: {failure}\n"
         f"profile: {profile}\n"
-        f"replay: pytest tests/core/test_simulation.py -k 'test_simulation[{seed}]'\n\n"
+        f"replay: pytest tests/no_ray/test_simulation.py -k 'test_simulation[{seed}]'\n\n"
         f"minimal schedule ({len(minimal)} of {len(events)} events), which fails with "
         f"{minimal_failure}:\n" + "\n".join(str(e) for e in minimal) + "\n\n"
         f"what happened in it (last {min(TRACE_TAIL, len(log))} of {len(log)} lines):\n"
