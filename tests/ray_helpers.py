@@ -2,8 +2,11 @@
 tests/chaos; each folder's conftest imports the fixtures it uses): at most one local Ray
 cluster at a time on this machine, shut down at the end of the session.
 
-One Ray cluster for the whole session (Ray takes ~5 s to start here); every test gets a
-fresh Serve instance and a clean KV, and its actors are killed at teardown.
+One Ray cluster for the whole session (Ray takes ~5 s to start here), and one durable
+Serve instance shared by the tests that need nothing else (``durable_serve``: cleaned
+after each test, started again when a test shut it down); the tests about other
+controllers (plain Serve, other options) get a fresh instance of their own. Actors a test
+makes are killed at its teardown.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from waiting import TimedOut, assert_stays, wait_for  # noqa: F401  (re-exported
 from serve_cleanup.serve_adapter import _ray
 from serve_cleanup.serve_adapter.kv import KvStore
 from serve_cleanup.client.controller import find_controller
+from serve_cleanup.client.gcs import read_kv
 from serve_cleanup.core import records
 
 pytestmark = pytest.mark.ray
@@ -276,6 +280,10 @@ def unique() -> str:
 
 
 def _teardown_serve() -> None:
+    """No Serve, no record: ``serve.shutdown()``, wait until the controller is gone, then
+    delete every key under the record prefix (what a shutdown left, or a test planted)."""
+    global _shared_controller_id
+    _shared_controller_id = None
     try:
         serve.shutdown()
     except Exception:
@@ -284,11 +292,67 @@ def _teardown_serve() -> None:
     _purge_records()
 
 
+# The durable Serve instance the tests share (as Ray Serve's own suite shares one): the
+# actor id of its controller, which a restart keeps. None when no shared instance runs.
+_shared_controller_id: Optional[str] = None
+
+
+def _shared_instance_running() -> bool:
+    ctrl = find_controller()
+    return ctrl is not None and ctrl._actor_id.hex() == _shared_controller_id
+
+
+def _clean_shared_instance() -> bool:
+    """Bring the shared instance back to "just started": no app, no registration (each
+    registered actor killed, its record unregistered through the controller, so that its
+    memory and the KV agree). False if that is not possible (it is shutting down, or the
+    KV holds entries it set aside, which only a restart forgets): then it must go."""
+    status = controller_status(timeout_s=10)
+    if status["shutting_down"] or status["set_aside"]:
+        return False
+    for app in list(serve.status().applications):
+        serve.delete(app)
+    found, set_aside = read_kv(_ray.driver_gcs_client())
+    if set_aside:
+        return False
+    for record in found:
+        try:
+            ray.kill(_ray.handle_from_bytes(record.handle), no_restart=True)
+        except Exception:
+            pass  # gone already, or a handle a test made up: the record goes all the same
+        serve_cleanup.unregister(record.actor_id, timeout_s=30)
+    return kv_record_keys() == [] and controller_status(timeout_s=10)["records"] == 0
+
+
 @pytest.fixture
 def durable_serve(ray_cluster) -> Iterator[None]:
-    """A fresh Serve instance running the durable controller."""
+    """The session's shared Serve instance with the durable controller, clean: no app and
+    no registration. Started on first use and again whenever it is gone (a test shut Serve
+    down, or replaced it); cleaned after each test that leaves it running. A controller
+    restart keeps it (same actor): tests that need a controller of their own (other
+    options, a plain one) use the fixtures below."""
+    global _shared_controller_id
+    if not _shared_instance_running():
+        _teardown_serve()
+        serve_cleanup.start()
+        _shared_controller_id = find_controller()._actor_id.hex()
+    yield
+    if _shared_instance_running():
+        try:
+            clean = _clean_shared_instance()
+        except Exception:
+            clean = False
+        if not clean:
+            _teardown_serve()
+    elif find_controller() is None:
+        _purge_records()  # Serve went down in the test: what it left must not reach the next
+
+
+@pytest.fixture
+def no_serve(ray_cluster) -> Iterator[None]:
+    """The session's cluster with no Serve and no record (for tests that start Serve their
+    own way, or need it down)."""
     _teardown_serve()
-    serve_cleanup.start()
     yield
     _teardown_serve()
 

@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.chaos]
 
 # A round takes 25-40 s on the shared 2-core machine; the cap leaves room for a long run.
 @pytest.mark.timeout(7200)
-def test_chaos_rounds(ray_cluster, request):
+def test_chaos_rounds(no_serve, request):
     rounds = request.config.getoption("--chaos-rounds")
     seed = request.config.getoption("--chaos-seed")
     totals = harness.run(rounds, seed, log=print)

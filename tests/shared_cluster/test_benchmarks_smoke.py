@@ -9,15 +9,13 @@ import sys
 import pytest
 import ray
 
-from ray_helpers import _teardown_serve
 
 pytestmark = pytest.mark.ray
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def test_benchmarks_smoke(ray_cluster, tmp_path):
-    _teardown_serve()
+def test_benchmarks_smoke(no_serve, tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--address",
          ray.get_runtime_context().gcs_address, "--out", str(tmp_path)],
@@ -26,4 +24,3 @@ def test_benchmarks_smoke(ray_cluster, tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     report = (tmp_path / "benchmarks.md").read_text()
     assert "Smoke run" in report and "registration p50" in report
-    _teardown_serve()

@@ -151,7 +151,7 @@ def test_register_while_controller_restarts(durable_serve, actors):
         wait_dead(a)
 
 
-def test_register_times_out_without_serve(ray_cluster, actors):
+def test_register_times_out_without_serve(no_serve, actors):
     aux = actors()
     with pytest.raises(serve_cleanup.ControllerUnavailableError, match="serve_cleanup.start"):
         serve_cleanup.register(aux, timeout_s=1)

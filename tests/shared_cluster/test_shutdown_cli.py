@@ -33,7 +33,6 @@ from ray_helpers import (
     controller_status,
     kv_record_keys,
     wait_dead,
-    wait_for,
 )
 from serve_cleanup.client.controller import find_controller
 from serve_cleanup.core.reaper import Outcome
@@ -126,9 +125,7 @@ def test_plain_controller_leaves_records_and_says_so(plain_serve, actors):
     assert find_controller() is None
 
 
-def test_shutdown_without_serve_is_quick_and_clean(ray_cluster):
-    serve.shutdown()
-    wait_for(lambda: find_controller() is None, 60, "no Serve controller")
+def test_shutdown_without_serve_is_quick_and_clean(no_serve):
     proc = shutdown_cli()
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr

@@ -21,7 +21,7 @@ import ray
 from ray import serve
 
 import serve_cleanup
-from ray_helpers import _teardown_serve, controller_handle, controller_status, run_cli
+from ray_helpers import controller_handle, controller_status, run_cli
 from serve_cleanup.client.controller import controller_kind
 from serve_cleanup.client.start import SHUTDOWN_WAIT_S, shutting_down, start_durable
 
@@ -41,13 +41,6 @@ class SlowToStop:
 
     def __del__(self) -> None:
         time.sleep(4)  # Serve waits for this at shutdown: a shutdown that takes a while
-
-
-@pytest.fixture
-def no_serve(ray_cluster):
-    _teardown_serve()
-    yield
-    _teardown_serve()
 
 
 # --- idempotent, and never mixed with plain Serve -----------------------------------------
@@ -77,8 +70,7 @@ def test_register_refuses_plain_serve(plain_serve, actors):
 
 
 @pytest.mark.smoke
-def test_cli_start_against_running_cluster(ray_cluster):
-    serve.shutdown()
+def test_cli_start_against_running_cluster(no_serve):
     out = run_cli("start")
     assert out.returncode == 0, out.stderr
     assert "Started Serve with the durable controller" in out.stdout

@@ -18,7 +18,7 @@ import ray
 from ray import serve
 
 import serve_cleanup
-from ray_helpers import _teardown_serve, kv_record_keys, wait_dead, wait_for
+from ray_helpers import kv_record_keys, wait_dead, wait_for
 from serve_cleanup.serve_adapter import _ray
 
 pytestmark = pytest.mark.ray
@@ -40,8 +40,8 @@ def _put_v1(actor_id: str, handle: bytes, scope: str = "serve", app: str = "", d
     _ray.driver_gcs_client().internal_kv_put(V1_KEY + actor_id.encode(), value, True, b"serve")
 
 
-def test_records_written_by_0_1_0_are_read_killed_and_cleared(ray_cluster, actors):
-    _teardown_serve()  # 0.1.0's controller is gone; its records are not
+def test_records_written_by_0_1_0_are_read_killed_and_cleared(no_serve, actors):
+    # No Serve: 0.1.0's controller is gone; its records are not.
     serve_wide = actors("upgrade-serve-wide")
     of_app = actors("upgrade-of-app")
     of_deployment = actors()  # anonymous
