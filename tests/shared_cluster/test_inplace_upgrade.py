@@ -17,7 +17,6 @@ from ray import serve
 import serve_cleanup
 import serve_cleanup.controller  # the 0.1.0 path must import
 from ray_helpers import (
-    _teardown_serve,
     controller_handle,
     kill_controller_and_wait_restart,
     run_cli,
@@ -32,8 +31,7 @@ pytestmark = pytest.mark.ray
 OLD_PATH = "serve_cleanup.controller"
 
 
-def test_a_controller_started_under_0_1_0_s_class_path_stays_durable(ray_cluster, actors):
-    _teardown_serve()
+def test_a_controller_started_under_0_1_0_s_class_path_stays_durable(no_serve, actors):
     assert serve_cleanup.controller.ServeController is ServeController
     ServeController.__module__ = OLD_PATH
     try:
@@ -41,22 +39,19 @@ def test_a_controller_started_under_0_1_0_s_class_path_stays_durable(ray_cluster
             serve.start()
     finally:
         ServeController.__module__ = "serve_cleanup.serve_adapter.controller"
-    try:
-        entry = _ray.actor_entry(_ray.actor_id_hex(controller_handle()))
-        assert _ray.entry_facts(entry)["module"] == OLD_PATH  # as a 0.1.0 cluster's table says
-        assert controller_kind() == "durable"
-        helper = actors()
-        serve_cleanup.register(helper)
+    entry = _ray.actor_entry(_ray.actor_id_hex(controller_handle()))
+    assert _ray.entry_facts(entry)["module"] == OLD_PATH  # as a 0.1.0 cluster's table says
+    assert controller_kind() == "durable"
+    helper = actors()
+    serve_cleanup.register(helper)
 
-        # A crash: Ray re-creates the controller from the old class path.
-        status = kill_controller_and_wait_restart()
-        assert status["controller"] == "durable" and status["records"] == 1
-        assert controller_kind() == "durable"
-        probe = run_cli("status", "--json")
-        assert probe.returncode == 0, probe.stderr
-        assert json.loads(probe.stdout)["controller"] == "durable"
+    # A crash: Ray re-creates the controller from the old class path.
+    status = kill_controller_and_wait_restart()
+    assert status["controller"] == "durable" and status["records"] == 1
+    assert controller_kind() == "durable"
+    probe = run_cli("status", "--json")
+    assert probe.returncode == 0, probe.stderr
+    assert json.loads(probe.stdout)["controller"] == "durable"
 
-        serve.shutdown()
-        wait_dead(helper)
-    finally:
-        _teardown_serve()
+    serve.shutdown()
+    wait_dead(helper)

@@ -1,5 +1,5 @@
 """The durable controller's decisions, without Ray: importable and tested where Ray is not
-installed (tests/unit/test_core_without_ray.py imports every module here with Ray blocked).
+installed (tests/no_ray/test_core_without_ray.py imports every module here with Ray blocked).
 
 ==================  ======================================================================
 module              what it holds

@@ -3,7 +3,7 @@
 ``engine.CleanupCore`` decides; these ports act. The durable controller plugs in the
 Ray-backed implementations of ``serve_cleanup.serve_adapter`` (``ports``, ``kv``); the unit tests and the
 simulation plug in fakes that delay, forget, fail and crash between any two steps
-(``tests/unit/fakes.py``). Nothing here imports Ray.
+(``tests/no_ray/fakes.py``). Nothing here imports Ray.
 
 ===============  ==================================================================================
 port             what the core asks of it

@@ -72,7 +72,7 @@ from ray.actor import ActorHandle  # noqa: E402
 from ray.core.generated import core_worker_pb2, gcs_pb2  # noqa: E402
 
 # Serve's names, the same in every supported release, written out so that reading the KV
-# and the actor table never imports Serve. tests/unit/test_compat.py checks each one
+# and the actor table never imports Serve. tests/ray_no_cluster/test_compat.py checks each one
 # against the installed Serve (``ray.serve._private.constants``, ``storage.kv_store``).
 SERVE_NAMESPACE = "serve"
 SERVE_CONTROLLER_NAME = "SERVE_CONTROLLER_ACTOR"
