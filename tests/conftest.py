@@ -9,10 +9,11 @@ Ray (a check, not a test: it fails the run):
   pointing at a cluster a test started and ended breaks the next ``ray.init(num_cpus=2)``
   on the machine ("When connecting to an existing cluster, num_cpus ... must not be
   provided"). Every cluster a test starts gets a temp dir of its own instead;
-* no process the session started still running. Every process started during the
-  session inherits ``SESSION_MARKER`` in its environment (``ray start`` passes it on to
-  everything it spawns), so the check finds exactly this session's processes, not those of
-  other Ray users of the machine.
+* no process the session started still running: those that inherited
+  ``SESSION_MARKER`` from its environment (``ray start`` passes it on to everything it
+  spawns), and those found below them or below the session after any test (a raylet's
+  agents rewrite their environment: see processes.py). Other Ray users of the machine
+  are not counted.
 
 What it finds it reports, and removes (the file; the processes, by pid).
 """
@@ -20,7 +21,6 @@ What it finds it reports, and removes (the file; the processes, by pid).
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import uuid
 from pathlib import Path
@@ -28,6 +28,7 @@ from typing import NamedTuple, Optional
 
 import pytest
 
+import processes
 from waiting import TimedOut, wait_for
 
 SESSION_MARKER = "SC_TEST_SESSION"  # not SERVE_CLEANUP_*: some tests drop those from a child's env
@@ -88,28 +89,18 @@ def _address_file() -> AddressFile:
         return AddressFile(None, 0)
 
 
-def session_processes(marker: str) -> dict[int, str]:
-    """pid -> command line of every live process (zombies aside) carrying ``marker``."""
-    needle = f"{SESSION_MARKER}={marker}".encode()
-    found = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                if needle not in f.read().split(b"\0"):
-                    continue
-            with open(f"/proc/{entry}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    continue
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                found[int(entry)] = f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:160]
-        except (OSError, IndexError):
-            pass  # gone meanwhile, or not ours to read
-    return found
+def _note_session_processes(config: pytest.Config) -> set[int]:
+    """Add what runs now of this session (its marked processes, the processes below them
+    and below this one) to what it has seen; return those of them still alive."""
+    seen = config.stash[_seen]
+    table = processes.live()
+    marked = processes.with_marker(SESSION_MARKER, config.stash[_marker], table=table)
+    seen.add(marked | processes.descendants(marked | {os.getpid()}, table))
+    return seen.alive()
 
 
 _marker = pytest.StashKey[str]()
+_seen = pytest.StashKey[processes.Seen]()
 _file_before = pytest.StashKey[AddressFile]()
 _left = pytest.StashKey[list]()
 
@@ -117,7 +108,18 @@ _left = pytest.StashKey[list]()
 def pytest_sessionstart(session: pytest.Session) -> None:
     marker = os.environ.setdefault(SESSION_MARKER, uuid.uuid4().hex)
     session.config.stash[_marker] = marker
+    session.config.stash[_seen] = processes.Seen()
     session.config.stash[_file_before] = _address_file()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    """After each test, before its fixtures are torn down: note the processes the
+    session runs now (a raylet's agents are found below it while it lives; once it is
+    killed they are orphans whose environment may have lost the marker)."""
+    yield
+    if os.path.isdir("/proc") and _seen in item.config.stash:
+        _note_session_processes(item.config)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -142,22 +144,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             path.write_bytes(before.content)
 
     if os.path.isdir("/proc"):
-        marker = config.stash[_marker]
         try:
-            wait_for(lambda: not session_processes(marker), EXIT_GRACE_S, "the session's processes to exit",
-                     interval_s=0.2)
+            wait_for(lambda: not _note_session_processes(config), EXIT_GRACE_S,
+                     "the session's processes to exit", interval_s=0.2)
         except TimedOut:
-            alive = session_processes(marker)
+            alive = _note_session_processes(config)
             left.append(
                 f"{len(alive)} process(es) this session started are still running "
                 f"{EXIT_GRACE_S:.0f} s after its end (killed now, by pid):\n"
-                + "\n".join(f"    {pid}  {cmd}" for pid, cmd in sorted(alive.items()))
+                + "\n".join(f"    {pid}  {processes.command(pid)}" for pid in sorted(alive))
             )
-            for pid in alive:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            processes.kill(alive)
 
     config.stash[_left] = left
     if left and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from ray import serve
 from ray.cluster_utils import Cluster
 
 import serve_cleanup
+from processes import Seen, kill, marked_tree
 from waiting import TimedOut, assert_stays, wait_for  # noqa: F401  (re-exported for the tests)
 from serve_cleanup.serve_adapter import _ray
 from serve_cleanup.serve_adapter.kv import KvStore
@@ -194,35 +194,22 @@ def own_cluster(**head_node_args) -> Iterator[Cluster]:
 CLUSTER_MARKER = "SERVE_CLEANUP_TEST_CLUSTER"
 
 
-def marked_pids(token: str) -> list[int]:
-    needle = f"{CLUSTER_MARKER}={token}".encode()
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{name}/environ", "rb") as f:
-                if needle in f.read().split(b"\0"):
-                    found.append(int(name))
-        except OSError:
-            pass  # gone meanwhile, or not ours to read
-    return found
+def marked_pids(token: str) -> set[int]:
+    """The live processes started with ``CLUSTER_MARKER=token``, and those below them (a
+    raylet's agents and workers rewrite their environment: see processes.py)."""
+    return marked_tree(CLUSTER_MARKER, token)
 
 
 def end_marked_processes(token: str) -> None:
-    """End the processes started with ``CLUSTER_MARKER=token``, by pid: TERM, then KILL
-    (never `ray stop`, which ends every Ray on the machine)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in marked_pids(token):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        try:
-            wait_for(lambda: not marked_pids(token), 10, "the marked processes to exit", interval_s=0.1)
-            return
-        except TimedOut:
-            pass  # still there: SIGKILL them
+    """End the processes started with ``CLUSTER_MARKER=token``, and those below them, by
+    pid with SIGKILL (a test's cluster has nothing to save; SIGTERM takes a raylet 10 s
+    here), and wait until they are gone (never `ray stop`, which ends every Ray on the
+    machine)."""
+    doomed = Seen()
+    doomed.add(marked_pids(token))
+    kill(doomed.alive())
+    wait_for(lambda: not (marked_pids(token) | doomed.alive()), 30, "the marked processes to exit",
+             interval_s=0.1)
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

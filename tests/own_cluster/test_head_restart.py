@@ -47,6 +47,7 @@ from typing import Iterator, Optional
 
 import pytest
 
+from processes import Seen, kill, marked_tree
 from ray_helpers import TimedOut, free_port, stop_ray, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(360)]
@@ -99,6 +100,7 @@ class HeadRestartCluster:
         # writes ~/.ray/auth_token (`ray start` in token mode refuses to run without one).
         self.token = secrets.token_hex(32)
         self.head_generation = 0
+        self.seen: dict[Optional[str], Seen] = {}  # role -> processes found so far
         self.timings: dict[str, float] = {}
         self.head_killed_at = 0.0
 
@@ -116,33 +118,24 @@ class HeadRestartCluster:
         return {**env, **extra}
 
     def processes(self, role: Optional[str] = None) -> dict[int, str]:
-        """pid -> command name of every live process carrying this run's tag (of ``role``)."""
-        want = f"{TAG}={self.run}/{role or ''}".encode()
+        """pid -> command name of every live process of this run (of ``role``): those
+        carrying its tag, the processes below them (a raylet's agents and workers rewrite
+        their environment, see processes.py), and those seen so before that still run
+        (orphans of a node killed first)."""
+        tagged = marked_tree(TAG, f"{self.run}/{role}" if role else f"{self.run}/", prefix=role is None)
+        self.seen.setdefault(role, Seen()).add(tagged)
+        seen = [self.seen[role]] if role is not None else list(self.seen.values())
         found = {}
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
+        for pid in tagged.union(*(s.alive() for s in seen)):
             try:
-                with open(f"/proc/{entry}/environ", "rb") as f:
-                    env = f.read().split(b"\0")
-                with open(f"/proc/{entry}/comm") as f:
-                    comm = f.read().strip()
-                with open(f"/proc/{entry}/stat") as f:
-                    zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
-            except OSError:  # gone meanwhile, or not ours to read
-                continue
-            if not zombie and any(
-                v == want if role else v.startswith(want) for v in env
-            ):
-                found[int(entry)] = comm
+                with open(f"/proc/{pid}/comm") as f:
+                    found[pid] = f.read().strip()
+            except OSError:  # gone meanwhile
+                pass
         return found
 
     def kill(self, pids, sig: int = signal.SIGKILL) -> None:
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
+        kill(pids, sig)
 
     def ray(self, role: str, *args: str, **env: str) -> None:
         out = subprocess.run(

@@ -108,7 +108,9 @@ def test_exit_codes_for_no_serve_durable_and_plain_without_a_driver(no_serve):
     out = json.loads(durable.stdout)
     assert out["controller"] == "durable" and out["exit_code"] == 0
     assert out["controller_actor"]["state"] == "ALIVE"
-    assert out["controller_actor"]["module"] == "serve_cleanup.controller"
+    # The class's module today; a controller 0.1.0 started shows serve_cleanup.controller
+    # (test_inplace_upgrade.py); the probe calls both durable.
+    assert out["controller_actor"]["module"] == "serve_cleanup.serve_adapter.controller"
     human = status("--address", GCS)
     assert human.returncode == 0 and "durable (serve_cleanup); ALIVE" in human.stdout
 
@@ -149,7 +151,7 @@ def test_a_probe_without_the_clusters_token_cannot_connect(head, tmp_path):
 def test_durable_controller_tells_itself_apart_in_the_actor_table(no_serve):
     """`ray list actors --detail` and the dashboard show an actor's `repr_name` from the
     GCS actor table; the class name stays Serve's own."""
-    from serve_cleanup import controller
+    from serve_cleanup.serve_adapter import controller
 
     serve_cleanup.start()
     actor_id = find_controller()._actor_id.hex()
