@@ -25,6 +25,7 @@ import pytest
 import ray
 from ray import serve
 from ray.cluster_utils import Cluster
+from ray.serve._private import client as serve_client
 
 import serve_cleanup
 from processes import Seen, kill, marked_tree
@@ -49,6 +50,19 @@ def worker_pythonpath() -> str:
     """``WORKER_PATHS`` first, then whatever PYTHONPATH this process already had."""
     old = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in WORKER_PATHS]
     return os.pathsep.join(WORKER_PATHS + old)
+
+
+# Serve's client in this process (serve.run, serve.delete, serve.start waiting for an app
+# or a deployment) asks the controller once a second whether it is done yet; the tests
+# wait for that a hundred times. Ask every 0.1 s: only the waiting of this driver
+# changes, not Serve's controller or what a test checks.
+serve_client.CLIENT_POLLING_INTERVAL_S = 0.1
+
+# Options of the tests' deployments: no CPU (the machine has two), and replicas that stop
+# at once when their app is deleted or Serve shuts down (Serve's default first waits 2 s
+# for requests to drain: no test sends one then). The tests whose point is a stop that
+# takes a while (test_shutdown's Slow, SlowToStop) keep Serve's defaults.
+DEPLOYMENT = {"ray_actor_options": {"num_cpus": 0}, "graceful_shutdown_wait_loop_s": 0.1}
 
 
 def temp_dir_of_its_own(role: str) -> str:

@@ -13,6 +13,7 @@ from ray import serve
 
 import serve_cleanup
 from ray_helpers import (
+    DEPLOYMENT,
     TEST_NAMESPACE,
     Aux,
     controller_handle,
@@ -24,7 +25,7 @@ from ray_helpers import (
 pytestmark = pytest.mark.ray
 
 
-@serve.deployment(num_replicas=1, max_ongoing_requests=64, ray_actor_options={"num_cpus": 0})
+@serve.deployment(num_replicas=1, max_ongoing_requests=64, **DEPLOYMENT)
 class AsyncRegistrant:
     """An async deployment whose request handler registers a helper actor."""
 

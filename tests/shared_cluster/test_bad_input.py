@@ -24,6 +24,7 @@ from ray import serve
 
 import serve_cleanup
 from ray_helpers import (
+    DEPLOYMENT,
     Aux,
     controller_handle,
     controller_status,
@@ -41,7 +42,7 @@ from serve_cleanup.serve_adapter import _ray
 pytestmark = pytest.mark.ray
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0})
+@serve.deployment(**DEPLOYMENT)
 class Idle:
     def __call__(self) -> str:
         return "ok"

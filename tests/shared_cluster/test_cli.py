@@ -12,13 +12,13 @@ import ray
 from ray import serve
 
 import serve_cleanup
-from ray_helpers import actor_state, controller_handle, kv_record_keys, run_cli, wait_dead, wait_for
+from ray_helpers import DEPLOYMENT, actor_state, controller_handle, kv_record_keys, run_cli, wait_dead, wait_for
 from serve_cleanup.client.controller import find_controller
 
 pytestmark = pytest.mark.ray
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0})
+@serve.deployment(**DEPLOYMENT)
 class Owner:
     def __call__(self) -> str:
         return "ok"

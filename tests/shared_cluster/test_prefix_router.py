@@ -15,7 +15,7 @@ from ray.serve.config import RequestRouterConfig
 pytest.importorskip("ray.llm._internal.serve.routing_policies.prefix_aware.prefix_aware_router")
 
 import serve_cleanup
-from ray_helpers import actor_state, assert_stays, crash_plain_controller_and_wait, kill_controller_and_wait_restart, wait_dead, wait_for
+from ray_helpers import DEPLOYMENT, actor_state, assert_stays, crash_plain_controller_and_wait, kill_controller_and_wait_restart, wait_dead, wait_for
 from serve_cleanup.serve_adapter import _ray
 
 pytestmark = [pytest.mark.ray, pytest.mark.smoke]
@@ -26,8 +26,8 @@ ROUTER = "ray.llm._internal.serve.routing_policies.prefix_aware.prefix_aware_rou
 
 @serve.deployment(
     num_replicas=2,
-    ray_actor_options={"num_cpus": 0},
     request_router_config=RequestRouterConfig(request_router_class=ROUTER),
+    **DEPLOYMENT,
 )
 class Echo:
     def __call__(self, request: "Prompt") -> str:

@@ -10,6 +10,7 @@ from ray import serve
 
 import serve_cleanup
 from ray_helpers import (
+    DEPLOYMENT,
     TEST_NAMESPACE,
     Aux,
     actor_state,
@@ -25,7 +26,7 @@ from serve_cleanup.core import records
 pytestmark = pytest.mark.ray
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0})
+@serve.deployment(**DEPLOYMENT)
 class RegistersWithClient:
     """A replica registering through the package API: a named and an anonymous actor."""
 

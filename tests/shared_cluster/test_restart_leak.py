@@ -7,6 +7,7 @@ import ray
 from ray import serve
 
 from ray_helpers import (
+    DEPLOYMENT,
     crash_plain_controller_and_wait,
     TEST_NAMESPACE,
     Aux,
@@ -21,7 +22,7 @@ from serve_cleanup.serve_adapter import _ray
 pytestmark = pytest.mark.ray
 
 
-@serve.deployment(num_replicas=2, ray_actor_options={"num_cpus": 0})
+@serve.deployment(num_replicas=2, **DEPLOYMENT)
 class RegistersThroughUpstream:
     """Like PrefixCacheAffinityRouter: a shared named detached actor, registered by
     every replica with the controller's upstream method."""

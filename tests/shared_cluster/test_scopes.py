@@ -10,6 +10,7 @@ from ray import serve
 
 import serve_cleanup
 from ray_helpers import (
+    DEPLOYMENT,
     TEST_NAMESPACE,
     Aux,
     actor_state,
@@ -30,7 +31,7 @@ def _aux(name: str):
     ).remote()
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0})
+@serve.deployment(**DEPLOYMENT)
 class Worker:
     def __init__(self, prefix: str) -> None:
         serve_cleanup.register(_aux(f"{prefix}-worker"), scope="deployment")
@@ -39,7 +40,7 @@ class Worker:
         return "worker"
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0})
+@serve.deployment(**DEPLOYMENT)
 class Ingress:
     def __init__(self, prefix: str, worker=None) -> None:
         serve_cleanup.register(_aux(f"{prefix}-ingress"), scope="deployment")

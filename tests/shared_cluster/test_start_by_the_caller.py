@@ -21,14 +21,14 @@ import ray
 from ray import serve
 
 import serve_cleanup
-from ray_helpers import controller_handle, controller_status, run_cli
+from ray_helpers import DEPLOYMENT, controller_handle, controller_status, run_cli
 from serve_cleanup.client.controller import controller_kind
 from serve_cleanup.client.start import SHUTDOWN_WAIT_S, shutting_down, start_durable
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0})
+@serve.deployment(**DEPLOYMENT)
 class Hello:
     def __call__(self) -> str:
         return "hello"
