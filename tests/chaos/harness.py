@@ -287,11 +287,11 @@ class Totals:
 # --- Ray look-ups ---------------------------------------------------------------------
 
 
-def _came_true(predicate: Callable[[], object], timeout_s: float) -> bool:
+def _came_true(predicate: Callable[[], object], timeout_s: float, interval_s: float = 0.05) -> bool:
     """Whether ``predicate`` came true within ``timeout_s`` (the harness counts what did
     not instead of failing at once)."""
     try:
-        wait_for(predicate, timeout_s)
+        wait_for(predicate, timeout_s, interval_s=interval_s)
     except TimedOut:
         return False
     return True
@@ -713,7 +713,7 @@ def _settle(cfg: Config, res: RoundResult, returned: dict[str, str], self_killed
     owned = [a for a, s in returned.items() if s == "app"] if owner_deleted else []
     keys = {a: records.record_key(a).encode() for a in self_killed}
     _came_true(lambda: all(_state(a) == "DEAD" for a in owned)
-          and not (set(keys.values()) & _record_keys()), cfg.settle_s, 0.1)
+               and not (set(keys.values()) & _record_keys()), cfg.settle_s, 0.1)
     res.orphans_alive = [a for a in owned if _state(a) != "DEAD"]
     left = _record_keys()
     res.stale_records = [a for a, k in keys.items() if k in left]
