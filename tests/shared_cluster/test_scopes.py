@@ -152,6 +152,8 @@ def test_owner_must_exist(durable_serve, actors, unique):
 def test_deletion_while_controller_down_is_collected_after_restart(slow_reconcile_serve, unique):
     _deploy("app-d", unique)
     worker = _get(f"{unique}-worker")
+    # The replica registered it; on a busy machine its process may still be starting.
+    wait_for(lambda: actor_state(worker._actor_id.hex()) == "ALIVE", 30, "the worker to start")
     serve.delete("app-d")
     # No reconcile ran since the deletion; the orphan is still alive.
     assert actor_state(worker._actor_id.hex()) == "ALIVE"
