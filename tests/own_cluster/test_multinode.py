@@ -9,21 +9,37 @@ import ray
 from ray import serve
 
 import serve_cleanup
-from ray_helpers import TEST_NAMESPACE, Aux, actor_state, kv_record_keys, own_cluster, wait_dead, wait_for
+from ray_helpers import TEST_NAMESPACE, Aux, _teardown_serve, actor_state, kv_record_keys, own_cluster, wait_dead, wait_for
 from serve_cleanup.serve_adapter import _ray
 from serve_cleanup.client.controller import find_controller
 
 pytestmark = pytest.mark.ray
 
 
-@pytest.fixture
-def cluster():
-    """A head and two worker nodes, each worker with a resource to pin actors to it."""
+WORKERS = ("w1", "w2")  # each worker node's resource, to pin actors to it
+
+
+@pytest.fixture(scope="module")
+def nodes():
+    """A head and two worker nodes, kept for the module."""
     with own_cluster(num_cpus=1) as c:
-        workers = [c.add_node(num_cpus=1, resources={f"w{i}": 10}) for i in (1, 2)]
+        workers = {w: c.add_node(num_cpus=1, resources={w: 10}) for w in WORKERS}
         c.wait_for_nodes()
-        serve_cleanup.start()
         yield c, workers
+
+
+@pytest.fixture
+def cluster(nodes):
+    """The module's cluster with both worker nodes (a node a test removed is replaced by a
+    new one with its resource) and a fresh durable Serve instance."""
+    c, workers = nodes
+    for w in WORKERS:
+        if workers[w] not in c.worker_nodes:
+            workers[w] = c.add_node(num_cpus=1, resources={w: 10})
+    c.wait_for_nodes()
+    serve_cleanup.start()
+    yield c, [workers[w] for w in WORKERS]
+    _teardown_serve()
 
 
 def _on(node_resource: str, name=None):

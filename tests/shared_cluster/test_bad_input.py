@@ -5,8 +5,8 @@
 * odd but legal names and namespaces round-trip through a restart and are killed;
 * what is under the record prefix but is not a record this release reads (not msgpack, a
   newer schema, a key that is not UTF-8) is set aside: it never stops the controller (I4),
-  stays untouched, and is reported; a record written by hand as schema v1 documents it is
-  honoured;
+  stays untouched, and is reported (records written by hand as schema v1 documents them
+  are read: test_upgrade.py);
 * the record of a dead actor is dropped (I5), also under a live owner and after a refused
   move;
 * what the controller logs while it reads the records reaches the controller log.
@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 import msgpack
 import pytest
@@ -111,46 +110,50 @@ def _serve_actor(prefix: str):
     raise AssertionError(f"no Serve actor named {prefix}*")
 
 
-@pytest.mark.parametrize("which", ["controller", "proxy", "replica"])
-def test_serve_system_actors_are_refused(durable_serve, which):
+def test_serve_system_actors_are_refused(durable_serve):
+    """Serve's controller, a proxy and a replica: each refused, nothing stored."""
     serve.run(Idle.bind(), name="idle", route_prefix="/idle")
-    handle = {
-        "controller": lambda: controller_handle(),
-        "proxy": lambda: _serve_actor("SERVE_PROXY_ACTOR"),
-        "replica": lambda: _serve_actor("SERVE_REPLICA::"),
-    }[which]()
-    with pytest.raises(serve_cleanup.SystemActorError, match="Serve"):
-        serve_cleanup.register(handle)
-    assert kv_record_keys() == []
+    for which, handle in {
+        "controller": controller_handle(),
+        "proxy": _serve_actor("SERVE_PROXY_ACTOR"),
+        "replica": _serve_actor("SERVE_REPLICA::"),
+    }.items():
+        with pytest.raises(serve_cleanup.SystemActorError, match="Serve"):
+            serve_cleanup.register(handle)
+        assert kv_record_keys() == [], which
 
 
 # --- odd but legal -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "name, namespace",
-    [
-        ("x" * 1000, "long-name"),
-        ("名前 with spaces", "名前空間"),
-        ("colons::in::name", "serve::app::deployment"),
-        ("emoji-🦄", "ns with spaces and ✓"),
-        ("SERVE_REPLICA::lookalike", "not-serve"),  # reserved prefix, but not in "serve"
-    ],
-    ids=["long", "unicode", "colons", "emoji", "lookalike"],
-)
-def test_odd_names_and_namespaces_round_trip_and_are_killed(durable_serve, name, namespace):
-    actor = Aux.options(name=name, namespace=namespace, lifetime="detached").remote()
-    ray.get(actor.ping.remote())
-    record = serve_cleanup.register(actor)
-    assert (record.name, record.namespace) == (name, namespace)
+ODD_NAMES = {  # id: (name, namespace)
+    "long": ("x" * 1000, "long-name"),
+    "unicode": ("名前 with spaces", "名前空間"),
+    "colons": ("colons::in::name", "serve::app::deployment"),
+    "emoji": ("emoji-🦄", "ns with spaces and ✓"),
+    "lookalike": ("SERVE_REPLICA::lookalike", "not-serve"),  # reserved prefix, but not in "serve"
+}
+
+
+def test_odd_names_and_namespaces_round_trip_and_are_killed(durable_serve):
+    """Each odd name and namespace is registered as given, kept exactly through a
+    controller restart, and its actor killed at shutdown (all five in one Serve instance)."""
+    made = {}
+    for case, (name, namespace) in ODD_NAMES.items():
+        actor = Aux.options(name=name, namespace=namespace, lifetime="detached").remote()
+        ray.get(actor.ping.remote())
+        record = serve_cleanup.register(actor)
+        assert (record.name, record.namespace) == (name, namespace), case
+        made[actor._actor_id.hex()] = (case, actor)
     kill_controller_and_wait_restart()
-    (stored,) = serve_cleanup.list_registrations()
-    assert (stored.name, stored.namespace) == (name, namespace)
+    stored = {r.actor_id: (r.name, r.namespace) for r in serve_cleanup.list_registrations()}
+    assert stored == {actor_id: ODD_NAMES[case] for actor_id, (case, _) in made.items()}
     serve.shutdown()
-    wait_dead(actor)
+    for case, actor in made.values():
+        wait_dead(actor)
 
 
-# --- bad state is set aside; a hand-written v1 record is read --------------------------------
+# --- bad state is set aside ----------------------------------------------------------------
 
 
 def _plant(key_suffix: str, value: bytes) -> str:
@@ -207,33 +210,6 @@ def test_non_utf8_key_is_set_aside_and_serve_keeps_working(durable_serve, actors
     assert len(kv_record_keys()) == 1  # set aside: untouched, for `serve-cleanup purge`
 
 
-def test_v1_record_written_by_hand_is_honoured(durable_serve, actors):
-    """A record laid out exactly as schema v1 documents it (not via today's encoder)."""
-    aux = actors()
-    actor_id = aux._actor_id.hex()
-    v1 = msgpack.packb(
-        {
-            "v": 1,
-            "actor_id": actor_id,
-            "name": "",
-            "namespace": "",
-            "handle": _ray.handle_to_bytes(aux),
-            "scope": "serve",
-            "app": "",
-            "deployment": "",
-            "registered_at": time.time(),
-        },
-        use_bin_type=True,
-    )
-    key = records.KEY_PREFIX + actor_id
-    kv().put(key, v1)
-    status = kill_controller_and_wait_restart()
-    assert status["records"] == 1 and status["set_aside"] == []
-    serve.shutdown()
-    wait_dead(aux)
-    assert kv_record_keys() == []
-
-
 # --- dead actors' records are dropped ------------------------------------------------------
 
 # I5's bound (docs/architecture.md): the liveness interval plus a reconcile tick after the
@@ -242,15 +218,18 @@ def test_v1_record_written_by_hand_is_honoured(durable_serve, actors):
 I5_BOUND_S = Config.liveness_interval_s + 2 * Config.reconcile_interval_s + 1.0
 
 
-@pytest.mark.parametrize("scope", ["serve", "deployment"])
-def test_dead_actor_record_under_live_owner_is_dropped(durable_serve, actors, scope):
+def test_dead_actor_record_under_live_owner_is_dropped(durable_serve, actors):
+    """A Serve-wide record and one owned by a deployment that lives on: both actors die,
+    both records go within I5's bound, and the owner keeps running."""
     serve.run(Idle.bind(), name="live-app", route_prefix=None)
-    aux = actors()
-    owner = {"scope": "deployment", "app": "live-app", "deployment": "Idle"} if scope == "deployment" else {}
-    serve_cleanup.register(aux, **owner)
-    ray.kill(aux, no_restart=True)
-    wait_dead(aux)
-    wait_for(lambda: kv_record_keys() == [], I5_BOUND_S, "the dead actor's record to be dropped")
+    serve_wide, owned = actors(), actors()
+    serve_cleanup.register(serve_wide)
+    serve_cleanup.register(owned, scope="deployment", app="live-app", deployment="Idle")
+    for aux in (serve_wide, owned):
+        ray.kill(aux, no_restart=True)
+    for aux in (serve_wide, owned):
+        wait_dead(aux)
+    wait_for(lambda: kv_record_keys() == [], I5_BOUND_S, "the dead actors' records to be dropped")
     assert serve.status().applications["live-app"].status == "RUNNING"
 
 

@@ -66,18 +66,7 @@ def test_register_from_driver_returns_durable_record(durable_serve, actors, uniq
     assert record.actor_id == aux._actor_id.hex()
     assert record.scope == records.SCOPE_SERVE
     assert kv_record_keys() == [records.record_key(record.actor_id)]
-    serve.shutdown()
-    wait_dead(aux)
-
-
-def test_anonymous_actor_from_driver_survives_restart(durable_serve, actors):
-    anon = actors()
-    serve_cleanup.register(anon)
-    status = kill_controller_and_wait_restart()
-    assert status["records"] == 1
-    serve.shutdown()
-    wait_dead(anon)
-    assert kv_record_keys() == []
+    # Killed at shutdown: the test below, and test_scopes' unregister test (no restart).
 
 
 def test_dedupe_upstream_and_client_store_once(durable_serve, actors, unique):
@@ -92,16 +81,22 @@ def test_dedupe_upstream_and_client_store_once(durable_serve, actors, unique):
     assert len(serve_cleanup.list_registrations()) == 1
 
 
-def test_bystander_survives_shutdown(durable_serve, actors, unique):
-    registered = actors(f"reg-{unique}")
+def test_named_and_anonymous_registrations_survive_a_restart_and_bystanders_survive_shutdown(
+    durable_serve, actors, unique
+):
+    registered = [actors(f"reg-{unique}"), actors()]  # named, anonymous
     bystander_named = actors(f"by-{unique}")
     bystander_anon = actors()
-    serve_cleanup.register(registered)
-    kill_controller_and_wait_restart()
+    for a in registered:
+        serve_cleanup.register(a)
+    status = kill_controller_and_wait_restart()
+    assert status["records"] == 2
     serve.shutdown()
-    wait_dead(registered)
+    for a in registered:
+        wait_dead(a)
     assert actor_state(bystander_named._actor_id.hex()) == "ALIVE"
     assert actor_state(bystander_anon._actor_id.hex()) == "ALIVE"
+    assert kv_record_keys() == []
 
 
 def test_actor_that_later_took_the_name_is_not_killed(durable_serve, actors, unique):

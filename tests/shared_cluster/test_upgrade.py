@@ -18,7 +18,7 @@ import ray
 from ray import serve
 
 import serve_cleanup
-from ray_helpers import kv_record_keys, wait_dead, wait_for
+from ray_helpers import controller_status, kv_record_keys, wait_dead, wait_for
 from serve_cleanup.serve_adapter import _ray
 
 pytestmark = pytest.mark.ray
@@ -46,12 +46,14 @@ def test_records_written_by_0_1_0_are_read_killed_and_cleared(no_serve, actors):
     of_app = actors("upgrade-of-app")
     of_deployment = actors()  # anonymous
     bystander = actors("upgrade-bystander")
+    recent = actors()  # anonymous, Serve-wide, registered a moment ago
     _put_v1(serve_wide._actor_id.hex(), _ray.handle_to_bytes(serve_wide),
             name="upgrade-serve-wide", namespace="serve-cleanup-tests")
     _put_v1(of_app._actor_id.hex(), _ray.handle_to_bytes(of_app), scope="app", app="old-app",
             name="upgrade-of-app", namespace="serve-cleanup-tests")
     _put_v1(of_deployment._actor_id.hex(), _ray.handle_to_bytes(of_deployment), scope="deployment",
             app="old-app", deployment="Old")
+    _put_v1(recent._actor_id.hex(), _ray.handle_to_bytes(recent), registered_at=time.time())
     # Records of actors long gone (a cluster restarted since): enough for a bulk drop.
     template = _ray.handle_to_bytes(bystander)
     gone = [f"{i % 256:02x}{i:06x}" + "ab" * 12 for i in range(300)]
@@ -59,17 +61,21 @@ def test_records_written_by_0_1_0_are_read_killed_and_cleared(no_serve, actors):
         _put_v1(actor_id, template)
 
     listed = {r.actor_id for r in serve_cleanup.list_registrations()}  # read with Serve down
-    assert listed == {serve_wide._actor_id.hex(), of_app._actor_id.hex(), of_deployment._actor_id.hex(), *gone}
+    assert listed == {serve_wide._actor_id.hex(), of_app._actor_id.hex(), of_deployment._actor_id.hex(),
+                      recent._actor_id.hex(), *gone}
 
     serve_cleanup.start()
+    assert controller_status()["set_aside"] == []  # every v1 entry was read as a record
     # The owner of the app- and deployment-scoped records does not exist: killed at once.
     wait_dead(of_app)
     wait_dead(of_deployment)
     # The records of actors that no longer exist are dropped by the first sweep.
-    wait_for(lambda: set(kv_record_keys()) == {"serve-cleanup-actor-" + serve_wide._actor_id.hex()},
-             30, "the orphans' and the gone actors' records to go")
-    assert ray.get(serve_wide.ping.remote()) == "pong"  # Serve-wide: lives until shutdown
+    serve_wide_keys = {"serve-cleanup-actor-" + a._actor_id.hex() for a in (serve_wide, recent)}
+    wait_for(lambda: set(kv_record_keys()) == serve_wide_keys, 30, "the orphans' and the gone actors' records to go")
+    for aux in (serve_wide, recent):
+        assert ray.get(aux.ping.remote()) == "pong"  # Serve-wide: lives until shutdown
     serve.shutdown()
     wait_dead(serve_wide)
+    wait_dead(recent)
     assert kv_record_keys() == []
     assert ray.get(bystander.ping.remote()) == "pong"
