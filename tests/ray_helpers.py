@@ -325,17 +325,27 @@ def _clean_shared_instance() -> bool:
     return kv_record_keys() == [] and controller_status(timeout_s=10)["records"] == 0
 
 
+# Serve instances the tests start through these fixtures run without Serve's HTTP proxy:
+# no test sends a request over HTTP (they use handles), the proxy plays no part in what
+# serve_cleanup does, and starting it is ~0.8 s of the ~2 s a Serve start takes here,
+# which the suite pays some 60 times. Serve's defaults, proxy included, stay where Serve's
+# shutdown is the subject or a proxy is needed (fresh_durable_serve: test_shutdown,
+# test_shutdown_cli, the system-actor refusal), in the tests that start Serve their own
+# way (the start, upgrade and CLI start tests) and in every own-cluster test.
+NO_PROXY = {"proxy_location": "Disabled"}
+
+
 @pytest.fixture
 def durable_serve(ray_cluster) -> Iterator[None]:
     """The session's shared Serve instance with the durable controller, clean: no app and
     no registration. Started on first use and again whenever it is gone (a test shut Serve
     down, or replaced it); cleaned after each test that leaves it running. A controller
-    restart keeps it (same actor): tests that need a controller of their own (other
-    options, a plain one) use the fixtures below."""
+    restart keeps it (same actor): tests that need a controller of their own (Serve's
+    defaults, other options, a plain one) use the fixtures below."""
     global _shared_controller_id
     if not _shared_instance_running():
         _teardown_serve()
-        serve_cleanup.start()
+        serve_cleanup.start(**NO_PROXY)
         _shared_controller_id = find_controller()._actor_id.hex()
     yield
     if _shared_instance_running():
@@ -347,6 +357,16 @@ def durable_serve(ray_cluster) -> Iterator[None]:
             _teardown_serve()
     elif find_controller() is None:
         _purge_records()  # Serve went down in the test: what it left must not reach the next
+
+
+@pytest.fixture
+def fresh_durable_serve(ray_cluster) -> Iterator[None]:
+    """A durable Serve instance of this test's own, with Serve's defaults (its HTTP proxy
+    included): for the tests whose subject is Serve's shutdown, and those that need a proxy."""
+    _teardown_serve()
+    serve_cleanup.start()
+    yield
+    _teardown_serve()
 
 
 @pytest.fixture
@@ -362,7 +382,7 @@ def no_serve(ray_cluster) -> Iterator[None]:
 def plain_serve(ray_cluster) -> Iterator[None]:
     """A fresh Serve instance running upstream Ray Serve's controller."""
     _teardown_serve()
-    serve.start()
+    serve.start(**NO_PROXY)
     yield
     _teardown_serve()
 
@@ -373,7 +393,8 @@ def slow_reconcile_serve(ray_cluster):
     at every controller start), so tests can hold an orphan in place."""
     _teardown_serve()
     serve_cleanup.start(
-        controller_options={"runtime_env": {"env_vars": {"SERVE_CLEANUP_RECONCILE_INTERVAL_S": "3600"}}}
+        controller_options={"runtime_env": {"env_vars": {"SERVE_CLEANUP_RECONCILE_INTERVAL_S": "3600"}}},
+        **NO_PROXY,
     )
     yield
     _teardown_serve()

@@ -4,6 +4,7 @@ from ray_helpers import (  # noqa: F401  (pytest finds fixtures by name here)
     _ray_down_at_exit,
     actors,
     durable_serve,
+    fresh_durable_serve,
     no_serve,
     plain_serve,
     ray_cluster,

@@ -13,6 +13,7 @@ from ray import serve
 
 import serve_cleanup
 from ray_helpers import (
+    NO_PROXY,
     kv,
     _teardown_serve,
     actor_state,
@@ -46,7 +47,8 @@ def crash_at(ray_cluster, request):
     _teardown_serve()
     clear_marker()
     serve_cleanup.start(
-        controller_options={"runtime_env": {"env_vars": {"SERVE_CLEANUP_CRASH_POINTS": point}}}
+        controller_options={"runtime_env": {"env_vars": {"SERVE_CLEANUP_CRASH_POINTS": point}}},
+        **NO_PROXY,
     )
     yield point
     _teardown_serve()

@@ -59,7 +59,7 @@ def shutdown_cli(*args: str) -> subprocess.Popen:
     )
 
 
-def test_serve_shutdown_gives_up_on_a_silent_controller_and_ours_does_not(durable_serve, actors):
+def test_serve_shutdown_gives_up_on_a_silent_controller_and_ours_does_not(fresh_durable_serve, actors):
     aux = actors()
     serve_cleanup.register(aux)
     with controller_stopped():
@@ -86,7 +86,7 @@ def test_serve_shutdown_gives_up_on_a_silent_controller_and_ours_does_not(durabl
     assert kv_record_keys() == [] and find_controller() is None
 
 
-def test_shutdown_right_after_a_controller_kill(durable_serve, actors):
+def test_shutdown_right_after_a_controller_kill(fresh_durable_serve, actors):
     """The API, called the moment the controller was killed (Ray restarts it)."""
     alive, dead = actors(), actors()
     serve_cleanup.register(alive)
