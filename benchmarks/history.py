@@ -61,7 +61,7 @@ class HistorySizes:
     list_records: int = 100_000
 
 
-QUICK = HistorySizes(levels=(0, 300), reps=1, registered=8, settle_s=0.2, window_s=1.0, lookup_n=20,
+QUICK = HistorySizes(levels=(300,), reps=1, registered=8, settle_s=0.2, window_s=1.0, lookup_n=20,
                      list_records=200)
 
 

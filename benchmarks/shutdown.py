@@ -65,10 +65,12 @@ class ShutdownSizes:
     live_real: int = 20
     live_reps: int = 2
     with_app: bool = True
+    settle_s: float = 2.0  # rest between registering and the timed shutdown
+    after_s: float = 5.0  # how long after the shutdown's return the actors are counted again
 
 
 QUICK = ShutdownSizes(records=300, dead_records=60, records_wait_s=30.0, live_pending=20, live_real=1,
-                      live_reps=1, with_app=False)
+                      live_reps=1, with_app=False, settle_s=0.2, after_s=0.5)
 
 
 def _dead_actor_records(n: int, registered_at: float, batch: int = 2000) -> list[tuple[bytes, bytes]]:
@@ -99,7 +101,7 @@ def records_shutdown(sizes: ShutdownSizes) -> dict:
     seed.update(seed_unknown_records(sizes.records - sizes.dead_records, registered_at, template_handle()))
     stored = record_count()
     start_serve(DURABLE)
-    time.sleep(2.0)
+    time.sleep(sizes.settle_s)
     at_call = {"kv": record_count(), "controller": controller_status().get("records")}
     samples: list[tuple[float, int]] = []
     stop = threading.Event()
@@ -165,20 +167,20 @@ def live_shutdown(sizes: ShutdownSizes) -> dict:
             for i in range(0, len(actors), 100):
                 ray.get([ctrl._register_shutdown_cleanup_actor.remote(a) for a in actors[i:i + 100]])
             stored = record_count() if kind == DURABLE else None
-            time.sleep(2.0)
+            time.sleep(sizes.settle_s)
             with profiled(ray.get(ctrl.get_pid.remote()), f"shutdown-live-{kind}-controller") if rep == 0 \
                     else contextlib.nullcontext():
                 took = stop_serve()
             ids = [a._actor_id for a in actors]
             row = {"shutdown_s": took, "registered": len(actors), "stored": stored,
                    "not_dead_at_return": _not_dead(ids)}
-            time.sleep(5.0)
+            time.sleep(sizes.after_s)
             row["not_dead_after_5s"] = _not_dead(ids)
             by_kind[kind].append(row)
             kill_actors(actors)
             purge_records()
             log(f"shutdown with {len(actors)} registered live actors, rep {rep + 1} {kind}: {took:.2f} s "
-                f"({row['not_dead_at_return']} not dead at return, {row['not_dead_after_5s']} 5 s later)")
+                f"({row['not_dead_at_return']} not dead at return, {row['not_dead_after_5s']} {sizes.after_s:g} s later)")
     return {"by_rep": by_kind, "pending": sizes.live_pending, "real": sizes.live_real,
             "with_app": sizes.with_app, "reps": sizes.live_reps,
             **{k: {"shutdown_s": median(r["shutdown_s"] for r in by_kind[k]),
