@@ -407,9 +407,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def redis_address(tmp_path) -> Iterator[str]:
-    """``127.0.0.1:<port>`` of a Redis server of this test's own (Debian's ``redis-server``),
+@pytest.fixture(scope="module")
+def redis_address(tmp_path_factory) -> Iterator[str]:
+    """``127.0.0.1:<port>`` of a Redis server of this module's own (Debian's ``redis-server``),
     for GCS fault tolerance. Skips the test where redis-server is not installed; fails it
     in CI, which must run it (``.ci/run`` installs it)."""
     redis = shutil.which("redis-server")
@@ -421,7 +421,7 @@ def redis_address(tmp_path) -> Iterator[str]:
     port = free_port()
     proc = subprocess.Popen(
         [redis, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(tmp_path)],
+         "--dir", str(tmp_path_factory.mktemp("redis"))],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:

@@ -30,7 +30,9 @@ APP = "hr-app"
 CONTROLLER = ("SERVE_CONTROLLER_ACTOR", "serve")  # Serve's controller: name, namespace
 ON_WORKER = {"worker_node": 1}  # the worker node's custom resource (see the test)
 
-# The registered actors, by how they were registered, and the one that is not.
+# The registered actors, by how they were registered, and the one that is not. Both
+# scenarios run on one cluster, so the named ones carry the mode ("hr-helper-plain"):
+# plain Serve's leaked ones are still alive when the durable scenario starts.
 REPLICA_HELPER = "hr-helper"  # created and registered by a Serve replica (upstream method)
 DRIVER_UPSTREAM = "driver-upstream"  # anonymous; this driver calls the upstream method
 DURABLE_API = "hr-direct"  # named; serve_cleanup.register
@@ -50,9 +52,9 @@ class Helper:
 class Registrant:
     """Registers a helper the way Ray's PrefixCacheAffinityRouter does."""
 
-    def __init__(self) -> None:
+    def __init__(self, helper_name: str) -> None:
         helper = Helper.options(
-            name=REPLICA_HELPER, namespace=NAMESPACE, lifetime="detached",
+            name=helper_name, namespace=NAMESPACE, lifetime="detached",
             get_if_exists=True, resources=ON_WORKER,
         ).remote()
         controller = ray.get_actor(*CONTROLLER)
@@ -109,11 +111,11 @@ def setup(mode: str, http_port: int) -> None:
     assert serve_cleanup.controller_kind() == mode, serve_cleanup.controller_kind()
 
     bystander = Helper.options(
-        name=BYSTANDER, namespace=NAMESPACE, lifetime="detached", resources=ON_WORKER
+        name=f"{BYSTANDER}-{mode}", namespace=NAMESPACE, lifetime="detached", resources=ON_WORKER
     ).remote()
     # The replica runs on the worker node and registers its helper while it starts.
-    serve.run(Registrant.bind(), name=APP, route_prefix=None)
-    ids = {REPLICA_HELPER: ray.get_actor(REPLICA_HELPER, namespace=NAMESPACE)._actor_id.hex()}
+    serve.run(Registrant.bind(f"{REPLICA_HELPER}-{mode}"), name=APP, route_prefix=None)
+    ids = {REPLICA_HELPER: ray.get_actor(f"{REPLICA_HELPER}-{mode}", namespace=NAMESPACE)._actor_id.hex()}
 
     anonymous = Helper.options(lifetime="detached", resources=ON_WORKER).remote()
     ray.get(anonymous.ping.remote())
@@ -122,7 +124,7 @@ def setup(mode: str, http_port: int) -> None:
 
     if mode == "durable":
         direct = Helper.options(
-            name=DURABLE_API, namespace=NAMESPACE, lifetime="detached", resources=ON_WORKER
+            name=f"{DURABLE_API}-{mode}", namespace=NAMESPACE, lifetime="detached", resources=ON_WORKER
         ).remote()
         ray.get(direct.ping.remote())
         serve_cleanup.register(direct)

@@ -23,12 +23,12 @@ it spawns (``SERVE_CLEANUP_HEADRESTART=<run>/<role>``) and ended by pid at teard
 when the test fails. Never ``ray stop``: it ends every Ray process of the machine. The
 cluster gets its own auth token through ``RAY_AUTH_TOKEN``; ``~/.ray`` is not used.
 
-Measured here (2 shared cores, Ray 2.60, 2026-12-03; ``-s`` prints the phases): each test
-takes 32-35 s (the module 65-72 s in three runs, 118 s in a fourth under load): head
-and worker start ~10 s; Serve, the app and the registrations ~8 s; killing the head and
-starting the new one ~9 s; from the kill to the controller answering a driver ~10 s;
-``serve.shutdown()`` 3-4 s. The plain-Serve guard costs as much again, so it is a test of
-its own and not marked slow.
+Both scenarios (durable, and plain Serve as the guard that shows the first can fail)
+run on one cluster, one after the other, each with a head restart of its own. Measured
+here (2 shared cores, Ray 2.60; ``-s`` prints the phases): head and worker start ~10 s;
+per scenario, Serve, the app and the registrations ~8 s, killing the head and starting
+the new one ~9 s, from the kill to the controller answering a driver ~10 s,
+``serve.shutdown()`` 3-4 s.
 """
 
 from __future__ import annotations
@@ -226,15 +226,17 @@ class HeadRestartCluster:
         return json.loads(results[0])
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def cluster(redis_address) -> Iterator[HeadRestartCluster]:
+    """One cluster for the module: the durable scenario and plain Serve's guard each
+    restart its head once (the second starts where the first left Serve: shut down)."""
     stop_ray()  # the session's embedded cluster, if any: one cluster at a time
     c = HeadRestartCluster(redis_address)
     try:
         t0 = time.monotonic()
         c.start_head()
         c.start_worker()
-        c.timings["start head and worker"] = time.monotonic() - t0
+        print(f"start head and worker {time.monotonic() - t0:.1f}s")
         yield c
     finally:
         c.stop()

@@ -161,13 +161,29 @@ def serve_class_names() -> set[str]:
     return {a["class_name"] for a in actors}
 
 
+def write_multi_app_config(tmp_path, helpers: tuple[str, str]) -> str:
+    config = json.loads(open(write_config(tmp_path, helpers[0])).read())
+    one = config["applications"][0]
+    config["applications"] = [
+        {**one, "name": f"app{i}", "route_prefix": f"/app{i}", "args": {"helper": helper}}
+        for i, helper in enumerate(helpers, 1)
+    ]
+    path = tmp_path / "multi.yaml"
+    path.write_text(json.dumps(config))
+    return str(path)
+
+
 def test_serve_deploy_gives_the_durable_controller_every_time(head, tmp_path):
+    """`serve deploy` creates the durable controller, whose registrations survive a
+    restart; after `serve shutdown` the next deploy (two apps this time) creates a durable
+    one again, and its shutdown leaves no Serve actor alive: Ray's
+    test_shutdown.py::test_single_app_shutdown_actors and ::test_multi_app_shutdown_actors,
+    on the durable controller."""
     helper = f"deploy-{uuid.uuid4().hex[:6]}"
     serve_cli("deploy", write_config(tmp_path, helper), "-a", DASHBOARD)
     wait_for(lambda: helper_handle(helper), 90, "the replica to register its helper")
     assert kind() == "durable"
-    # Drop-in by every outside view: the actor table shows plain Serve's class names
-    # (the check of Ray's test_shutdown.py::test_single_app_shutdown_actors).
+    # Drop-in by every outside view: the actor table shows plain Serve's class names.
     expected = {"ServeController", "ProxyActor", "ServeReplica:startpaths:Registrant"}
     wait_for(lambda: serve_class_names() == expected, 60, f"class names {expected}")
     listed = run(
@@ -186,36 +202,18 @@ def test_serve_deploy_gives_the_durable_controller_every_time(head, tmp_path):
     wait_serve_gone()
 
     # After a shutdown the next deploy creates a durable controller again.
-    helper2 = helper + "-again"
-    serve_cli("deploy", write_config(tmp_path, helper2), "-a", DASHBOARD)
-    wait_for(lambda: helper_handle(helper2), 90, "the second helper")
-    assert kind() == "durable"
-    aux2 = helper_handle(helper2)
-    serve_cli("shutdown", "-y", "-a", DASHBOARD)
-    wait_dead(aux2, 60)
-    wait_serve_gone()
-
-
-def test_multi_app_class_names_match_plain_serve(head, tmp_path):
-    """Ray's test_shutdown.py::test_multi_app_shutdown_actors, on the durable controller."""
-    config = json.loads(open(write_config(tmp_path, "multi")).read())
-    one = config["applications"][0]
-    config["applications"] = [
-        {**one, "name": "app1", "route_prefix": "/app1", "args": {"helper": "multi-1"}},
-        {**one, "name": "app2", "route_prefix": "/app2", "args": {"helper": "multi-2"}},
-    ]
-    path = tmp_path / "multi.yaml"
-    path.write_text(json.dumps(config))
-    serve_cli("deploy", str(path), "-a", DASHBOARD)
+    helpers = (f"{helper}-app1", f"{helper}-app2")
+    serve_cli("deploy", write_multi_app_config(tmp_path, helpers), "-a", DASHBOARD)
     expected = {"ServeController", "ProxyActor", "ServeReplica:app1:Registrant", "ServeReplica:app2:Registrant"}
     wait_for(lambda: serve_class_names() == expected, 90, f"class names {expected}")
     assert kind() == "durable"
     # A replica is ALIVE in the actor table before its constructor (which registers) ran.
-    helpers = [wait_for(lambda n=n: helper_handle(n), 60, n) for n in ("multi-1", "multi-2")]
+    handles = [wait_for(lambda n=n: helper_handle(n), 60, n) for n in helpers]
     serve_cli("shutdown", "-y", "-a", DASHBOARD)
     wait_for(lambda: serve_class_names() == set(), 60, "no ALIVE actor in namespace serve")
-    for h in helpers:
+    for h in handles:
         wait_dead(h, 30)
+    wait_serve_gone()
 
 
 def test_serve_run_and_serve_start_give_the_durable_controller(head):
