@@ -28,6 +28,8 @@ class Config:
     shutdown_grace_s: float = 20.0  # then shutdown gives up on what is left (records stay)
     load_wait_s: float = 10.0  # a registration waits this long for the records to be read
     # Single-key deletes in flight at once, when records cannot go by prefix (a bucket
-    # shared with a live record) or are fewer than bulk_drop_min. See docs/reports/benchmarks.md
-    # ("delete concurrency") for the figures behind it.
-    deletes_in_flight: int = 256
+    # shared with a live record) or are fewer than bulk_drop_min. Measured (docs/reports/
+    # benchmarks.md, "Delete concurrency"): 145-163 us a key at 16, 64, 256 or 1,024 in
+    # flight alike, but the event loop stalls ~8 ms at 16 against ~100 ms at 256 and
+    # ~200 ms at 1,024 while a chunk's replies arrive: the loop is Serve's too.
+    deletes_in_flight: int = 16
