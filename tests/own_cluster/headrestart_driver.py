@@ -31,8 +31,9 @@ CONTROLLER = ("SERVE_CONTROLLER_ACTOR", "serve")  # Serve's controller: name, na
 ON_WORKER = {"worker_node": 1}  # the worker node's custom resource (see the test)
 
 # The registered actors, by how they were registered, and the one that is not. Both
-# scenarios run on one cluster, so the named ones carry the mode ("hr-helper-plain"):
-# plain Serve's leaked ones are still alive when the durable scenario starts.
+# scenarios run on one cluster, one after the other, so the named ones carry the mode
+# ("hr-helper-plain"): the first scenario's bystander, and plain Serve's leaked actors,
+# are still alive when the second one starts.
 REPLICA_HELPER = "hr-helper"  # created and registered by a Serve replica (upstream method)
 DRIVER_UPSTREAM = "driver-upstream"  # anonymous; this driver calls the upstream method
 DURABLE_API = "hr-direct"  # named; serve_cleanup.register
