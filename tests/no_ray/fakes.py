@@ -104,6 +104,18 @@ class InMemoryRecordStore:
         return {_b(k): v for k, v in self.data.items() if _b(k).startswith(p)}
 
 
+def replace_record(record: Record, **changes: Any) -> Record:
+    """``record`` with fields changed; ``scope``/``app``/``deployment``/``registered_at``
+    change its first pair (the records of most tests have one)."""
+    pair = {k: changes.pop(k) for k in ("scope", "app", "deployment", "registered_at") if k in changes}
+    if pair:
+        (scope, app, deployment), t = record.pairs[0]
+        first = ((pair.get("scope", scope), pair.get("app", app), pair.get("deployment", deployment)),
+                 float(pair.get("registered_at", t)))
+        changes["pairs"] = (first,) + record.pairs[1:]
+    return record._replace(**changes)
+
+
 def is_system(name: str, namespace: str) -> bool:
     return namespace == SYSTEM_NS and name.startswith(("SERVE_CONTROLLER", "SERVE_PROXY", "SERVE_REPLICA"))
 
@@ -318,13 +330,40 @@ class FakeStore(InMemoryRecordStore):
         return await super().get_many(keys)
 
     def records(self) -> dict[str, Record]:
-        """The readable records (set-aside entries left out)."""
-        out = {}
+        """The readable records (set-aside entries left out), as a restarted controller
+        would read them: one per actor, its keys resolved (``records.resolve_pairs``), the
+        name, namespace and handle of its newest kept key."""
+        groups: dict[str, list[tuple[bytes, Record]]] = {}
         for key, value in self.scan(rec.KEY_PREFIX).items():
             entry = read_entry(key, value)
             if isinstance(entry, Record):
-                out[entry.actor_id] = entry
+                groups.setdefault(entry.actor_id, []).append((key, entry))
+        out = {}
+        for actor_id, items in groups.items():
+            by_key = dict(items)
+            kept, _ = rec.resolve_pairs([(r.pairs[0], k) for k, r in items])
+            newest = by_key[max(kept, key=lambda item: item[0][1])[1]]
+            out[actor_id] = newest._replace(pairs=tuple(pair for pair, _ in kept))
         return out
+
+    def record_of(self, actor_id: str) -> Optional[Record]:
+        """The readable record of one actor (``records``, for its keys only)."""
+        groups = []
+        for key in self.keys_of(actor_id):
+            entry = read_entry(key, self.data[self._find(key)])
+            if isinstance(entry, Record) and entry.actor_id == actor_id:
+                groups.append((key, entry))
+        if not groups:
+            return None
+        by_key = dict(groups)
+        kept, _ = rec.resolve_pairs([(r.pairs[0], k) for k, r in groups])
+        newest = by_key[max(kept, key=lambda item: item[0][1])[1]]
+        return newest._replace(pairs=tuple(pair for pair, _ in kept))
+
+    def keys_of(self, actor_id: str) -> list[bytes]:
+        """The keys (v1 and v2) stored for ``actor_id``."""
+        return sorted(k for k in self.scan(rec.KEY_PREFIX)
+                      if k == rec.record_key(actor_id).encode() or k.startswith(rec.actor_prefix(actor_id).encode()))
 
     def set_aside(self) -> dict[bytes, bytes]:
         """The entries under the record prefix that are not readable records."""

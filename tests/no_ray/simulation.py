@@ -188,17 +188,19 @@ def schedule(seed: int) -> tuple[Profile, list[Event]]:
             actors.append(i)
             how = "upstream" if rng.random() < 0.35 else "api"
             events.append(Event(t, "register", (i, how) + (SERVE if how == "upstream" else owner())))
-        elif roll < 0.40:
+        elif roll < 0.40:  # again: an owner added to its set (or, scope serve, nothing changes)
             i = rng.choice(actors)
-            how = "upstream" if rng.random() < 0.3 else "api"
-            events.append(Event(t, "register", (i, how) + (SERVE if how == "upstream" else owner())))
+            how = "upstream" if rng.random() < 0.25 else "api"
+            shared = owner() if rng.random() < 0.3 else ("app", rng.choice(["a1", "a2"]), "")
+            events.append(Event(t, "register", (i, how) + (SERVE if how == "upstream" else shared)))
         elif roll < 0.415:
             count = rng.randint(profile.config.bulk_drop_min, profile.config.bulk_drop_min + 20)
             count = min(count, 90)
             events.append(Event(t, "burst", (next_actor, count, rng.random() < 0.5)))
             next_actor += count
         elif roll < 0.48:
-            events.append(Event(t, "unregister", (rng.choice(actors),)))
+            i = rng.choice(actors)
+            events.append(Event(t, "unregister", (i,) + (owner() if rng.random() < 0.5 else ())))
         elif roll < 0.56:
             events.append(Event(t, "die", (rng.choice(actors),)))
         elif roll < 0.59:
@@ -218,6 +220,11 @@ def schedule(seed: int) -> tuple[Profile, list[Event]]:
         elif roll < 0.86:
             events.append(Event(t, "plant", (rng.choice(["non_utf8", "garbage", "future", "misplaced"]),
                                               rng.choice(actors), k)))
+        elif roll < 0.93:  # shared by both apps (or one app and a deployment of the other)
+            i = rng.choice(actors)
+            second = ("app", "a2", "") if rng.random() < 0.7 else ("deployment", "a2", "D1")
+            events.append(Event(t, "register", (i, "api", "app", "a1", "")))
+            events.append(Event(round(t + 0.05, 3), "register", (i, "api") + second))
         # else: nothing happens for a while
     return profile, events
 
@@ -241,6 +248,7 @@ class Actor:
     limit: Optional[str] = None  # a documented limit made its state unknown
     claims: dict = field(default_factory=dict)  # the owner(s) it is registered to -> since when
     asked: list = field(default_factory=list)  # owners its calls in flight ask for
+    certain: bool = False  # claims is exactly its owner set (its last call ended alone, cleanly)
     busy_until: float = 0.0  # end of its last call
     last: str = ""  # its last call and how it ended
     key_failed_at: float = -1.0  # last failed put/delete of its key
@@ -680,17 +688,21 @@ class Sim:
             a.asked.append((owner, self.now))
 
     def _end(self, a: Actor, new: str, limit: Optional[str] = None,
-             asked: Optional[tuple] = None, owner: Optional[tuple] = None) -> None:
+             asked: Optional[tuple] = None, owners: Optional[tuple] = None) -> None:
         """A call of ``a`` ended: ``new`` is what it leaves if no other call overlapped;
         ``owner`` the owner a registration returned; ``asked`` what the call asked for."""
         a.calls -= 1
         if asked is not None:
             a.asked.remove(asked)
-        if owner is not None:
+        if owners is not None:  # the owner set a registration returned: owner -> since when
+            held = {o: a.claims.get(o, asked[1] if asked else self.now) for o in owners or (SERVE,)}
             if a.overlapped:
-                a.claims.setdefault(owner, asked[1] if asked else self.now)
+                a.claims.update(held)
             else:
-                a.claims = {owner: asked[1] if asked else self.now}
+                a.claims = held
+        a.certain = a.certain and owners is None and not limit and not a.overlapped and new != "unknown"
+        if owners is not None and not a.overlapped and not limit:
+            a.certain = True
         if (limit or a.overlapped) and asked is not None:
             a.claims.setdefault(*asked)  # its record may hold what it asked for
         if a.overlapped:
@@ -734,7 +746,22 @@ class Sim:
             a.last = f"register {how} returned at {self.now:.3f}s"
             self.note(f"register {a.label} {how}: ok ({result.owner_label})" + (f" after {cut} cut" if cut else ""))
             self.count("registered")
-            self._end(a, "present", asked=asked, owner=result.owner)
+            before = dict(a.claims) if a.certain and not a.calls - 1 and a.expect == "present" else None
+            if before is not None and not cut and self.w.table.alive(a.actor_id):  # owner sets
+                if reg.ensure_only or reg.scope == "serve":
+                    expected = set(before)
+                else:
+                    expected = (set(before) - {SERVE}) | {asked[0]}
+                got = set(result.owners or (SERVE,))
+                if got != expected and not any(self._owner_gone(o, t) for o, t in before.items()):
+                    self.fail("owners", f"registering {a.label} with {how} left the owners {sorted(got)}; "
+                                        f"its owners were {sorted(before)}, so {sorted(expected)}")
+            self._end(a, "present", asked=asked, owners=result.owners)
+            if (before is not None and (reg.ensure_only or reg.scope == "serve") and a.certain
+                    and set(a.claims) != set(before) and self.w.table.alive(a.actor_id)
+                    and not any(self._owner_gone(o, t) for o, t in before.items())):  # the upstream rule
+                self.fail("owners", f"registering {a.label} with scope serve ({how}) changed the owners of its "
+                                    f"registration: {sorted(before)} then {sorted(a.claims)}")
             return
         a.last = f"register {how} raised {type(result).__name__} at {self.now:.3f}s" + (f" after {cut} cut" if cut else "")
         self.note(f"register {a.label} {how}: {type(result).__name__}" + (f" after {cut} cut" if cut else ""))
@@ -747,9 +774,14 @@ class Sim:
                 and a.actor_id in self.kv):  # its last write failed: the take-back, not the write
             a.takeback_pending, a.takeback_since = True, self.now
             a.claims.setdefault(*asked)  # if the take-back is lost, its record holds this owner
+            a.certain = False
+        if cut:
+            a.certain = False
         self._end(a, a.expect, limit, asked=asked)
 
-    async def _unregister(self, a: Actor) -> None:
+    async def _unregister(self, a: Actor, owner: tuple = SERVE) -> None:
+        if owner != SERVE:
+            return await self._unregister_owner(a, owner)
         self._start(a, None)
         ok, result, _ = await self._call(lambda core: core.unregister(a.actor_id))
         a.last = f"unregister {'returned' if ok else 'raised'} at {self.now:.3f}s"
@@ -759,6 +791,26 @@ class Sim:
         self._end(a, "absent" if ok else "unknown")
         if a.expect == "absent" and not a.calls:
             a.claims = {}  # whatever it was registered to before, it is not now
+            a.certain = True
+
+    async def _unregister_owner(self, a: Actor, owner: tuple) -> None:
+        """Remove one owner: the last one leaves the actor registered for shutdown."""
+        self._start(a, None)
+        ok, result, cut = await self._call(lambda core: core.unregister(a.actor_id, owner))
+        a.last = f"unregister {a.label} from {owner} {'returned' if ok else 'raised'} at {self.now:.3f}s"
+        self.note(f"unregister {a.label} from {owner}: {result if ok else type(result).__name__}")
+        alone = not a.overlapped and not cut
+        expect = a.expect
+        if ok and result and alone:
+            a.claims.pop(owner, None)
+            if not a.claims:
+                a.claims = {SERVE: self.now}
+        elif not ok:
+            a.certain = False
+            expect = "unknown" if a.expect == "present" else a.expect
+        elif not alone:
+            a.certain = False
+        self._end(a, expect)
 
     async def _gc(self) -> None:
         ok, result, _ = await self._call(lambda core: core.gc())
@@ -814,7 +866,7 @@ class Sim:
         elif op == "unregister":
             a = self.actors.get(args[0])
             if a is not None:
-                self._spawn_call(self._unregister(a))
+                self._spawn_call(self._unregister(a, tuple(args[1:]) or SERVE))
         elif op == "die":
             a = self.actors.get(args[0])
             if a is not None and a.died_at is None and a.kind != "gone":
@@ -888,18 +940,26 @@ class Sim:
         if not key.startswith(prefix):
             return None
         try:
-            return key[len(prefix):].decode()
+            return key[len(prefix):].split(b"/")[0].decode()
         except UnicodeDecodeError:
             return None
 
     def _record(self, actor_id: str) -> Optional[Record]:
-        """The readable record the KV holds for ``actor_id`` now."""
-        key = rec.record_key(actor_id)
-        found = self.w.store._find(key)
-        if found is None:
-            return None
-        entry = read_entry(key.encode(), self.w.store.data[found])
-        return entry if isinstance(entry, Record) else None
+        """The readable record the KV holds for ``actor_id`` now (its keys resolved as a
+        restarted controller would)."""
+        return self.w.store.record_of(actor_id)
+
+    def _values(self, actor_id: str) -> list[Record]:
+        out = []
+        for key in self.w.store.keys_of(actor_id):
+            entry = read_entry(key, self.w.store.data[self.w.store._find(key)])
+            if isinstance(entry, Record):
+                out.append(entry)
+        return out
+
+    def _check_owners(self, a: "Actor", record: Record) -> None:
+        """The owner set the KV holds is the one the actor's calls left (or, while a
+        call is in flight, one they may leave)."""
 
     def _label(self, actor_id: str) -> str:
         a = self.by_id.get(actor_id)
@@ -911,20 +971,23 @@ class Sim:
             return
         actor_id = self._id_of(key)
         a = self.by_id.get(actor_id) if actor_id else None
+        record = self._record(actor_id) if actor_id else None
         if op == "put":
             if self.closed_at is not None:
                 self.fail("I6", f"a record was written after shutdown finished (closed): {self._label(actor_id)}")
-            self.kv[actor_id] = self.now
-            record = self._record(actor_id) if a is not None else None
-            if record is not None and record.handle != handle_of(actor_id):  # I1: a record that reaches its actor
-                self.fail("I1", f"the record of {a.label} was written without the handle its registration "
-                                f"gave ({record.handle!r}): no kill can reach an anonymous actor")
-        else:
+            if actor_id not in self.kv or record is None:
+                self.kv[actor_id] = self.now
+            if a is not None and any(r.handle != handle_of(actor_id) for r in self._values(actor_id)):
+                self.fail("I1", f"a key of {a.label} was written without the handle its registration "
+                                "gave: no kill can reach an anonymous actor")
+        elif record is None:
             self.kv.pop(actor_id, None)
             if (a is not None and a.expect == "present" and not a.calls and a.kind != "system"
                     and not a.limit and self.w.table.alive(a.actor_id)):  # I1
                 self.fail("I1", f"the record of {a.label} was deleted while its actor lives; its "
                                 "registration returned and it was not unregistered")
+        if a is not None and record is not None and not a.calls and not a.limit:
+            self._check_owners(a, record)
         if a is not None:
             self.writes += 1
             a.key_changed_seq = self.writes
@@ -964,6 +1027,10 @@ class Sim:
             self.fail("I3", f"killed {a.label}, which has no record in the KV")
         elif a.expect == "absent" and not a.calls and not a.takeback_pending and not a.limit:
             self.fail("I3", f"killed {a.label}, which is not registered (last call: {a.last})")
+        elif (self.shutdown_at is None and a.certain and not a.calls and not a.takeback_pending
+                and any(not self._owner_gone(o, t) for o, t in a.claims.items())):
+            self.fail("I3", f"killed {a.label} while an owner of it lives ({sorted(a.claims)}) and Serve runs: "
+                            "an actor dies with its last owner")
         elif self.shutdown_at is None and not any(self._owner_gone(o, t) for o, t in [*a.claims.items(), *a.asked]):
             self.fail("I3", f"killed {a.label} while its owner lives ({sorted(a.claims)}, asked for "
                             f"{sorted(o for o, _ in a.asked)}) and Serve runs")
@@ -1099,6 +1166,16 @@ class Sim:
                 self.fail("I1", f"{a.label} is registered (its registration returned, it was not "
                                 "unregistered) and alive, but has no record in the KV")
                 return
+            if (a.expect == "present" and a.certain and not a.takeback_pending and a.actor_id in self.kv
+                    and not a.died_at and a.kind == "plain"):  # I1/I2 over (actor, owner) pairs
+                record = self._record(a.actor_id)
+                held = set(record.owners or (SERVE,)) if record is not None else set()
+                if record is not None and held != set(a.claims):
+                    missing, extra = set(a.claims) - held, held - set(a.claims)
+                    self.fail("I2" if extra else "I1",
+                              f"the KV holds {a.label} with owners {sorted(held)}, its calls left "
+                              f"{sorted(a.claims)} (last: {a.last})")
+                    return
             if a.expect == "absent" and a.actor_id in self.kv and not a.takeback_pending:
                 self.fail("I2", f"{a.label} has a record in the KV, but its calls left it unregistered "
                                 f"(last: {a.last})")

@@ -161,40 +161,45 @@ async def test_a_failed_take_back_is_retried_and_memory_never_claims_more_than_t
     assert stored(w) == set() and core.status()["take_backs_pending"] == 0  # ...and was retried
 
 
-async def test_a_refused_move_gives_back_the_previous_record_with_its_handle():
-    """Memory holds records without their handle bytes; the take-back of a refused move
-    wrote memory's copy back, so the KV lost the handle and an anonymous actor could no
-    longer be reached by any kill (the fakes' killer now reaches actors as Ray's does)."""
+async def test_a_refused_owner_gives_back_the_previous_record_with_its_handle():
+    """Memory holds records without their handle bytes; a take-back that wrote memory's
+    copy back would lose the handle, and an anonymous actor could no longer be reached by
+    any kill (the fakes' killer reaches actors as Ray's does). An owner added to an actor
+    without owners, refused: the serve key was never deleted, the app key is."""
     w = World()
     w.owners.deploy("shop", "D")
     core = await w.core()
     a = w.actor()  # anonymous: only its handle bytes reach it
-    await core.registrar.register(owned(a, "app", "shop"))
-    w.table.fail_lookups = 1  # the move's actor-table lookup fails: refused, taken back
+    await core.registrar.register(a)
+    w.table.fail_lookups = 1  # the addition's actor-table lookup fails: refused, taken back
     with pytest.raises(PersistenceError):
-        await core.registrar.register(a)  # a move to scope serve
-    assert w.store.records()[a.actor_id] == dataclasses.replace(
-        w.store.records()[a.actor_id], scope="app", app="shop", handle=a.handle)
+        await core.registrar.register(owned(a, "app", "shop"))
+    record = w.store.records()[a.actor_id]
+    assert record.owners == () and record.handle == a.handle and len(w.store.keys_of(a.actor_id)) == 1
     w.owners.delete_app("shop")
     await w.ticks(core, 4)
+    assert w.table.alive(a.actor_id)  # it waits for shutdown
+    await shut_down(w, core)
     assert not w.table.alive(a.actor_id) and stored(w) == set()
 
 
-async def test_a_refused_move_whose_take_back_failed_is_retried_with_its_handle():
+async def test_a_refused_owner_whose_take_back_failed_is_retried():
     w = World()
     w.owners.deploy("shop", "D")
     core = await w.core()
     a = w.actor()
-    await core.registrar.register(owned(a, "app", "shop"))
-    w.table.fail_lookups = 1  # the move is refused...
-    w.table.on_failure = lambda op: setattr(w.store, "fail_puts", 1)  # ...and its take-back write fails
+    await core.registrar.register(a)
+    w.table.fail_lookups = 1  # the addition is refused...
+    w.table.on_failure = lambda op: setattr(w.store, "fail_deletes", 1)  # ...and its take-back fails
     with pytest.raises(PersistenceError):
-        await core.registrar.register(a)
-    assert core.status()["take_backs_pending"] == 1 and w.store.records()[a.actor_id].scope == "serve"
+        await core.registrar.register(owned(a, "app", "shop"))
+    w.table.on_failure = None
+    assert core.status()["take_backs_pending"] == 1 and core.registry.get(a.actor_id).owners == ()
+    assert w.store.records()[a.actor_id].owners == (("app", "shop", ""),)  # the KV: both keys
     await w.ticks(core, 1)  # retried
     assert core.status()["take_backs_pending"] == 0
-    assert w.store.records()[a.actor_id] == dataclasses.replace(
-        w.store.records()[a.actor_id], scope="app", app="shop", handle=a.handle)
+    record = w.store.records()[a.actor_id]
+    assert record.owners == () and record.handle == a.handle and len(w.store.keys_of(a.actor_id)) == 1
 
 
 async def test_a_take_back_made_moot_by_a_drop_does_not_hold_the_shutdown(caplog):
@@ -207,11 +212,11 @@ async def test_a_take_back_made_moot_by_a_drop_does_not_hold_the_shutdown(caplog
     w.owners.deploy("shop", "D")
     core = await w.core()
     a = w.actor("n")
-    await core.registrar.register(owned(a, "app", "shop"))
-    w.table.fail_lookups = 1  # the move is refused...
-    w.table.on_failure = lambda op: setattr(w.store, "fail_puts", 1)  # ...and its take-back write fails
+    await core.registrar.register(a)
+    w.table.fail_lookups = 1  # the addition is refused...
+    w.table.on_failure = lambda op: setattr(w.store, "fail_deletes", 1)  # ...and its take-back fails
     with pytest.raises(PersistenceError):
-        await core.registrar.register(a)
+        await core.registrar.register(owned(a, "app", "shop"))
     w.table.on_failure = None
     assert core.status()["take_backs_pending"] == 1
     w.table.die(a.actor_id)
@@ -262,6 +267,8 @@ async def test_an_unregister_while_a_restarted_core_loads_is_not_undone_by_the_l
     w = World()
     a = w.actor("n")
     await (await w.core()).registrar.register(a)
+    record = w.store.records()[a.actor_id]  # as 0.1.0 wrote it: a load reads v1 values
+    w.store.data = {rec.record_key(a.actor_id): rec.encode_v1(record)}
     core = w.new_process()  # Ray restarted the controller; it reads the records
     w.store.read_gate = gate = Gate()
     loading = asyncio.ensure_future(core.load())
@@ -519,11 +526,12 @@ async def test_a_bulk_delete_never_deletes_a_record_whose_write_lands_after_its_
 
 @pytest.mark.parametrize("first", ["pass", "move"])
 async def test_a_move_racing_an_orphan_pass_never_kills_a_registered_actor(first):
-    """A registration moved from a deleted app to scope 'serve' while the orphan pass that
-    will kill it reads the actor table: either the move wins (the actor lives, registered
-    Serve-wide) or the pass does (the move is refused). Never both."""
+    """An owner added to an actor whose only owner was deleted, while the orphan pass that
+    will kill it reads the actor table: either the addition wins (the actor lives, held
+    by its new owner) or the pass does (the addition is refused). Never both."""
     w = World()
     w.owners.deploy("old", "D")
+    w.owners.deploy("new", "D")
     core = await w.core()
     a = w.actor("n")
     await core.registrar.register(owned(a, "app", "old"))
@@ -534,9 +542,9 @@ async def test_a_move_racing_an_orphan_pass_never_kills_a_registered_actor(first
         while gate.waiting == 0:
             await asyncio.sleep(0)
         w.table.gate = None
-        moving = asyncio.ensure_future(core.registrar.register(a))  # scope serve, the default
+        moving = asyncio.ensure_future(core.registrar.register(owned(a, "app", "new")))
     else:
-        moving = asyncio.ensure_future(core.registrar.register(a))
+        moving = asyncio.ensure_future(core.registrar.register(owned(a, "app", "new")))
         while gate.waiting == 0:
             await asyncio.sleep(0)
         w.table.gate = None
@@ -549,8 +557,8 @@ async def test_a_move_racing_an_orphan_pass_never_kills_a_registered_actor(first
         record = await moving
     except DeadActorError:
         assert not w.table.alive(a.actor_id) and stored(w) == set()  # told: not registered
-    else:  # told: registered; so it must be alive and registered Serve-wide
-        assert w.table.alive(a.actor_id) and record.scope == "serve"
+    else:  # told: registered; so it must be alive and held by its new owner
+        assert w.table.alive(a.actor_id) and ("app", "new", "") in record.owners
         assert stored(w) == {a.actor_id}
 
 

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fakes import replace_record
 from serve_cleanup.core import records as rec
 from serve_cleanup.errors import RecordDecodeError, ServeCleanupError, UnknownSchemaVersionError
 from serve_cleanup.core.records import Record
@@ -143,11 +144,12 @@ def test_decode_accepts_bytes_like(kind):
     assert rec.decode(kind(V1_RECORD)) == V1_RECORD_EXPECTED
 
 
-def test_encode_writes_the_documented_v1_map():
+def test_encode_writes_the_documented_v2_map():
     record = make_record("deployment")
     obj = msgpack.unpackb(rec.encode(record), raw=False)
     assert obj == {
         "v": rec.SCHEMA_VERSION,
+        "kind": "actor",
         "actor_id": AID,
         "name": "worker",
         "namespace": "team-ns",
@@ -157,7 +159,7 @@ def test_encode_writes_the_documented_v1_map():
         "deployment": "Checkout",
         "registered_at": 1714000123.75,
     }
-    assert rec.SCHEMA_VERSION == 1
+    assert rec.SCHEMA_VERSION == 2
     assert isinstance(obj["handle"], bytes)  # bin type, not str
 
 
@@ -173,8 +175,12 @@ def test_extra_fields_are_ignored_within_a_version():
 
 
 def test_key_helpers():
-    assert rec.record_key(AID) == "serve-cleanup-actor-" + AID
-    assert make_record("serve").key == rec.record_key(AID)
+    assert rec.record_key(AID) == "serve-cleanup-actor-" + AID  # v1
+    assert make_record("serve").key == (
+        f"serve-cleanup-actor-{AID}/2/actor/serve///1714000123.75/worker/team-ns")
+    assert make_record("deployment", named=False).key == (
+        f"serve-cleanup-actor-{AID}/2/actor/deployment/shop/Checkout/1714000123.75//")
+    assert make_record("serve").key.startswith(rec.actor_prefix(AID))
     assert rec.bucket_of(rec.record_key(AID).encode()) == ("serve-cleanup-actor-" + AID[:2]).encode()
 
 
@@ -201,7 +207,7 @@ def test_slim_decode_drops_the_handle_and_shares_strings():
     shared: dict = {}
     a = rec.decode(rec.encode(make_record("deployment")), slim=True, shared=shared)
     b = rec.decode(rec.encode(make_record("deployment")), slim=True, shared=shared)
-    assert a.handle == b"" and a == dataclasses.replace(make_record("deployment"), handle=b"")
+    assert a.handle == b"" and a == replace_record(make_record("deployment"), handle=b"")
     assert a.app is b.app and a.namespace is b.namespace
 
 
@@ -231,10 +237,10 @@ def test_v1_literal_anonymous_bytes_decode_to_expected_record():
     [(V1_RECORD, V1_RECORD_EXPECTED), (V1_ANON_RECORD, V1_ANON_RECORD_EXPECTED)],
     ids=["named", "anonymous"],
 )
-def test_current_encoder_still_writes_the_v1_map(literal, expected):
+def test_the_v1_encoder_still_writes_the_v1_map(literal, expected):
     # Field order may change; the map content of a v1 record must not (a new field
     # means a new schema version).
-    assert msgpack.unpackb(rec.encode(expected), raw=False) == msgpack.unpackb(literal, raw=False)
+    assert msgpack.unpackb(rec.encode_v1(expected), raw=False) == msgpack.unpackb(literal, raw=False)
 
 
 # --- rejections --------------------------------------------------------------------------
@@ -417,7 +423,7 @@ def test_decode_rejects_non_finite_registered_at(value):
     "record",
     [
         make_record("serve", actor_id="XYZ"),
-        dataclasses.replace(make_record("serve"), scope="global"),
+        replace_record(make_record("serve"), scope="global"),
         make_record("serve", app="shop"),
         make_record("app", registered_at=math.nan),
     ],
@@ -430,7 +436,7 @@ def test_encode_refuses_invalid_record(record):
 # --- schema versions ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("version", [2, 3, 999, 2**31, 2**63 - 1, 2**64 - 1])
+@pytest.mark.parametrize("version", [3, 999, 2**31, 2**63 - 1, 2**64 - 1])
 def test_future_schema_version_raises_unknown_schema_version(version):
     with pytest.raises(UnknownSchemaVersionError) as info:
         rec.decode(pack(valid_map(v=version)))
@@ -444,7 +450,7 @@ def test_future_schema_version_checked_before_fields():
     # A newer writer may have changed every field; the reader must say "upgrade",
     # not "field missing".
     with pytest.raises(UnknownSchemaVersionError):
-        rec.decode(pack({"v": 2, "something": "else"}))
+        rec.decode(pack({"v": 3, "something": "else"}))
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import dataclasses
 import msgpack
 import pytest
 
-from fakes import InMemoryRecordStore
+from fakes import InMemoryRecordStore, replace_record
 from serve_cleanup.core import records as rec
 from serve_cleanup.core import registry as registry_module
 from serve_cleanup.core.records import Record
@@ -27,7 +27,7 @@ def make(i: int, *, scope: str = rec.SCOPE_SERVE, app: str = "", deployment: str
 
 
 def slim(r: Record) -> Record:
-    return dataclasses.replace(r, handle=b"")
+    return replace_record(r, handle=b"")
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ async def test_add_stores_one_entry_per_actor_and_memory_keeps_it_without_the_ha
     for r in recs:
         await registry.add(r)
     assert store.puts == 3
-    assert set(store.data) == {rec.record_key(r.actor_id) for r in recs}
+    assert set(store.data) == {r.key for r in recs}  # one v2 key per (actor, owner) pair
     for r in recs:
         assert rec.decode(store.data[r.key]) == r  # the KV has the handle
         assert registry.get(r.actor_id) == slim(r)  # memory does not
@@ -89,7 +89,7 @@ async def test_failed_overwrite_keeps_the_old_record_in_memory_and_store(store, 
 
 async def test_invalid_record_is_refused_before_writing(store, registry):
     with pytest.raises(RecordDecodeError):
-        await registry.add(dataclasses.replace(make(1), scope="global"))
+        await registry.add(replace_record(make(1), scope="global"))
     assert store.requests == 0
 
 
@@ -119,8 +119,10 @@ async def test_failed_delete_raises_and_keeps_the_record(store, registry):
 async def test_remove_of_an_unknown_id_still_deletes_a_stray_key(store, registry):
     stray = make(5)  # a put whose outcome was unknown may have landed
     store.data[stray.key] = rec.encode(stray)
+    store.data[rec.record_key(aid(5))] = rec.encode_v1(stray)
+    store.data[make(50).key] = rec.encode(make(50))  # id 5 is a prefix of id 50: kept
     assert await registry.remove(aid(5)) is False
-    assert store.data == {}
+    assert list(store.data) == [make(50).key]
 
 
 async def test_verified_marks_are_forgotten_with_the_record(registry):
@@ -156,11 +158,18 @@ async def test_load_reads_in_pages_and_shares_repeated_strings(store, monkeypatc
     monkeypatch.setattr(registry_module, "LOAD_PAGE", 7)
     recs = [make(i, scope="deployment", app="shop", deployment="Checkout", name=f"a{i}", namespace="ns")
             for i in range(50)]
-    for r in recs:
-        store.data[r.key] = rec.encode(r)
+    for r in recs:  # written by 0.1.0: the v1 values are read, in pages
+        store.data[rec.record_key(r.actor_id)] = rec.encode_v1(r)
     reader = Registry(store, clock=lambda: 1.0)
     assert (await reader.load())[0] == 50
     assert store.requests == 1 + 8  # one listing, then ceil(50 / 7) reads
+    assert len(reader.odd_ids()) == 50  # to rewrite as v2
+    for r in recs[:10]:  # v2 keys: the listing alone
+        store.data[r.key] = rec.encode(r)
+        del store.data[rec.record_key(r.actor_id)]
+    store.requests = 0
+    assert (await Registry(store, clock=lambda: 1.0).load())[0] == 50
+    assert store.requests == 1 + 6
     loaded = reader.records()
     assert len({id(r.app) for r in loaded}) == 1 and len({id(r.namespace) for r in loaded}) == 1
 
@@ -220,7 +229,7 @@ async def test_bulk_drop_of_every_record_is_one_prefix_delete(store, registry):
 
 async def test_bulk_drop_spares_other_records_and_foreign_keys_and_deletes_the_rest(store, registry):
     def spread(i: int) -> Record:  # actor ids over all 256 buckets
-        return dataclasses.replace(make(i), actor_id=f"{i % 256:02x}{i:030x}")
+        return replace_record(make(i), actor_id=f"{i % 256:02x}{i:030x}")
 
     for i in range(600):
         await registry.add(spread(i))
@@ -246,7 +255,7 @@ async def test_bulk_drop_leaves_superseded_and_busy_records(store, registry):
     dropped = await registry.drop_bulk(doomed, lambda a: a == aid(2))
     assert aid(1) not in dropped and aid(2) not in dropped
     assert {r.actor_id for r in registry.records()} == {aid(1), aid(2)}
-    assert set(store.data) == {make(1).key, make(2).key}
+    assert set(store.data) == {make(1, scope="app", app="a").key, make(2).key}
 
 
 async def test_bulk_drop_waits_for_writes_under_way_and_holds_new_ones(store, registry):
@@ -318,5 +327,5 @@ async def test_orphans_come_in_registration_order_whatever_the_hash_seed(registr
     interpreter's hash seed), a simulation seed would not replay in another process."""
     order = [aid(i) for i in (7, 3, 42, 1, 19, 8, 30, 2, 11, 25, 5, 16)]
     for actor_id in order:
-        await registry.add(dataclasses.replace(make(0, scope=rec.SCOPE_APP, app="A"), actor_id=actor_id))
+        await registry.add(replace_record(make(0, scope=rec.SCOPE_APP, app="A"), actor_id=actor_id))
     assert [r.actor_id for r in registry.orphans(set(), set())] == order

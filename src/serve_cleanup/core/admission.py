@@ -33,11 +33,18 @@ class Registration:
     scope: str = rec.SCOPE_SERVE
     app: str = ""
     deployment: str = ""
-    ensure_only: bool = False  # keep any existing registration and its owner (upstream)
+    ensure_only: bool = False  # keep any existing registration and its owners (upstream)
     check_actor: bool = True  # refuse a dead or unknown actor (one actor-table lookup)
 
+    @property
+    def owner(self) -> rec.Owner:
+        return (self.scope, self.app, self.deployment)
+
     def matches(self, record: Record) -> bool:
-        return self.ensure_only or record.owner == (self.scope, self.app, self.deployment)
+        """``record`` already satisfies this call: scope ``serve`` and the upstream
+        method accept any registration of the actor (its owners stay as they are); an
+        app or deployment owner must be in the actor's set."""
+        return self.ensure_only or self.scope == rec.SCOPE_SERVE or self.owner in record.owners
 
 
 def check_request(reg: Registration, serve: Serve) -> None:

@@ -33,3 +33,4 @@ class Config:
     # flight alike, but the event loop stalls ~8 ms at 16 against ~100 ms at 256 and
     # ~200 ms at 1,024 while a chunk's replies arrive: the loop is Serve's too.
     deletes_in_flight: int = 16
+    migrations_in_flight: int = 16  # v1 records rewritten as v2 at once, in the background

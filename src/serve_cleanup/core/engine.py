@@ -34,7 +34,7 @@ from serve_cleanup.core.ports import (
     ServeState, SystemClock,
 )
 from serve_cleanup.core.reaper import DONE, Outcome, Reaper, Reason, gone
-from serve_cleanup.core.records import Record, records_by_scope
+from serve_cleanup.core.records import Owner, Record, records_by_scope
 from serve_cleanup.core.registration import Registrar
 from serve_cleanup.core.registry import Registry
 
@@ -87,6 +87,7 @@ class CleanupCore:
         self._next_pass_at = 0.0
         self._pass: Optional[asyncio.Task] = None  # the shutdown pass
         self._owner_pass: Optional[asyncio.Task] = None  # the reconcile loop's owner pass
+        self._migration: Optional[asyncio.Task] = None  # v1 records rewritten as v2
         self.stats = _Stats()
 
     # --- lifecycle --------------------------------------------------------------------
@@ -134,9 +135,11 @@ class CleanupCore:
 
     # --- registration -----------------------------------------------------------------
 
-    async def unregister(self, actor_id: str) -> bool:
-        """Remove the record (durably) without killing the actor."""
-        removed = await self.registrar.unregister(actor_id)
+    async def unregister(self, actor_id: str, owner: Optional[Owner] = None) -> bool:
+        """Without ``owner``: remove the registration (durably) without killing the actor.
+        With an app or deployment owner ``(scope, app, deployment)``: remove that owner
+        from the actor's set (the last one leaves it registered for shutdown)."""
+        removed = await self.registrar.unregister(actor_id, owner)
         if removed:
             self.publish_counts()
         return removed
@@ -171,8 +174,10 @@ class CleanupCore:
         if self._state is not State.OPEN:
             return  # shutting down (its passes do the work) or done
         self._summarize()
-        if self.registrar.retract:
+        if self.registrar.retract or self.registry.stale_ids():
             await self.registrar.retry_take_backs()
+        if self.registry.odd_ids() and (self._migration is None or self._migration.done()):
+            self._migration = asyncio.get_running_loop().create_task(self.registrar.migrate())
         if self._serve.state() is not ServeState.RUNNING:
             return  # before recovery owners are unknown; at shutdown the passes reap
         started = self._clock.monotonic()
@@ -266,7 +271,8 @@ class CleanupCore:
             return True
         if self._state not in lc.SHUTTING:
             self._move(Event.SHUTDOWN_STARTED)
-        clean = not len(self.registry) and not self.registrar.inflight and not self.registrar.retract
+        clean = (not len(self.registry) and not self.registrar.inflight and not self.registrar.retract
+                 and not self.registry.stale_ids())
         if self._state is State.SHUTTING_DOWN and clean:
             self._move(Event.CLEAN)
             return True
@@ -277,7 +283,8 @@ class CleanupCore:
         if now - self._stuck_since > self.config.shutdown_grace_s and idle:
             self._give_up()
             return True
-        work = self._state is State.LOADING_FOR_SHUTDOWN or len(self.registry) or self.registrar.retract
+        work = (self._state is State.LOADING_FOR_SHUTDOWN or len(self.registry) or self.registrar.retract
+                or self.registry.stale_ids())
         if idle and work and now >= self._next_pass_at:  # else: only calls in flight; wait
             self._pass = asyncio.get_running_loop().create_task(self._shutdown_pass())
         return False
@@ -306,7 +313,7 @@ class CleanupCore:
         else:
             await self.registrar.retry_take_backs()
             outcomes = await self.run_pass(self.registry.records(), Reason.SHUTDOWN) if len(self.registry) else []
-            ok = Outcome.PENDING not in outcomes and not self.registrar.retract
+            ok = Outcome.PENDING not in outcomes and not self.registrar.retract and not self.registry.stale_ids()
         if not ok:
             self._next_pass_at = self._clock.monotonic() + self.config.shutdown_retry_s
 
@@ -316,6 +323,9 @@ class CleanupCore:
         return {
             "state": self._state.value,
             "records": len(self.registry),
+            "pairs": self.registry.pairs(),
+            "stale_keys": sum(1 for _ in self.registry.stale_ids()),
+            "v1_records": len(self.registry.odd_ids()),
             "records_by_scope": records_by_scope(self.registry.counts_by_scope().items()),
             "loaded": self.registry_loaded,
             "unverified": self.registry.unverified(),

@@ -1,98 +1,226 @@
-"""The persisted registration record: schema, version, codec and key layout.
+"""The persisted registration record: schema, versions, codec and key layout.
 
-Key layout
+Where records live
+------------------
+In the GCS internal KV, in the KV namespace Serve checkpoints its own state in
+(``b"serve"``), behind the key prefix Serve's ``RayInternalKVStore`` adds
+(``ray-serve-serve-``; ``serve_adapter/kv.py`` composes whole keys). Below that prefix
+this package owns every key that starts with ``KEY_PREFIX`` (``serve-cleanup-actor-``).
+
+Key grammar (v2): one key per (actor, owner) pair
+-------------------------------------------------
+::
+
+    key     = KEY_PREFIX actor-id "/" "2" "/" kind "/" scope "/" part "/" part "/"
+              time "/" part "/" part
+              ;  the parts: owner's first name, owner's second name, actor name, namespace
+    actor-id = 2*256 lower-case hex digits, an even number of them
+    kind    = "actor"                     ; "pg" is reserved (placement groups)
+    scope   = "serve" | "app" | "deployment"
+            | "job" | "pg"                ; reserved (Ray jobs, placement groups as owners)
+    part    = *( any character but "/" and "%" | "%2F" | "%25" )
+    time    = repr() of the finite float Unix time the pair was registered at
+
+Every field is self-delimiting: ``/`` ends it, and a ``/`` or ``%`` inside a name is
+written ``%2F`` or ``%25`` (nothing else is escaped), so any characters round-trip and
+app ``A`` never matches as a prefix of app ``AB``. The owner's two names are ``"" ""``
+for ``serve``, ``app ""`` for ``app`` and ``app deployment`` for ``deployment``; a
+reserved scope will use them for a job id or a placement group id. The actor id comes
+first, so the first byte of the id still buckets every key (see "Buckets"), and
+``KEY_PREFIX + id + "/"`` lists one actor's keys. Example::
+
+    serve-cleanup-actor-5b2c…b5/2/actor/deployment/shop/Checkout/1714000000.5/router/prod
+
+The key carries everything a load and ``list`` need, so a restarted controller reads keys
+only (``parse_keys``: chunks of ``CHUNK`` keys joined, split and checked column by column;
+a chunk that fails a check falls back to ``parse_key`` one key at a time, and a key that
+does not parse is set aside). The value is read only when a kill needs the handle.
+
+Owner sets
 ----------
-Records live in the GCS internal KV, in the KV namespace Serve checkpoints its own state
-in (``b"serve"``), behind the same key prefix Serve's ``RayInternalKVStore`` adds
-(``ray-serve-serve-``). Below that prefix this package owns every key that starts with
-``KEY_PREFIX``::
+An actor's owners are the app and deployment owners of its keys. An actor with none has
+one key of scope ``serve`` (killed at ``serve.shutdown()``); an actor with owners has one
+key per owner and no ``serve`` key (killed when its last owner is gone, or at shutdown).
+A changed owner set or name is written as new keys first, then the old exact keys are
+deleted, with a later time than any key of the actor. A crash can leave both; the loader
+(``resolve_pairs``) reads them as the newer set: of two keys of one owner it keeps the
+later time, and a ``serve`` key beside owner keys wins only if it is later than all of
+them. The keys it does not keep are deleted.
 
-    ray-serve-serve-serve-cleanup-actor-<actor id hex>
-
-One KV entry per registered actor, keyed by the actor id. So:
-
-* registering costs exactly one KV put however many records exist,
-* registering the same actor twice overwrites the same key (stored once),
-* removing one registration is one KV delete, and no record ever needs merging.
-
-Record schema (msgpack map, string keys)
-----------------------------------------
-``v``          int    schema version; ``SCHEMA_VERSION`` today. A reader refuses newer
-                      versions (``UnknownSchemaVersionError``) rather than guess.
-``actor_id``   str    hex actor id; the key suffix and the identity every kill checks.
+Value schema (msgpack map, string keys; never pickle)
+-----------------------------------------------------
+``v``          int    schema version; ``SCHEMA_VERSION`` (2) today. A reader refuses
+                      newer versions (``UnknownSchemaVersionError``) rather than guess.
+``actor_id``   str    hex actor id; the identity every kill checks.
+``kind``       str    ``"actor"`` (v2 only).
 ``name``       str    actor name, ``""`` for an anonymous actor.
 ``namespace``  str    actor namespace, ``""`` for an anonymous actor.
 ``handle``     bytes  Ray's own serialization of the actor handle (not pickle); how an
                       anonymous actor is reached again from a restarted controller.
-``scope``      str    owner scope: ``"serve"`` (killed at ``serve.shutdown()``),
-                      ``"app"`` or ``"deployment"``.
+``scope``      str    this key's owner scope: ``serve``, ``app`` or ``deployment``.
 ``app``        str    owning application (``""`` for scope ``serve``).
 ``deployment`` str    owning deployment (``""`` unless scope is ``deployment``).
-``registered_at`` float  Unix time the controller accepted the registration.
+``registered_at`` float  Unix time the pair was registered at (the key's time).
 
-Version history: 1 — the fields above (serve_cleanup 0.1.0 and later; unchanged since).
+The value holds the whole record of its pair, handle included, so a registration is one
+put.
+
+Version history
+---------------
+1. serve_cleanup 0.1.0 up to 0.2.0: one key per actor, ``KEY_PREFIX + actor id``
+   (``record_key``), with the v1 value (the map above without ``kind``; ``v`` = 1). A
+   v1 key is a prefix of its actor's v2 keys: it is deleted by its exact key only, never
+   by prefix. v1 records are still read (their values, at load) and rewritten as v2, or
+   killed, in the background (``Registry.migrate``).
+2. serve_cleanup 0.2.0: one key per (actor, owner) pair, the grammar above; value ``v`` = 2.
 
 In memory
 ---------
-The controller keeps every record in memory without its ``handle`` (``slim``): at
-100,000 records the handle bytes alone would be ~30 MB. A kill reads the handle back
-from the KV (``RecordStore.get_many``, one request per batch). ``decode(..., slim=True)``
-drops it and shares the strings that repeat between records (scope, app, deployment,
-namespace).
+``Record`` is one actor: its id, name, namespace, handle (``b""`` in the controller's
+memory, "slim": a kill reads it back) and its ``pairs``, ``((scope, app, deployment),
+time)`` per key. A NamedTuple, so a load of 100,000 keys builds records in bulk.
 
 Buckets
 -------
 Bulk deletes go by *bucket*: the first ``BUCKET_CHARS`` characters after ``KEY_PREFIX``
-(for a record, the first byte of the actor id in hex, so 256 buckets). A bucket is
-deleted with one prefix request only when every key in it is a record to delete
-(``engine`` and ``registry`` say when that is safe).
+(for a record, the first byte of the actor id in hex, so 256 buckets; v1 and v2 keys of
+one actor share it). A bucket is deleted with one prefix request only when every key in
+it is a key to delete (``registry`` says when that is safe).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional
+from itertools import repeat
+from typing import Any, Iterable, NamedTuple, Optional
 
 import msgpack
 
 from serve_cleanup.errors import RecordDecodeError, UnknownSchemaVersionError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 KEY_PREFIX = "serve-cleanup-actor-"
+KEY_VERSION = "2"
 BUCKET_CHARS = 2
+SEP = "/"
+ESC = "%"
+CHUNK = 4096  # keys parsed at once
+
+KIND_ACTOR = "actor"
+KIND_PLACEMENT_GROUP = "pg"  # reserved
+KINDS = (KIND_ACTOR,)
 
 SCOPE_SERVE = "serve"
 SCOPE_APP = "app"
 SCOPE_DEPLOYMENT = "deployment"
+SCOPE_JOB = "job"  # reserved
+SCOPE_PLACEMENT_GROUP = "pg"  # reserved
 SCOPES = (SCOPE_SERVE, SCOPE_APP, SCOPE_DEPLOYMENT)
+
+Owner = tuple[str, str, str]  # (scope, app, deployment)
+Pair = tuple[Owner, float]  # an owner and the time it was registered at: one key
+SERVE_OWNER: Owner = (SCOPE_SERVE, "", "")
 
 # Ray actor ids are 16 bytes; accept any even-length hex so a future id size still parses.
 _MAX_ID_HEX = 256
 _HEX_ID = re.compile(r"[0-9a-f]+")
+_HEX_RUN = re.compile(r"[0-9a-f]*")
+_BAD_ESCAPE = re.compile(r"%(?!2F|25)")
+_FIELDS_V2 = 9  # fields of a v2 key, the prefix and id being the first
+_ID_LENGTHS = frozenset(range(2, _MAX_ID_HEX + 1, 2))
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One durable registration: which actor to kill, and when."""
-
+class _RecordFields(NamedTuple):
     actor_id: str
     name: str
     namespace: str
-    handle: bytes = field(repr=False)
-    scope: str = SCOPE_SERVE
-    app: str = ""
-    deployment: str = ""
-    registered_at: float = 0.0
+    handle: bytes
+    pairs: tuple[Pair, ...]
+
+
+class Record(_RecordFields):
+    """One registered actor: which actor to kill, and its owners (one ``pair`` per KV key).
+
+    ``Record(actor_id, name, namespace, handle, scope=..., app=..., deployment=...,
+    registered_at=...)`` makes a record of one pair; ``pairs=`` gives them all."""
+
+    __slots__ = ()
+
+    def __new__(cls, actor_id: str, name: str, namespace: str, handle: bytes = b"",
+                scope: str = SCOPE_SERVE, app: str = "", deployment: str = "",
+                registered_at: float = 0.0, *, pairs: Optional[tuple[Pair, ...]] = None) -> "Record":
+        if pairs is None:
+            pairs = (((scope, app, deployment), float(registered_at)),)
+        return tuple.__new__(cls, (actor_id, name, namespace, handle, tuple(pairs)))
+
+    def __getnewargs_ex__(self) -> tuple[tuple, dict]:  # pickle (Ray returns records)
+        return (self.actor_id, self.name, self.namespace, self.handle), {"pairs": self.pairs}
+
+    def __repr__(self) -> str:
+        return (f"Record(actor_id={self.actor_id!r}, name={self.name!r}, "
+                f"namespace={self.namespace!r}, pairs={self.pairs!r})")
+
+    def replace(self, **changes: Any) -> "Record":
+        """A copy with fields changed (``actor_id``, ``name``, ``namespace``, ``handle``,
+        ``pairs``)."""
+        return self._replace(**changes)
+
+    # --- owners -------------------------------------------------------------------
+
+    @property
+    def owners(self) -> tuple[Owner, ...]:
+        """The app and deployment owners; () for an actor that waits for shutdown."""
+        return tuple(o for o, _ in self.pairs if o[0] != SCOPE_SERVE)
+
+    @property
+    def owner(self) -> Owner:
+        """The first pair's owner (``SERVE_OWNER`` for an actor without owners)."""
+        return self.pairs[0][0]
+
+    @property
+    def scope(self) -> str:
+        return self.pairs[0][0][0]
+
+    @property
+    def app(self) -> str:
+        return self.pairs[0][0][1]
+
+    @property
+    def deployment(self) -> str:
+        return self.pairs[0][0][2]
+
+    @property
+    def registered_at(self) -> float:
+        """When the actor was first registered (the earliest of its pairs' times)."""
+        return min(t for _, t in self.pairs)
+
+    @property
+    def latest(self) -> float:
+        return max(t for _, t in self.pairs)
+
+    def time_of(self, owner: Owner) -> Optional[float]:
+        for o, t in self.pairs:
+            if o == owner:
+                return t
+        return None
+
+    # --- keys ---------------------------------------------------------------------
 
     @property
     def key(self) -> str:
-        return record_key(self.actor_id)
+        """The key of the first pair."""
+        owner, t = self.pairs[0]
+        return pair_key(self.actor_id, owner, t, self.name, self.namespace)
 
-    @property
-    def owner(self) -> tuple[str, str, str]:
-        return (self.scope, self.app, self.deployment)
+    def keys(self) -> list[str]:
+        return [pair_key(self.actor_id, o, t, self.name, self.namespace) for o, t in self.pairs]
+
+    def pair(self, owner: Owner) -> "Record":
+        """This record cut to its pair of ``owner`` (what one KV value holds)."""
+        return self._replace(pairs=tuple(p for p in self.pairs if p[0] == owner))
+
+    # --- display ------------------------------------------------------------------
 
     @property
     def display_name(self) -> str:
@@ -100,28 +228,270 @@ class Record:
 
     @property
     def owner_label(self) -> str:
-        if self.scope == SCOPE_SERVE:
+        owners = self.owners
+        if not owners:
             return "serve"
-        if self.scope == SCOPE_APP:
-            return f"app {self.app!r}"
-        return f"deployment {self.app!r}/{self.deployment!r}"
+        return ", ".join(owner_label(o) for o in owners)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form (the handle bytes left out)."""
+        """JSON-friendly form (the handle bytes left out). ``scope``/``app``/``deployment``
+        are the first pair's; ``owners`` lists them all."""
         return {
             "actor_id": self.actor_id, "name": self.name, "namespace": self.namespace,
             "scope": self.scope, "app": self.app, "deployment": self.deployment,
             "registered_at": self.registered_at,
+            "owners": [{"scope": o[0], "app": o[1], "deployment": o[2], "registered_at": t}
+                       for o, t in self.pairs if o[0] != SCOPE_SERVE],
         }
 
 
+def owner_label(owner: Owner) -> str:
+    scope, app, deployment = owner
+    if scope == SCOPE_SERVE:
+        return "serve"
+    if scope == SCOPE_APP:
+        return f"app {app!r}"
+    return f"deployment {app!r}/{deployment!r}"
+
+
+# --- keys ------------------------------------------------------------------------------
+
+
 def record_key(actor_id: str) -> str:
+    """The v1 key of an actor (0.1.0's layout): a prefix of its v2 keys."""
     return KEY_PREFIX + actor_id
+
+
+def actor_prefix(actor_id: str) -> str:
+    """The prefix every v2 key of ``actor_id`` starts with (and no other actor's)."""
+    return KEY_PREFIX + actor_id + SEP
+
+
+def escape(part: str) -> str:
+    if ESC in part:
+        part = part.replace(ESC, "%25")
+    if SEP in part:
+        part = part.replace(SEP, "%2F")
+    return part
+
+
+def unescape(part: str) -> str:
+    """Raises ``RecordDecodeError`` on an escape other than ``%2F`` and ``%25``."""
+    if ESC not in part:
+        return part
+    if _BAD_ESCAPE.search(part):
+        raise RecordDecodeError(f"bad escape in key part {part!r}")
+    return part.replace("%2F", SEP).replace("%25", ESC)
+
+
+def pair_key(actor_id: str, owner: Owner, registered_at: float, name: str, namespace: str,
+             kind: str = KIND_ACTOR) -> str:
+    """The v2 key of one (actor, owner) pair (grammar in the module docstring)."""
+    scope, app, deployment = owner
+    return SEP.join((
+        KEY_PREFIX + actor_id, KEY_VERSION, kind, scope, escape(app), escape(deployment),
+        repr(float(registered_at)), escape(name), escape(namespace),
+    ))
 
 
 def bucket_of(key: bytes) -> bytes:
     """The bucket prefix of a key below the store's prefix (see "Buckets")."""
     return key[: len(KEY_PREFIX) + BUCKET_CHARS]
+
+
+def is_v1_key(key: bytes) -> bool:
+    return SEP.encode() not in key
+
+
+class ParsedKey(NamedTuple):
+    actor_id: str
+    owner: Owner
+    registered_at: float
+    name: str
+    namespace: str
+
+
+def parse_key(raw: bytes) -> ParsedKey:
+    """One v2 key, below the store's prefix. Raises ``RecordDecodeError`` saying why."""
+    try:
+        key = bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RecordDecodeError(f"key is not UTF-8 ({e.reason} at byte {e.start})") from None
+    parts = key.split(SEP)
+    if len(parts) != _FIELDS_V2:
+        raise RecordDecodeError(f"key has {len(parts)} fields, a v2 key has {_FIELDS_V2}")
+    head, version, kind, scope, app, deployment, t, name, namespace = parts
+    if not head.startswith(KEY_PREFIX):
+        raise RecordDecodeError("key is not below the record prefix")
+    actor_id = head[len(KEY_PREFIX):]
+    if not _valid_id(actor_id):
+        raise RecordDecodeError(f"bad actor id {actor_id!r} in key: expected lower-case hex")
+    if version != KEY_VERSION:
+        raise UnknownSchemaVersionError(
+            f"key has grammar version {version!r}; this serve_cleanup reads {KEY_VERSION}. "
+            "It was written by a newer serve_cleanup: upgrade this one.")
+    if kind not in KINDS:
+        raise RecordDecodeError(f"key has kind {kind!r}, which this serve_cleanup does not handle")
+    owner = (scope, unescape(app), unescape(deployment))
+    try:
+        check_owner_shape(*owner)
+    except ValueError as e:
+        raise RecordDecodeError(f"inconsistent owner in key: {e}") from None
+    registered_at = _parse_time(t)
+    name, namespace = unescape(name), unescape(namespace)
+    return ParsedKey(actor_id, owner, registered_at, name, namespace)
+
+
+def _parse_time(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise RecordDecodeError(f"bad time {text!r} in key") from None
+    if not math.isfinite(value) or repr(value) != text:
+        raise RecordDecodeError(f"time {text!r} in key is not a finite float as repr() writes it")
+    return value
+
+
+class ParsedKeys:
+    """Columns of the v2 keys ``parse_keys`` read (one entry per key), the v1 keys it found
+    (their values must be read) and the keys it set aside, with why."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.owners: list[Owner] = []
+        self.times: list[float] = []
+        self.names: list[str] = []
+        self.namespaces: list[str] = []
+        self.raw: list[bytes] = []
+        self.v1: list[bytes] = []
+        self.bad: list[tuple[bytes, str]] = []
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add(self, raw: bytes, k: ParsedKey) -> None:
+        self.ids.append(k.actor_id)
+        self.owners.append(k.owner)
+        self.times.append(k.registered_at)
+        self.names.append(k.name)
+        self.namespaces.append(k.namespace)
+        self.raw.append(raw)
+
+
+def parse_keys(keys: list[bytes], shared: Optional[dict] = None) -> ParsedKeys:
+    """Every key below ``KEY_PREFIX``, parsed in chunks of ``CHUNK``: a chunk of v2 keys is
+    joined with ``/``, split once and checked column by column; a chunk that fails any
+    check is parsed key by key (``parse_key``), and a key that fails is set aside. Never
+    raises. ``shared`` interns owners and namespaces (memory at 100,000 records)."""
+    out = ParsedKeys()
+    shared = {} if shared is None else shared
+    slash = SEP.encode()
+    counts = list(map(bytes.count, keys, repeat(slash)))
+    v2: list[bytes] = []
+    for key, n in zip(keys, counts):  # the usual case: one comprehension-like pass
+        if n == _FIELDS_V2 - 1:
+            v2.append(key)
+        elif n == 0 and key.startswith(KEY_PREFIX.encode()):
+            out.v1.append(key)
+        else:
+            out.bad.append((key, f"key has {n + 1} fields, a v2 key has {_FIELDS_V2}"))
+    for i in range(0, len(v2), CHUNK):
+        chunk = v2[i:i + CHUNK]
+        if not _parse_chunk(chunk, out, shared):
+            for raw in chunk:
+                try:
+                    k = parse_key(raw)
+                except RecordDecodeError as e:
+                    out.bad.append((raw, str(e)))
+                    continue
+                out.add(raw, ParsedKey(k.actor_id, shared.setdefault(k.owner, k.owner), k.registered_at,
+                                       k.name, shared.setdefault(k.namespace, k.namespace)))
+    return out
+
+
+def _parse_chunk(chunk: list[bytes], out: ParsedKeys, shared: dict) -> bool:
+    """The bulk path of ``parse_keys``: True if every key of ``chunk`` passed every check
+    (and its columns were appended), False to fall back key by key."""
+    try:
+        text = b"/".join(chunk).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    parts = text.split(SEP)
+    n = len(chunk)
+    if len(parts) != n * _FIELDS_V2:
+        return False
+    heads = parts[0::_FIELDS_V2]
+    plen = len(KEY_PREFIX)
+    if {h[:plen] for h in heads} != {KEY_PREFIX}:
+        return False
+    ids = [h[plen:] for h in heads]
+    if not set(map(len, ids)) <= _ID_LENGTHS or not _HEX_RUN.fullmatch("".join(ids)):
+        return False
+    if set(parts[1::_FIELDS_V2]) != {KEY_VERSION} or not set(parts[2::_FIELDS_V2]) <= set(KINDS):
+        return False
+    scopes, apps, deps = parts[3::_FIELDS_V2], parts[4::_FIELDS_V2], parts[5::_FIELDS_V2]
+    names, nss = parts[7::_FIELDS_V2], parts[8::_FIELDS_V2]
+    for column in (apps, deps, names, nss):
+        if ESC in "".join(column):
+            try:
+                column[:] = list(map(unescape, column))
+            except RecordDecodeError:
+                return False
+    owners = list(zip(scopes, apps, deps))
+    for owner in set(owners):
+        if owner not in shared:
+            try:
+                check_owner_shape(*owner)
+            except ValueError:
+                return False
+    texts = parts[6::_FIELDS_V2]
+    try:
+        times = list(map(float, texts))
+    except ValueError:
+        return False
+    if list(map(repr, times)) != texts or not all(map(math.isfinite, times)):
+        return False
+    setdefault = shared.setdefault
+    out.ids += ids
+    out.owners += map(setdefault, owners, owners)
+    out.times += times
+    out.names += names
+    out.namespaces += map(setdefault, nss, nss)
+    out.raw += chunk
+    return True
+
+
+def resolve_pairs(pairs: list[tuple[Pair, bytes]]) -> tuple[list[tuple[Pair, bytes]], list[bytes]]:
+    """The pairs one actor's keys leave after a crash between the steps of an owner change
+    (module docstring, "Owner sets"): (kept pairs with their keys, keys to delete). Of two
+    keys of one owner the later time is kept; a ``serve`` key beside owner keys is kept
+    (and they dropped) only if it is later than all of them."""
+    if len(pairs) == 1:
+        return pairs, []
+    best: dict[Owner, tuple[Pair, bytes]] = {}
+    stale: list[bytes] = []
+    for item in pairs:
+        (owner, t), _ = item
+        old = best.get(owner)
+        if old is None:
+            best[owner] = item
+        elif t > old[0][1] or (t == old[0][1] and item[1] > old[1]):
+            stale.append(old[1])
+            best[owner] = item
+        else:
+            stale.append(item[1])
+    serve = best.pop(SERVE_OWNER, None)
+    if serve is not None:
+        if best and max(t for (_, t), _ in best.values()) > serve[0][1]:
+            stale.append(serve[1])
+        else:
+            stale += [k for _, k in best.values()]
+            best = {SERVE_OWNER: serve}
+    kept = sorted(best.values(), key=lambda item: (item[0][1], item[0][0]))
+    return kept, stale
+
+
+# --- arguments -----------------------------------------------------------------------------
 
 
 def normalize_actor_id(value: object) -> str:
@@ -153,9 +523,8 @@ def check_owner_shape(scope: object, app: str, deployment: str) -> None:
 
 
 def records_by_scope(counts: Iterable[tuple[str, int]]) -> dict[str, int]:
-    """How many records each scope holds, as ``status`` shows them (the controller's and
-    ``serve-cleanup status --detail``'s ``records_by_scope``): summed from ``(scope, n)``
-    pairs (one per owner with its count, or one per record read from the KV), in
+    """How many (actor, owner) pairs each scope holds, as ``status`` shows them (an actor
+    without owners counts once, as ``serve``): summed from ``(scope, n)`` pairs, in
     ``SCOPES`` order, a scope that holds none left out."""
     totals = dict.fromkeys(SCOPES, 0)
     for scope, n in counts:
@@ -163,20 +532,43 @@ def records_by_scope(counts: Iterable[tuple[str, int]]) -> dict[str, int]:
     return {scope: n for scope, n in totals.items() if n}
 
 
-def encode(record: Record) -> bytes:
+# --- values --------------------------------------------------------------------------------
+
+
+def encode(record: Record, owner: Optional[Owner] = None) -> bytes:
+    """The v2 value of ``record``'s pair of ``owner`` (default: its first pair)."""
     validate(record)
+    if owner is None:
+        owner, t = record.pairs[0]
+    else:
+        t = record.time_of(owner)
+        if t is None:
+            raise ValueError(f"record of {record.actor_id} has no owner {owner!r}")
     return msgpack.packb(
         {
             "v": SCHEMA_VERSION,
             "actor_id": record.actor_id,
+            "kind": KIND_ACTOR,
             "name": record.name,
             "namespace": record.namespace,
             "handle": record.handle,
-            "scope": record.scope,
-            "app": record.app,
-            "deployment": record.deployment,
-            "registered_at": float(record.registered_at),
+            "scope": owner[0],
+            "app": owner[1],
+            "deployment": owner[2],
+            "registered_at": float(t),
         },
+        use_bin_type=True,
+    )
+
+
+def encode_v1(record: Record) -> bytes:
+    """0.1.0's value of a one-pair record (tests and the upgrade benchmark seed v1 with it)."""
+    validate(record)
+    owner, t = record.pairs[0]
+    return msgpack.packb(
+        {"v": 1, "actor_id": record.actor_id, "name": record.name, "namespace": record.namespace,
+         "handle": record.handle, "scope": owner[0], "app": owner[1], "deployment": owner[2],
+         "registered_at": float(t)},
         use_bin_type=True,
     )
 
@@ -192,14 +584,14 @@ _FIELDS: dict[str, tuple[type, ...]] = {
     "registered_at": (float, int),
 }
 _SHARED = ("namespace", "scope", "app", "deployment")  # values that repeat between records
-_set = object.__setattr__
 
 
-def decode(data: bytes, *, slim: bool = False, shared: Optional[dict[str, str]] = None) -> Record:
-    """Bytes from the KV to a Record. Raises only ``RecordDecodeError`` (or its subclass).
+def decode(data: bytes, *, slim: bool = False, shared: Optional[dict] = None) -> Record:
+    """A v1 or v2 value to a one-pair Record. Raises only ``RecordDecodeError`` (or its
+    subclass).
 
     ``slim``: leave the handle out (``b""``). ``shared``: a dict, kept across calls, through
-    which equal strings of different records become one object (memory at 100,000 records).
+    which equal strings and owners of different records become one object.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise RecordDecodeError(f"record must be bytes, got {type(data).__name__}")
@@ -220,21 +612,17 @@ def decode(data: bytes, *, slim: bool = False, shared: Optional[dict[str, str]] 
     for name, types in _FIELDS.items():
         if type(obj.get(name)) not in types:  # exact types: bool is not an int here
             raise RecordDecodeError(f"record field {name!r} is missing or has a wrong type")
+    if version >= 2 and obj.get("kind") not in KINDS:
+        raise RecordDecodeError(f"record has kind {obj.get('kind')!r}, which this serve_cleanup does not handle")
+    owner = (obj["scope"], obj["app"], obj["deployment"])
+    namespace = obj["namespace"]
     if shared is not None:
-        for name in _SHARED:
-            value = obj[name]
-            obj[name] = shared.setdefault(value, value)
-    # Set the slots directly: a frozen dataclass's __init__ costs twice as much, and
-    # rehydrating 100,000 records is this loop.
-    record = object.__new__(Record)
-    _set(record, "actor_id", obj["actor_id"])
-    _set(record, "name", obj["name"])
-    _set(record, "namespace", obj["namespace"])
-    _set(record, "handle", b"" if slim else obj["handle"])
-    _set(record, "scope", obj["scope"])
-    _set(record, "app", obj["app"])
-    _set(record, "deployment", obj["deployment"])
-    _set(record, "registered_at", float(obj["registered_at"]))
+        owner = shared.setdefault(owner, owner)
+        namespace = shared.setdefault(namespace, namespace)
+    record = tuple.__new__(Record, (
+        obj["actor_id"], obj["name"], namespace, b"" if slim else obj["handle"],
+        ((owner, float(obj["registered_at"])),),
+    ))
     validate(record)
     return record
 
@@ -247,9 +635,14 @@ def validate(record: Record) -> None:
     """The invariants every stored record keeps."""
     if not _valid_id(record.actor_id):
         raise RecordDecodeError(f"bad actor id {record.actor_id!r}: expected lower-case hex")
-    try:
-        check_owner_shape(record.scope, record.app, record.deployment)
-    except ValueError as e:
-        raise RecordDecodeError(f"inconsistent owner: {e}") from None
-    if not math.isfinite(record.registered_at):
-        raise RecordDecodeError("registered_at is not a finite number")
+    if not record.pairs:
+        raise RecordDecodeError("record has no pair")
+    for (scope, app, deployment), t in record.pairs:
+        try:
+            check_owner_shape(scope, app, deployment)
+        except ValueError as e:
+            raise RecordDecodeError(f"inconsistent owner: {e}") from None
+        if not isinstance(t, float) or not math.isfinite(t):
+            raise RecordDecodeError("registered_at is not a finite number")
+    if len(record.pairs) > 1 and SERVE_OWNER in (o for o, _ in record.pairs):
+        raise RecordDecodeError("an actor with owners has no serve pair")

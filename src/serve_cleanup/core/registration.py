@@ -11,7 +11,6 @@ order are in docs/architecture.md ("The steps of a registration").
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from typing import Any, Callable, Optional
 
@@ -23,7 +22,8 @@ from serve_cleanup.core.lifecycle import State
 from serve_cleanup.core.locks import KeyedLocks
 from serve_cleanup.core.ports import ActorInfo, ActorTable, Clock, Faults, Metrics, Serve
 from serve_cleanup.core.reaper import Reaper
-from serve_cleanup.core.records import Record
+from serve_cleanup.core import records as rec
+from serve_cleanup.core.records import Owner, Record
 from serve_cleanup.core.registry import Registry
 from serve_cleanup.errors import PersistenceError, RegistrationError
 
@@ -125,18 +125,26 @@ class Registrar:
         raise refusal
 
     async def _write(self, reg: Registration, previous: Optional[Record]) -> Record:
-        record = self.registry.new_record(
-            actor_id=reg.actor_id, name=reg.name, namespace=reg.namespace, handle=reg.handle,
-            scope=reg.scope, app=reg.app, deployment=reg.deployment,
-        )
-        if previous is not None and not previous.handle:
-            # Memory keeps no handle bytes: a take-back gives the previous owner back with
+        """Write the new pair: a new actor's first key, or an owner added to an actor's
+        set (an actor without owners gets its first owner in place of its ``serve``
+        key). The new key is put first; the keys it replaces are deleted only once the
+        call is accepted, so a crash or a refusal leaves the old set or the new one."""
+        owner = reg.owner
+        t = self.registry.next_time(previous)
+        if previous is None:
+            record = Record(reg.actor_id, reg.name, reg.namespace if reg.name else "", reg.handle,
+                            pairs=((owner, t),))
+        else:
+            # Memory keeps no handle bytes: a take-back gives the previous owners back with
             # this call's handle (it reaches the same actor id), or no kill could reach it.
-            previous = dataclasses.replace(previous, handle=reg.handle)
+            previous = previous.replace(handle=reg.handle)
+            kept = previous.pairs if previous.owners else ()
+            record = previous.replace(pairs=kept + ((owner, t),))
+        rec.validate(record)
         # Write and check the actor at once: one GCS round trip of latency, not two.
         lookup = asyncio.ensure_future(self._lookup_known(reg.actor_id)) if reg.check_actor else None
         try:
-            await self.registry.add(record)
+            await self.registry.put_pairs(record)
         except Exception as e:
             if lookup is not None:
                 lookup.cancel()
@@ -156,17 +164,15 @@ class Registrar:
                 raise refusal
             if (info.name, info.namespace if info.name else "") != (record.name, record.namespace):
                 # The actor table is authoritative (a handle made by the actor itself may
-                # not carry its name).
-                record = self.registry.new_record(
-                    actor_id=reg.actor_id, name=info.name, namespace=info.namespace, handle=reg.handle,
-                    scope=reg.scope, app=reg.app, deployment=reg.deployment,
-                )
+                # not carry its name): every key of the actor is written again with it.
+                record = record.replace(name=info.name, namespace=info.namespace if info.name else "")
                 try:
-                    await self.registry.add(record)
+                    await self.registry.put_pairs(record)
                 except Exception as e:
                     await self._take_back(reg.actor_id, previous)
                     raise _store_failed(reg.actor_id, e) from None
             self.registry.verified.add(reg.actor_id)
+        await self._delete_replaced(reg.actor_id)
         self._metrics.registered(reg.scope)
         # One INFO line costs ~130 us of the controller's CPU, a third of the call's floor:
         # each registration is logged at DEBUG, and the reconcile loop sums them up.
@@ -174,18 +180,28 @@ class Registrar:
         if self._log.isEnabledFor(logging.DEBUG):
             self._log.debug(
                 f"serve_cleanup: registered {record.display_name} (actor {reg.actor_id}, "
-                f"scope {record.owner_label})."
+                f"owner {rec.owner_label(owner)}; owners now: {record.owner_label})."
             )
-        return record
+        return self.registry.get(reg.actor_id) or record
+
+    async def _delete_replaced(self, actor_id: str) -> None:
+        """Delete the keys an accepted change replaced. The change holds already (the new
+        keys are later): a failed delete is retried by the reconcile loop and shutdown."""
+        if not self.registry.has_stale(actor_id):
+            return
+        try:
+            await self.registry.delete_stale(actor_id)
+        except Exception as e:
+            self._log.warning(
+                f"serve_cleanup: could not delete a replaced key of actor {actor_id} ({e!r}); "
+                "retrying in the background."
+            )
 
     async def _take_back(self, actor_id: str, previous: Optional[Record]) -> None:
         """Make the KV hold ``previous`` again (None: nothing). Memory shows it at once; a
         failed write is queued and retried (reconcile loop, shutdown)."""
         try:
-            if previous is not None:
-                await self.registry.add(previous)
-            else:
-                await self.registry.remove(actor_id)
+            await self.registry.restore(actor_id, previous)
             self.retract.pop(actor_id, None)
         except Exception as e:
             self.registry.set_memory(actor_id, previous)
@@ -196,6 +212,7 @@ class Registrar:
             )
 
     async def retry_take_backs(self) -> None:
+        """Retry the failed take-backs, then the deletes of replaced keys that failed."""
         for actor_id in list(self.retract):
             if self.locks.busy(actor_id):
                 continue
@@ -207,26 +224,99 @@ class Registrar:
                     await self._take_back(actor_id, previous)
                 else:  # a later write or delete of that key landed (a drop): nothing to take back
                     del self.retract[actor_id]
+        for actor_id in self.registry.stale_ids():
+            if self.locks.busy(actor_id) or actor_id in self.retract:
+                continue
+            async with self.locks.hold(actor_id):
+                await self._delete_replaced(actor_id)
 
-    async def unregister(self, actor_id: str) -> bool:
-        """Remove the record (durably) without killing the actor. Waits for the records
-        to be read: a delete landing between the load's read and its end would be undone
-        in memory (memory would claim a record the KV does not hold)."""
+    async def migrate(self) -> int:
+        """Rewrite the v1 records read at load as v2 keys (put the v2 key, then delete the
+        v1 key by its exact key), ``Config.migrations_in_flight`` at a time, each under
+        its actor's lock and the write gate (shared, like every put). An actor with a call
+        in flight, or whose handle cannot be read, waits for the next tick; a record that
+        is reaped meanwhile needs no rewrite. Returns how many were rewritten."""
+        done = 0
+        ids = self.registry.odd_ids()
+        step = self._config.migrations_in_flight
+        for i in range(0, len(ids), step):
+            results = await asyncio.gather(*(self._migrate_one(a) for a in ids[i:i + step]),
+                                           return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException) and not isinstance(result, Exception):
+                    raise result
+            done += sum(1 for result in results if result is True)
+            errors = [e for e in results if isinstance(e, Exception)]
+            if errors:
+                self._log.debug(f"serve_cleanup: rewriting v1 records failed ({errors[0]!r}); retrying.")
+                break
+        if done:
+            self._log.info(f"serve_cleanup: rewrote {done} v1 record(s) as v2.")
+        return done
+
+    async def _migrate_one(self, actor_id: str) -> bool:
+        if self.locks.busy(actor_id) or actor_id in self.retract:
+            return False
+        async with self.locks.hold(actor_id):
+            record = self.registry.get(actor_id)
+            if record is None or actor_id not in self.registry.odd_ids_set():
+                return False
+            full = (await self.registry.full([record])).get(actor_id)
+            if full is None or not full.handle or self.registry.get(actor_id) is not record:
+                return False
+            await self.registry.put_pairs(full, rewrite_odd=True)
+            await self.registry.delete_stale(actor_id)
+            return True
+
+    async def unregister(self, actor_id: str, owner: Optional[Owner] = None) -> bool:
+        """Without ``owner``: remove the registration (every key) without killing the
+        actor. With an app or deployment ``owner``: remove that owner from the actor's
+        set; the last one leaves the actor registered for shutdown (a ``serve`` key is
+        put first, then the owner's key deleted). False if there was nothing to remove.
+        Waits for the records to be read: a delete landing between the load's read and
+        its end would be undone in memory (memory would claim a record the KV does not
+        hold)."""
+        if owner is not None:
+            rec.check_owner_shape(*owner)
+            if owner[0] == rec.SCOPE_SERVE:
+                raise ValueError("scope='serve' is not an owner: unregister(actor) without an owner "
+                                 "removes the registration.")
         await self._wait_loaded("nothing was unregistered")
         async with self.locks.hold(actor_id):
-            removed = await self.registry.remove(actor_id)  # raises if the delete failed
-            self.retract.pop(actor_id, None)  # only now: a failed delete keeps it queued
-            self._reaper.forget(actor_id)
+            if owner is None:
+                removed = await self.registry.remove(actor_id)  # raises if a delete failed
+                self.retract.pop(actor_id, None)  # only now: a failed delete keeps it queued
+                self._reaper.forget(actor_id)
+            else:
+                removed = await self._remove_owner(actor_id, owner)
         if removed:
-            self._log.info(f"serve_cleanup: unregistered actor {actor_id} (not killed).")
+            self._log.info(
+                f"serve_cleanup: unregistered actor {actor_id}"
+                + (f" from {rec.owner_label(owner)}" if owner else "") + " (not killed).")
         return removed
+
+    async def _remove_owner(self, actor_id: str, owner: Owner) -> bool:
+        record = self.registry.get(actor_id)
+        if record is None or owner not in record.owners:
+            return False
+        if len(record.owners) > 1:
+            await self.registry.remove_pair(actor_id, owner)
+            return True
+        # The last owner: the actor stays registered for shutdown. The serve key needs the
+        # handle in its value: read it back.
+        full = (await self.registry.full([record])).get(actor_id, record)
+        serve = full.replace(pairs=((rec.SERVE_OWNER, self.registry.next_time(record)),))
+        await self.registry.put_pairs(serve)
+        self._faults.reached("after_record_write")  # both keys in the KV: the serve key is later
+        await self.registry.delete_stale(actor_id)  # raises: the caller retries; the change holds
+        return True
 
 
 def _shows(memory: Optional[Record], record: Optional[Record]) -> bool:
     """Memory, which keeps records without their handle, still holds ``record``."""
     if memory is None or record is None:
         return memory is record
-    return memory == dataclasses.replace(record, handle=b"")
+    return memory == record.replace(handle=b"")
 
 
 def _store_failed(actor_id: str, error: BaseException) -> PersistenceError:
