@@ -19,7 +19,8 @@ Key grammar (v2): one key per (actor, owner) pair
     scope   = "serve" | "app" | "deployment"
             | "job" | "pg"                ; reserved (Ray jobs, placement groups as owners)
     part    = *( any character but "/" and "%" | "%2F" | "%25" )
-    time    = repr() of the finite float Unix time the pair was registered at
+    time    = ["-"] 1*16 digits, no leading zero: the Unix time the pair was
+              registered at, in whole microseconds (``time_text``)
 
 Every field is self-delimiting: ``/`` ends it, and a ``/`` or ``%`` inside a name is
 written ``%2F`` or ``%25`` (nothing else is escaped), so any characters round-trip and
@@ -29,7 +30,7 @@ reserved scope will use them for a job id or a placement group id. The actor id 
 first, so the first byte of the id still buckets every key (see "Buckets"), and
 ``KEY_PREFIX + id + "/"`` lists one actor's keys. Example::
 
-    serve-cleanup-actor-5b2c…b5/2/actor/deployment/shop/Checkout/1714000000.5/router/prod
+    serve-cleanup-actor-5b2c…b5/2/actor/deployment/shop/Checkout/1714000000500000/router/prod
 
 The key carries everything a load and ``list`` need, so a restarted controller reads keys
 only (``parse_keys``: chunks of ``CHUNK`` keys joined, split and checked column by column;
@@ -60,7 +61,8 @@ Value schema (msgpack map, string keys; never pickle)
 ``scope``      str    this key's owner scope: ``serve``, ``app`` or ``deployment``.
 ``app``        str    owning application (``""`` for scope ``serve``).
 ``deployment`` str    owning deployment (``""`` unless scope is ``deployment``).
-``registered_at`` float  Unix time the pair was registered at (the key's time).
+``registered_at`` float  Unix time the pair was registered at (the key's time; whole
+                      microseconds).
 
 The value holds the whole record of its pair, handle included, so a registration is one
 put.
@@ -93,6 +95,7 @@ from __future__ import annotations
 import math
 import re
 from itertools import repeat
+from operator import truediv
 from typing import Any, Iterable, NamedTuple, Optional
 
 import msgpack
@@ -290,7 +293,7 @@ def pair_key(actor_id: str, owner: Owner, registered_at: float, name: str, names
     scope, app, deployment = owner
     return SEP.join((
         KEY_PREFIX + actor_id, KEY_VERSION, kind, scope, escape(app), escape(deployment),
-        repr(float(registered_at)), escape(name), escape(namespace),
+        time_text(registered_at), escape(name), escape(namespace),
     ))
 
 
@@ -342,14 +345,32 @@ def parse_key(raw: bytes) -> ParsedKey:
     return ParsedKey(actor_id, owner, registered_at, name, namespace)
 
 
+_MAX_MICROS = 4 * 10**15  # microseconds (year 2096): below it, whole microseconds are distinct floats
+_TIMES = re.compile(r"(?:0|-?[1-9][0-9]{0,15})(?:/(?:0|-?[1-9][0-9]{0,15}))*")
+
+
+def in_micros(t: float) -> float:
+    """``t`` rounded to whole microseconds (the times of pairs); a time out of the keys'
+    range as it is (``validate`` refuses it)."""
+    t = float(t)
+    return round(t * 1_000_000) / 1_000_000 if abs(t) < _MAX_MICROS / 1_000_000 else t
+
+
+def time_text(registered_at: float) -> str:
+    """A pair's time as its key writes it: whole microseconds, found exactly for a time
+    that is whole microseconds (``in_micros``), the nearest otherwise."""
+    t = float(registered_at)
+    us = round(t * 1_000_000)
+    for candidate in (us, us - 1, us + 1, us - 2, us + 2):
+        if candidate / 1_000_000 == t:
+            return str(candidate)
+    return str(us)
+
+
 def _parse_time(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise RecordDecodeError(f"bad time {text!r} in key") from None
-    if not math.isfinite(value) or repr(value) != text:
-        raise RecordDecodeError(f"time {text!r} in key is not a finite float as repr() writes it")
-    return value
+    if not _TIMES.fullmatch(text) or abs(int(text)) >= _MAX_MICROS:
+        raise RecordDecodeError(f"bad time {text!r} in key: expected whole microseconds")
+    return int(text) / 1_000_000
 
 
 class ParsedKeys:
@@ -388,7 +409,9 @@ def parse_keys(keys: list[bytes], shared: Optional[dict] = None) -> ParsedKeys:
     slash = SEP.encode()
     counts = list(map(bytes.count, keys, repeat(slash)))
     v2: list[bytes] = []
-    for key, n in zip(keys, counts):  # the usual case: one comprehension-like pass
+    if counts.count(_FIELDS_V2 - 1) == len(keys):  # the usual case: every key is a v2 key
+        v2, keys = list(keys), []
+    for key, n in zip(keys, counts):
         if n == _FIELDS_V2 - 1:
             v2.append(key)
         elif n == 0 and key.startswith(KEY_PREFIX.encode()):
@@ -411,20 +434,19 @@ def parse_keys(keys: list[bytes], shared: Optional[dict] = None) -> ParsedKeys:
 
 def _parse_chunk(chunk: list[bytes], out: ParsedKeys, shared: dict) -> bool:
     """The bulk path of ``parse_keys``: True if every key of ``chunk`` passed every check
-    (and its columns were appended), False to fall back key by key."""
+    (and its columns were appended), False to fall back key by key. ``chunk``'s keys all
+    start with ``KEY_PREFIX`` (they come from a listing of it)."""
     try:
         text = b"/".join(chunk).decode("utf-8")
     except UnicodeDecodeError:
         return False
-    parts = text.split(SEP)
     n = len(chunk)
+    if text.count(KEY_PREFIX) != n:  # once per key, and in no name
+        return False
+    parts = text.replace(KEY_PREFIX, "").split(SEP)
     if len(parts) != n * _FIELDS_V2:
         return False
-    heads = parts[0::_FIELDS_V2]
-    plen = len(KEY_PREFIX)
-    if {h[:plen] for h in heads} != {KEY_PREFIX}:
-        return False
-    ids = [h[plen:] for h in heads]
+    ids = parts[0::_FIELDS_V2]
     if not set(map(len, ids)) <= _ID_LENGTHS or not _HEX_RUN.fullmatch("".join(ids)):
         return False
     if set(parts[1::_FIELDS_V2]) != {KEY_VERSION} or not set(parts[2::_FIELDS_V2]) <= set(KINDS):
@@ -437,23 +459,27 @@ def _parse_chunk(chunk: list[bytes], out: ParsedKeys, shared: dict) -> bool:
                 column[:] = list(map(unescape, column))
             except RecordDecodeError:
                 return False
-    owners = list(zip(scopes, apps, deps))
-    for owner in set(owners):
-        if owner not in shared:
-            try:
-                check_owner_shape(*owner)
-            except ValueError:
-                return False
-    texts = parts[6::_FIELDS_V2]
-    try:
-        times = list(map(float, texts))
-    except ValueError:
-        return False
-    if list(map(repr, times)) != texts or not all(map(math.isfinite, times)):
-        return False
     setdefault = shared.setdefault
+    if set(scopes) == {SCOPE_SERVE} and not "".join(apps) and not "".join(deps):
+        owners: Iterable[Owner] = repeat(setdefault(SERVE_OWNER, SERVE_OWNER), n)  # the upstream method's
+    else:
+        listed = list(zip(scopes, apps, deps))
+        for owner in set(listed):
+            if owner not in shared:
+                try:
+                    check_owner_shape(*owner)
+                except ValueError:
+                    return False
+        owners = map(setdefault, listed, listed)
+    texts = parts[6::_FIELDS_V2]
+    if not _TIMES.fullmatch(SEP.join(texts)):
+        return False
+    micros = list(map(int, texts))
+    if max(micros) >= _MAX_MICROS or min(micros) <= -_MAX_MICROS:
+        return False
+    times = list(map(truediv, micros, repeat(1_000_000)))
     out.ids += ids
-    out.owners += map(setdefault, owners, owners)
+    out.owners += owners
     out.times += times
     out.names += names
     out.namespaces += map(setdefault, nss, nss)
@@ -644,5 +670,7 @@ def validate(record: Record) -> None:
             raise RecordDecodeError(f"inconsistent owner: {e}") from None
         if not isinstance(t, float) or not math.isfinite(t):
             raise RecordDecodeError("registered_at is not a finite number")
+        if abs(t) >= _MAX_MICROS / 1_000_000:
+            raise RecordDecodeError(f"registered_at {t!r} is out of range (a Unix time before 2096)")
     if len(record.pairs) > 1 and SERVE_OWNER in (o for o, _ in record.pairs):
         raise RecordDecodeError("an actor with owners has no serve pair")

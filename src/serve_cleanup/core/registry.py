@@ -102,6 +102,7 @@ class Loaded:
     set_aside: dict[str, SetAside]
     stale: dict[str, set[bytes]]
     odd: dict[str, dict[Owner, bytes]]
+    owned: bool = True  # some record may have an owner (False: every one waits for shutdown)
 
     def keys_of(self, record: Record) -> list[bytes]:
         odd = self.odd.get(record.actor_id, {})
@@ -120,17 +121,19 @@ async def read_keys(store: RecordStore, *, on_record: Optional[Callable[[int], N
     paused = gc.isenabled()
     gc.disable()  # 100,000 records are 100,000 long-lived objects: no GC passes over them
     try:
-        parsed = rec.parse_keys([bytes(k) for k in keys], shared)
+        parsed = rec.parse_keys(list(map(bytes, keys)), shared)
         set_aside = {_printable(raw): SetAside(_printable(raw), why, 0, bytes(raw)) for raw, why in parsed.bad}
         ids = parsed.ids
         found: dict[str, Record] = dict(zip(ids, map(tuple.__new__, repeat(Record), zip(
             ids, parsed.names, parsed.namespaces, repeat(b""), zip(zip(parsed.owners, parsed.times))))))
         loaded = Loaded(found, set_aside, {}, {})
+        loaded.owned = parsed.owners.count(SERVE_OWNER) != len(parsed.owners)  # (identity first: fast)
         if on_record is not None and found:
             on_record(len(found))
         v1 = await _read_v1(store, parsed.v1, set_aside, shared, on_record)
         if len(found) != len(ids) or v1:
             _merge(loaded, parsed, v1)
+            loaded.owned = True
     finally:
         if paused:
             gc.enable()
@@ -139,7 +142,8 @@ async def read_keys(store: RecordStore, *, on_record: Optional[Callable[[int], N
 
 async def _read_v1(store: RecordStore, keys: list[bytes], set_aside: dict[str, SetAside],
                    shared: dict, on_record: Optional[Callable[[int], None]]) -> list[tuple[bytes, Record]]:
-    pages = [sorted(keys)[i:i + LOAD_PAGE] for i in range(0, len(keys), LOAD_PAGE)]
+    keys = sorted(keys)
+    pages = [keys[i:i + LOAD_PAGE] for i in range(0, len(keys), LOAD_PAGE)]
     out: list[tuple[bytes, Record]] = []
     pending = asyncio.ensure_future(store.get_many(pages[0])) if pages else None
     for i in range(len(pages)):
@@ -160,6 +164,13 @@ async def _read_v1(store: RecordStore, keys: list[bytes], set_aside: dict[str, S
 def _merge(loaded: Loaded, parsed: rec.ParsedKeys, v1: list[tuple[bytes, Record]]) -> None:
     """The slow path of a load: actors with more than one key (several owners, a crash in
     the middle of an owner change, a v1 record) or a v1 key."""
+    v1_only = [(raw, r) for raw, r in v1 if r.actor_id not in loaded.records]
+    if len(v1_only) == len(v1) and len(loaded.records) == len(parsed.ids):
+        if len({r.actor_id for _, r in v1}) == len(v1):  # the usual case: one key per actor
+            for raw, r in v1:
+                loaded.records[r.actor_id] = r
+                loaded.odd[r.actor_id] = {r.pairs[0][0]: raw}
+            return
     counts = Counter(parsed.ids)
     groups: dict[str, list[tuple[rec.Pair, bytes, str, str]]] = {}
     for i, actor_id in enumerate(parsed.ids):
@@ -234,9 +245,10 @@ class Registry:
         self._aside_raw = set()
         self._by_owner = {}
         self.verified = set()
-        for record in self._records.values():
-            if record.pairs[0][0] is not SERVE_OWNER:
-                self._index(record)
+        if loaded.owned:
+            for record in self._records.values():
+                if record.pairs[0][0] is not SERVE_OWNER:
+                    self._index(record)
         return len(self._records), list(self._set_aside.values())
 
     def __len__(self) -> int:
@@ -348,16 +360,17 @@ class Registry:
     def next_time(self, previous: Optional[Record]) -> float:
         """A registration time later than every pair of ``previous`` (the loader keeps
         the later key of a crash's two, so times of one actor must grow)."""
-        now = self._clock()
+        now = rec.in_micros(self._clock())
         if previous is not None and now <= previous.latest:
-            now = previous.latest + max(TIME_STEP, abs(previous.latest) * 1e-15)
+            now = rec.in_micros(previous.latest + TIME_STEP)
         return now
 
     def new_record(
         self, *, actor_id: str, name: str, namespace: str, handle: bytes,
         scope: str = rec.SCOPE_SERVE, app: str = "", deployment: str = "",
     ) -> Record:
-        record = Record(actor_id, name, namespace if name else "", handle, scope, app, deployment, self._clock())
+        record = Record(actor_id, name, namespace if name else "", handle, scope, app, deployment,
+                        rec.in_micros(self._clock()))
         rec.validate(record)
         return record
 
