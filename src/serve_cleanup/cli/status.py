@@ -86,7 +86,8 @@ def _detail(reader: Any, kind: str) -> dict[str, Any]:
     records, set_aside = reader.records()
     return {
         "records": len(records),
-        "records_by_scope": records_by_scope((r.scope, 1) for r in records),
+        "pairs": sum(len(r.pairs) for r in records),
+        "records_by_scope": records_by_scope((o[0], 1) for r in records for o, _ in r.pairs),
         "set_aside": [s.to_dict() for s in set_aside],
         "controller_status": _controller_view(reader.address) if kind == "durable" else None,
     }

@@ -26,7 +26,8 @@ def records_table(items: Sequence[dict], states: dict[str, str], extra: Sequence
     state per id, and optional extra columns taken from each dict."""
     rows = [
         (
-            d["scope"], d["app"] or "-", d["deployment"] or "-", d["namespace"] or "-",
+            d["scope"] + (f" (+{len(d['owners']) - 1} more)" if len(d.get("owners") or ()) > 1 else ""),
+            d["app"] or "-", d["deployment"] or "-", d["namespace"] or "-",
             d["name"] or "(anonymous)", d["actor_id"], states.get(d["actor_id"], "?"),
             timestamp(d["registered_at"]), *(d.get(k, "") for k in extra),
         )

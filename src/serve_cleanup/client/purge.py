@@ -30,17 +30,20 @@ class PurgeItem:
 def purge_plan(actor_ids: Iterable[str] = (), *, set_aside: bool = False, everything: bool = False) -> list[PurgeItem]:
     """What ``purge`` would delete: the records of ``actor_ids`` (hex), the set-aside
     entries if ``set_aside``, or every entry under the prefix if ``everything``."""
-    from serve_cleanup.client.gcs import read_kv
+    import asyncio
+
+    from serve_cleanup.core.registry import read_keys
 
     wanted = {normalize_actor_id(a) for a in actor_ids}
-    records, set_aside_entries = read_kv(_ray.driver_gcs_client(), slim=True)
-    plan = [
-        PurgeItem(r.key, r.key.encode(), "record", r.actor_id)
-        for r in records
+    loaded = asyncio.run(read_keys(KvStore(_ray.driver_gcs_client()).aio))
+    plan = [  # every key of the actor: one per owner, a v1 key, keys a crash left (exact keys)
+        PurgeItem(key.decode("utf-8", "backslashreplace"), key, "record", r.actor_id)
+        for r in sorted(loaded.records.values(), key=lambda r: (r.registered_at, r.actor_id))
         if everything or r.actor_id in wanted
+        for key in loaded.keys_of(r)
     ]
     if set_aside or everything:
-        plan += [PurgeItem(s.key, s.raw_key, "set aside") for s in set_aside_entries]
+        plan += [PurgeItem(s.key, s.raw_key, "set aside") for s in loaded.set_aside.values()]
     return plan
 
 

@@ -170,9 +170,15 @@ class ServeController(_ray.ServeController):
             self._sc_core, actor, scope=scope, app=app, deployment=deployment, ensure_only=ensure_only
         )
 
-    async def serve_cleanup_unregister(self, actor_id: str) -> bool:
-        """Remove the record without killing the actor. False if it was not registered."""
-        return await self._sc_core.unregister(normalize_actor_id(actor_id))
+    async def serve_cleanup_unregister(
+        self, actor_id: str, scope: Optional[str] = None, app: str = "", deployment: str = "",
+    ) -> bool:
+        """Without ``scope``: remove the registration without killing the actor. With an
+        app or deployment owner: remove that owner (the last one leaves the actor
+        registered for shutdown). False if there was nothing to remove. The call shape of
+        0.1.0's client (the actor id alone) is the first."""
+        owner = None if scope is None else (scope, app, deployment)
+        return await self._sc_core.unregister(normalize_actor_id(actor_id), owner)
 
     async def serve_cleanup_gc(self, dry_run: bool = False) -> list[dict[str, Any]]:
         """Registrations whose owner is gone or whose actor is dead; killed unless dry_run."""
