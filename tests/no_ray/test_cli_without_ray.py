@@ -142,3 +142,15 @@ def test_commands_that_need_ray_say_so_in_one_line(cli):
 def test_a_mistyped_actor_id_is_a_usage_error_before_anything_else(cli):
     out = cli("unregister", "not-hex")
     assert out.returncode == 2 and "is not an actor id" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--app", "a"], "add --scope app or --scope deployment"),
+    (["--scope", "app"], "--scope app needs --app"),
+    (["--scope", "app", "--app", "a", "--deployment", "d"], "--scope app takes no --deployment"),
+    (["--scope", "deployment", "--app", "a"], "--scope deployment needs --deployment"),
+    (["--scope", "serve", "--app", "a"], "'serve' is not one of 'app', 'deployment'"),
+])
+def test_unregister_owner_options_are_checked_before_anything_else(cli, args, message):
+    out = cli("unregister", "00ff", *args)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr

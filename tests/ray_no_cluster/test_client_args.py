@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from serve_cleanup.serve_adapter import faults
 from serve_cleanup.client import calls
-from serve_cleanup.client.args import resolve_owner
+from serve_cleanup.client.args import resolve_owner, unregister_args
 from serve_cleanup.client.calls import collect_async, register, register_async, unregister_async
 
 
@@ -90,3 +90,51 @@ def test_crash_points_are_off_by_default_and_never_fatal(monkeypatch, caplog):
     points = faults.CrashPoints()
     assert "nowhere" in caplog.text
     assert points._points == {"after_record_write"}
+
+
+def test_unregister_without_an_owner_sends_the_actor_id_alone():
+    """The call shape every controller release takes (0.1.x's takes only this one)."""
+    assert unregister_args("00FF") == ("00ff",)
+
+
+def test_unregister_with_an_owner_sends_it():
+    assert unregister_args("00ff", "app", "a") == ("00ff", "app", "a", "")
+    assert unregister_args("00ff", "deployment", "a", "d") == ("00ff", "deployment", "a", "d")
+
+
+@pytest.mark.parametrize(
+    "scope, app, deployment, error, match",
+    [
+        (None, "a", None, ValueError, "pass scope='app' or scope='deployment'"),
+        (None, None, "d", ValueError, "pass scope='app' or scope='deployment'"),
+        ("serve", None, None, ValueError, "scope='serve' is not an owner"),
+        ("cluster", "a", None, ValueError, "unknown scope"),
+        ("app", None, None, ValueError, "outside a Serve replica needs app="),
+        ("app", "a", "d", ValueError, "takes no deployment"),
+        ("deployment", "a", None, ValueError, "needs deployment="),
+        ("app", 3, None, TypeError, "app must be a str"),
+    ],
+)
+def test_unregister_owner_arguments_are_checked_in_the_caller(scope, app, deployment, error, match):
+    with pytest.raises(error, match=match):
+        unregister_args("00ff", scope, app, deployment)
+
+
+async def test_blocking_and_async_unregister_send_the_same_call(monkeypatch):
+    sent = []
+
+    def blocking(method, *args, timeout_s, api=None):
+        sent.append((method, args))
+        return True
+
+    async def awaitable(method, *args, timeout_s):
+        sent.append((method, args))
+        return True
+
+    monkeypatch.setattr(calls, "_call_controller", blocking)
+    monkeypatch.setattr(calls, "_call_controller_async", awaitable)
+    assert calls.unregister("00ff", scope="deployment", app="a", deployment="d")
+    assert await unregister_async("00ff", scope="deployment", app="a", deployment="d")
+    assert calls.unregister("00ff") and await unregister_async("00ff")
+    assert sent == [("serve_cleanup_unregister", ("00ff", "deployment", "a", "d"))] * 2 + [
+        ("serve_cleanup_unregister", ("00ff",))] * 2

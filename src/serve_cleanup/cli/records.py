@@ -4,6 +4,8 @@ is down."""
 
 from __future__ import annotations
 
+from typing import Optional
+
 import click
 
 from serve_cleanup.cli.common import (
@@ -73,22 +75,60 @@ def gc(address: str, dry_run: bool, as_json: bool) -> None:
     )
 
 
-@click.command(help="Remove the registration of ACTOR_ID (hex) without killing the actor.")
+@click.command(help=(
+    "Remove the registration of ACTOR_ID (hex) without killing the actor; with --scope "
+    "app|deployment (and --app, --deployment), remove that owner only."
+))
 @address_option
 @click.argument("actor_id")
-def unregister(address: str, actor_id: str) -> None:
+@click.option("--scope", type=click.Choice(["app", "deployment"]), default=None,
+              help="Remove only this owner: an app (--app) or a deployment (--app, --deployment).")
+@click.option("--app", default=None, help="The owner's app (with --scope).")
+@click.option("--deployment", default=None, help="The owner's deployment (with --scope deployment).")
+def unregister(address: str, actor_id: str, scope: Optional[str], app: Optional[str],
+               deployment: Optional[str]) -> None:
     actor_id = parse_actor_id(actor_id)
+    owner = _owner_option(scope, app, deployment)
     need_ray("unregister")
     from serve_cleanup.client.calls import unregister as unregister_call
 
     connect(address)
     needs_durable("unregister")
-    with failing_as(Exit.ERROR), waiting(f"the durable controller to unregister {actor_id}"):
-        removed = unregister_call(actor_id, timeout_s=30)
-    if removed:
+    label = "" if owner is None else f" from {_label(owner)}"
+    with failing_as(Exit.ERROR), waiting(f"the durable controller to unregister {actor_id}{label}"):
+        how = {} if owner is None else {"scope": owner[0], "app": owner[1], "deployment": owner[2]}
+        removed = unregister_call(actor_id, **how, timeout_s=30)
+    if removed and owner is None:
         click.echo(f"Unregistered {actor_id}; the actor was not killed.")
-    else:
+    elif removed:
+        click.echo(f"Removed {_label(owner)} from the owners of {actor_id}; the actor was not killed.")
+    elif owner is None:
         click.echo(f"{actor_id} was not registered; nothing to do.")
+    else:
+        click.echo(f"{actor_id} is not registered with {_label(owner)}; nothing to do.")
+
+
+def _owner_option(scope: Optional[str], app: Optional[str], deployment: Optional[str]) -> Optional[tuple[str, str, str]]:
+    """The owner ``unregister``'s options name (None: the whole registration); a usage
+    error before anything else. The command line runs in no replica, so the names the
+    scope needs are spelled out."""
+    if scope is None:
+        if app is not None or deployment is not None:
+            raise click.UsageError("--app and --deployment name an owner: add --scope app or --scope deployment.")
+        return None
+    if not app:
+        raise click.UsageError(f"--scope {scope} needs --app.")
+    if scope == "app" and deployment is not None:
+        raise click.UsageError("--scope app takes no --deployment; use --scope deployment.")
+    if scope == "deployment" and not deployment:
+        raise click.UsageError("--scope deployment needs --deployment.")
+    return scope, app, deployment or ""
+
+
+def _label(owner: tuple[str, str, str]) -> str:
+    from serve_cleanup.core.records import owner_label
+
+    return _label(owner)
 
 
 def _entries(n: int) -> str:

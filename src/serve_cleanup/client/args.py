@@ -63,9 +63,39 @@ def resolve_owner(scope: str, app: Optional[str], deployment: Optional[str]) -> 
     return app, deployment
 
 
-def unregister_args(actor: object) -> str:
+def unregister_args(
+    actor: object, scope: object = None, app: object = None, deployment: object = None
+) -> tuple[str, ...]:
+    """The arguments of ``serve_cleanup_unregister``: the actor id alone without an owner
+    (remove the registration; the one shape every controller release accepts), else the
+    id and the owner ``(scope, app, deployment)`` to remove (``app`` or ``deployment``,
+    filled in from the replica like ``register``'s)."""
     if isinstance(actor, ActorHandle):
-        return _ray.actor_id_hex(actor)
-    if isinstance(actor, str):
-        return records.normalize_actor_id(actor)
-    raise TypeError(f"expected a Ray ActorHandle or an actor id, got {type(actor).__name__}")
+        actor_id = _ray.actor_id_hex(actor)
+    elif isinstance(actor, str):
+        actor_id = records.normalize_actor_id(actor)
+    else:
+        raise TypeError(f"expected a Ray ActorHandle or an actor id, got {type(actor).__name__}")
+    for label, value in (("app", app), ("deployment", deployment)):
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{label} must be a str, got {type(value).__name__}")
+    if scope is None:
+        if app is not None or deployment is not None:
+            raise ValueError(
+                "app=/deployment= name an owner: pass scope='app' or scope='deployment' with them "
+                "(without an owner, unregister removes the whole registration)."
+            )
+        return (actor_id,)
+    check_unregister_scope(scope)
+    owner_app, owner_deployment = resolve_owner(scope, app, deployment)  # type: ignore[arg-type]
+    return actor_id, scope, owner_app, owner_deployment  # type: ignore[return-value]
+
+
+def check_unregister_scope(scope: object) -> None:
+    """An owner to remove is an app or a deployment; ``serve`` is none."""
+    if scope == records.SCOPE_SERVE:
+        raise ValueError(
+            "scope='serve' is not an owner: unregister without scope removes the registration."
+        )
+    if scope not in (records.SCOPE_APP, records.SCOPE_DEPLOYMENT):
+        raise ValueError(f"unknown scope {scope!r}; use 'app' or 'deployment' (or no scope).")

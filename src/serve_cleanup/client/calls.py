@@ -50,8 +50,9 @@ def register(
     Inside a replica, ``app`` and ``deployment`` default to the replica's own. Survives a
     controller restart in flight: retries until the (restarted) controller accepts the
     registration, or raises ``ControllerUnavailableError`` after ``timeout_s``.
-    Registering the same actor again with the same owner is a no-op; with another owner
-    it moves the registration to that owner.
+    Registering the same actor again with the same owner is a no-op; with another app or
+    deployment owner it adds that owner (the actor is killed when the last of its owners
+    is deleted). ``scope="serve"`` leaves a registered actor's owners as they are.
 
     Blocks while it waits. In ``async`` code use :func:`register_async`.
     """
@@ -73,22 +74,38 @@ async def register_async(
     return await _call_controller_async("serve_cleanup_register", *args, timeout_s=timeout_s)
 
 
-def unregister(actor: Union[ActorHandle, str], *, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
-    """Remove ``actor``'s registration (durably) without killing it.
+def unregister(
+    actor: Union[ActorHandle, str],
+    *,
+    scope: Optional[Scope] = None,
+    app: Optional[str] = None,
+    deployment: Optional[str] = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> bool:
+    """Remove ``actor``'s registration, or one of its owners (durably), without killing it.
 
-    Accepts an actor handle or an actor id (hex). False if it was not registered.
+    Accepts an actor handle or an actor id (hex). Without ``scope``, removes the whole
+    registration. With ``scope="app"`` or ``"deployment"`` (and ``app``/``deployment`` as
+    for :func:`register`, defaulting to the replica's own), removes that owner only: the
+    actor is still killed when its last remaining owner is deleted, and when none is left
+    it stays registered for ``serve.shutdown()``. False if there was nothing to remove.
     Blocks while it waits; in ``async`` code use :func:`unregister_async`.
     """
-    actor_id = unregister_args(actor)
-    return _call_controller("serve_cleanup_unregister", actor_id, timeout_s=timeout_s, api="unregister")
+    args = unregister_args(actor, scope, app, deployment)
+    return _call_controller("serve_cleanup_unregister", *args, timeout_s=timeout_s, api="unregister")
 
 
 async def unregister_async(
-    actor: Union[ActorHandle, str], *, timeout_s: float = DEFAULT_TIMEOUT_S
+    actor: Union[ActorHandle, str],
+    *,
+    scope: Optional[Scope] = None,
+    app: Optional[str] = None,
+    deployment: Optional[str] = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> bool:
     """:func:`unregister` for ``async`` code (same arguments, result and errors)."""
-    actor_id = unregister_args(actor)
-    return await _call_controller_async("serve_cleanup_unregister", actor_id, timeout_s=timeout_s)
+    args = unregister_args(actor, scope, app, deployment)
+    return await _call_controller_async("serve_cleanup_unregister", *args, timeout_s=timeout_s)
 
 
 def collect(*, dry_run: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S) -> list[dict[str, Any]]:
