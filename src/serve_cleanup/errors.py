@@ -54,6 +54,12 @@ class NotDurableControllerError(ServeCleanupError):
     """A plain Ray Serve controller runs where the durable one is needed."""
 
 
+class ControllerVersionError(ServeCleanupError):
+    """The running durable controller is an older serve_cleanup release than the call
+    needs (a rolling upgrade whose controller is not upgraded yet); it refused the call
+    before doing anything."""
+
+
 class ControllerRunningError(ServeCleanupError):
     """A Serve controller runs, so the KV must not be edited behind its back
     (``serve-cleanup purge``)."""

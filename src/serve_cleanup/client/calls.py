@@ -21,6 +21,7 @@ from ray.actor import ActorHandle
 
 from serve_cleanup.client.args import Scope, check_timeout, register_args, unregister_args
 from serve_cleanup.client.controller import connect, controller_kind, find_controller
+from serve_cleanup.client.protocol import PROTOCOL, older_controller
 from serve_cleanup.core.records import Record
 from serve_cleanup.errors import ControllerUnavailableError, NotDurableControllerError
 
@@ -54,10 +55,15 @@ def register(
     deployment owner it adds that owner (the actor is killed when the last of its owners
     is deleted). ``scope="serve"`` leaves a registered actor's owners as they are.
 
+    Needs a 0.2.0 controller or later: an older one refuses the call before registering
+    anything (``ControllerVersionError``).
+
     Blocks while it waits. In ``async`` code use :func:`register_async`.
     """
     args = register_args(actor, scope, app, deployment)
-    return _call_controller("serve_cleanup_register", *args, timeout_s=timeout_s, api="register")
+    return _call_controller(
+        "serve_cleanup_register", *args, timeout_s=timeout_s, api="register", kwargs=_REGISTER_KWARGS
+    )
 
 
 async def register_async(
@@ -71,7 +77,9 @@ async def register_async(
     """:func:`register` for ``async`` code: the same arguments, result and errors, but
     waiting (also between retries while the controller restarts) never blocks the loop."""
     args = register_args(actor, scope, app, deployment)
-    return await _call_controller_async("serve_cleanup_register", *args, timeout_s=timeout_s)
+    return await _call_controller_async(
+        "serve_cleanup_register", *args, timeout_s=timeout_s, kwargs=_REGISTER_KWARGS
+    )
 
 
 def unregister(
@@ -89,6 +97,7 @@ def unregister(
     for :func:`register`, defaulting to the replica's own), removes that owner only: the
     actor is still killed when its last remaining owner is deleted, and when none is left
     it stays registered for ``serve.shutdown()``. False if there was nothing to remove.
+    Removing one owner needs a 0.2.0 controller or later (``ControllerVersionError``).
     Blocks while it waits; in ``async`` code use :func:`unregister_async`.
     """
     args = unregister_args(actor, scope, app, deployment)
@@ -122,6 +131,11 @@ async def collect_async(
 ) -> list[dict[str, Any]]:
     """:func:`collect` for ``async`` code (same arguments, result and errors)."""
     return await _call_controller_async("serve_cleanup_gc", bool(dry_run), timeout_s=timeout_s)
+
+
+# What serve_cleanup_register is sent beside its arguments: the call shape, which a 0.1.x
+# controller refuses (client/protocol.py).
+_REGISTER_KWARGS = {"protocol": PROTOCOL}
 
 
 def controller_status(timeout_s: float = 10.0) -> dict[str, Any]:
@@ -175,6 +189,7 @@ def _attempts(
     args: tuple[Any, ...],
     timeout_s: float,
     *,
+    kwargs: Optional[dict[str, Any]] = None,
     find: Callable[[], Optional[ActorHandle]] = lambda: find_controller(),
     kind: Callable[[ActorHandle], str] = lambda h: controller_kind(h),
     clock: Callable[[], float] = time.monotonic,
@@ -200,11 +215,15 @@ def _attempts(
                 "serve.shutdown()) to make them durable."
             )
         else:
-            ref = getattr(controller, method).remote(*args)
+            try:
+                ref = getattr(controller, method).remote(*args, **(kwargs or {}))
+            except TypeError as e:  # Ray's check against the handle's signatures
+                raise older_controller(method, e, raised_by_ray=True) or e
             try:
                 return (yield _Await(ref, min(remaining, _MAX_WAIT_S)))
             except ray.exceptions.RayTaskError as e:
-                raise e.as_instanceof_cause() if e.cause is None else e.cause from None
+                cause = e.as_instanceof_cause() if e.cause is None else e.cause
+                raise older_controller(method, cause) or cause from None
             except _RETRYABLE as e:
                 last_error = e
         pause = min(delay, deadline - clock())
@@ -213,9 +232,12 @@ def _attempts(
         delay = min(delay * 2, _MAX_DELAY_S)
 
 
-def _call_controller(method: str, *args: Any, timeout_s: float, api: Optional[str] = None) -> Any:
+def _call_controller(
+    method: str, *args: Any, timeout_s: float, api: Optional[str] = None,
+    kwargs: Optional[dict[str, Any]] = None,
+) -> Any:
     """Run ``method`` on the durable controller, blocking, with the shared retry policy."""
-    attempts = _attempts(method, args, check_timeout(timeout_s))
+    attempts = _attempts(method, args, check_timeout(timeout_s), kwargs=kwargs)
     if api is not None:
         _warn_if_blocking_a_loop(api)
     connect()
@@ -236,9 +258,11 @@ def _call_controller(method: str, *args: Any, timeout_s: float, api: Optional[st
         return done.value
 
 
-async def _call_controller_async(method: str, *args: Any, timeout_s: float) -> Any:
+async def _call_controller_async(
+    method: str, *args: Any, timeout_s: float, kwargs: Optional[dict[str, Any]] = None
+) -> Any:
     """Run ``method`` on the durable controller without blocking the running loop."""
-    attempts = _attempts(method, args, check_timeout(timeout_s))
+    attempts = _attempts(method, args, check_timeout(timeout_s), kwargs=kwargs)
     connect()
     try:
         action = next(attempts)

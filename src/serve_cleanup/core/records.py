@@ -76,6 +76,13 @@ Version history
    killed, in the background (``Registry.migrate``).
 2. serve_cleanup 0.2.0: one key per (actor, owner) pair, the grammar above; value ``v`` = 2.
 
+Between releases (the call's answer)
+------------------------------------
+0.1.x's client unpickles ``serve_cleanup_register``'s answer into its own ``Record``, a
+frozen dataclass of one owner (``actor_id, name, namespace, handle, scope, app,
+deployment, registered_at``), which cannot read this module's ``Record``. A 0.1.x call
+(no ``protocol=2``) is answered with ``V1Reply``, which unpickles as that dataclass.
+
 In memory
 ---------
 ``Record`` is one actor: its id, name, namespace, handle (``b""`` in the controller's
@@ -92,6 +99,7 @@ it is a key to delete (``registry`` says when that is safe).
 
 from __future__ import annotations
 
+import copyreg
 import math
 import re
 from itertools import repeat
@@ -246,6 +254,24 @@ class Record(_RecordFields):
             "owners": [{"scope": o[0], "app": o[1], "deployment": o[2], "registered_at": t}
                        for o, t in self.pairs if o[0] != SCOPE_SERVE],
         }
+
+
+class V1Reply:
+    """``record`` as a 0.1.x client unpickles it: its own ``Record`` dataclass (found by
+    the same name, ``serve_cleanup.core.records.Record``), built with ``object.__new__``
+    and filled by its ``__setstate__`` from the eight fields in order. The owner is
+    ``owner`` if the record has it, else its first; the time is that pair's."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, record: "Record", owner: Optional[Owner] = None) -> None:
+        time = record.time_of(owner) if owner is not None else None
+        if time is None:
+            owner, time = record.pairs[0]
+        self.fields = [record.actor_id, record.name, record.namespace, record.handle, *owner, time]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return copyreg._reconstructor, (Record, object, None), self.fields  # type: ignore[attr-defined]
 
 
 def owner_label(owner: Owner) -> str:

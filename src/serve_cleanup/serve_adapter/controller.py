@@ -42,7 +42,7 @@ from serve_cleanup.serve_adapter import _ray
 from serve_cleanup.serve_adapter.kv import KvStore
 from serve_cleanup.serve_adapter.ports import GcsActorTable, RayKiller, ServeFacts
 from serve_cleanup.core import CleanupCore, Config, Registration
-from serve_cleanup.core.records import SCOPE_SERVE, Record, normalize_actor_id
+from serve_cleanup.core.records import SCOPE_SERVE, Record, V1Reply, normalize_actor_id
 from serve_cleanup.errors import PersistenceError
 from serve_cleanup.serve_adapter.faults import CrashPoints
 from serve_cleanup.serve_adapter.metrics import ControllerMetrics
@@ -50,6 +50,15 @@ from serve_cleanup.serve_adapter.metrics import ControllerMetrics
 logger = _ray.controller_logger
 
 REPR = "ServeController(serve_cleanup durable)"
+
+
+def _version() -> str:
+    import serve_cleanup
+
+    return str(serve_cleanup.__version__)
+
+
+_VERSION = _version()  # reported by serve_cleanup_status
 
 
 def _reconcile_interval() -> float:
@@ -163,12 +172,17 @@ class ServeController(_ray.ServeController):
 
     async def serve_cleanup_register(
         self, actor: Any, scope: str = SCOPE_SERVE, app: str = "", deployment: str = "",
-        ensure_only: bool = False,
-    ) -> Record:
-        """Durably register ``actor``; returns the stored record. Idempotent."""
-        return await _register(
+        ensure_only: bool = False, protocol: int = 1,
+    ) -> Any:
+        """Durably register ``actor``; returns the stored record. Idempotent.
+
+        ``protocol=2`` is what a 0.2.0 client sends (a 0.1.x controller refuses it); a
+        0.1.x client sends no ``protocol`` and gets the record as a ``V1Reply``, which it
+        unpickles as its own one-owner ``Record`` (``client/protocol.py``)."""
+        record = await _register(
             self._sc_core, actor, scope=scope, app=app, deployment=deployment, ensure_only=ensure_only
         )
+        return record if protocol >= 2 else V1Reply(record, (scope, app, deployment))
 
     async def serve_cleanup_unregister(
         self, actor_id: str, scope: Optional[str] = None, app: str = "", deployment: str = "",
@@ -187,6 +201,7 @@ class ServeController(_ray.ServeController):
     def serve_cleanup_status(self) -> dict[str, Any]:
         return {
             "controller": "durable",
+            "version": _VERSION,
             "pid": os.getpid(),
             "shutting_down": _ray.serve_shutting_down(self),
             **self._sc_core.status(),
