@@ -89,7 +89,8 @@ class ActorTable(Protocol):
 class Killer(Protocol):
     async def kill(self, record: Record) -> bool:
         """Send a kill (no restart) to the actor with exactly ``record.actor_id``, reached
-        through ``record.handle``. False when no handle to that id can be had. Must not
+        through ``record.handle`` (empty when the stored value was unreadable), else by
+        name or by the id alone. False when no kill to that id could be sent. Must not
         block the event loop."""
 
 

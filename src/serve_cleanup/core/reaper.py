@@ -275,7 +275,7 @@ class Reaper:
             if not sent:
                 outcomes[r.actor_id] = self._failed(
                     r, reason,
-                    "its stored handle is unusable and no actor with its id holds its name; "
+                    "no handle to its id could be had and GCS refused a kill by its id; "
                     "kill it by hand (ray.kill), or remove the record (`serve-cleanup unregister`; "
                     "`serve-cleanup purge` while Serve is down)",
                 )

@@ -165,6 +165,53 @@ def handle_class_module(handle: ActorHandle) -> str:
     return handle._ray_actor_creation_function_descriptor.module_name
 
 
+# --- killing an actor by its id alone ---------------------------------------------------
+#
+# ray.kill needs a handle that this worker's core worker has registered (CoreWorker::
+# KillActor refuses an id it holds no handle of), and Ray's Python has no way to get one
+# from an id: ray.get_actor goes by name, and CoreWorker.get_actor_handle(id) assumes
+# the handle exists (a RAY_CHECK: it would abort the controller process). What ray.kill
+# sends in the end is GCS's KillActorViaGcs(actor_id, force_kill, no_restart), which goes
+# by id only; serve_cleanup sends that same request itself, on a gRPC channel built the
+# way Ray's own Python builds its GCS channels (``init_grpc_channel``: TLS from
+# RAY_USE_TLS, the token interceptor when token auth is on). Read from the 2.58.0 and
+# 2.60.0 wheels (``ray._private.grpc_utils.init_grpc_channel``, ``gcs_service_pb2``'s
+# ``KillActorViaGcsRequest`` fields ``actor_id``, ``force_kill``, ``no_restart``); older
+# releases are tried at ``ray._private.utils.init_grpc_channel``, where earlier Rays kept it.
+
+
+def _init_grpc_channel() -> Any:
+    try:
+        from ray._private.grpc_utils import init_grpc_channel
+    except ImportError:
+        from ray._private.utils import init_grpc_channel  # type: ignore[no-redef]
+    return init_grpc_channel
+
+
+KILL_BY_ID_TIMEOUT_S = 10.0
+
+
+def kill_by_id(actor_id: str, gcs_address: str, timeout_s: float = KILL_BY_ID_TIMEOUT_S) -> bool:
+    """``ray.kill(no_restart=True)`` of the actor ``actor_id`` without a handle: GCS's
+    ``KillActorViaGcs`` with ``force_kill`` and ``no_restart``, as ray.kill sends it.
+    True if GCS accepted it (an id GCS does not know: False). Blocking (one channel per
+    call; only a record whose stored value is unreadable, an anonymous actor, comes here)."""
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    channel = _init_grpc_channel()(gcs_address)
+    try:
+        stub = gcs_service_pb2_grpc.ActorInfoGcsServiceStub(channel)
+        reply = stub.KillActorViaGcs(
+            gcs_service_pb2.KillActorViaGcsRequest(
+                actor_id=bytes.fromhex(actor_id), force_kill=True, no_restart=True
+            ),
+            timeout=timeout_s,
+        )
+    finally:
+        channel.close()
+    return reply.status.code == 0
+
+
 def register_upstream(controller: ActorHandle, actor: ActorHandle) -> Any:
     """Serve's own registration call (``_register_shutdown_cleanup_actor``) on the
     controller ``controller``, as Ray's routers make it; returns its ObjectRef."""

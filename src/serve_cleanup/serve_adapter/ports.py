@@ -6,8 +6,8 @@ Nothing here blocks the controller's event loop: KV requests are async GCS calls
 actor-table reads go through Ray's synchronous state accessor in one worker thread (a
 lookup by id is a hash lookup in GCS; the asynchronous GCS call Ray's Python offers for
 one id scans every actor GCS remembers, dead ones included); a kill only sends a
-message; the rare by-name lookup of an actor whose stored handle cannot be rebuilt runs
-in a worker thread.
+message; the rare by-name lookup, or kill by id, of an actor whose stored handle cannot
+be rebuilt runs in a worker thread.
 """
 
 from __future__ import annotations
@@ -73,27 +73,35 @@ class GcsActorTable:
 
 
 class RayKiller:
-    """``ray.kill(no_restart=True)`` through a handle to exactly the recorded actor id:
-    rebuilt from the handle bytes the record kept, or else looked up by name and
-    accepted only if its id is the recorded one."""
+    """``ray.kill(no_restart=True)`` of exactly the recorded actor id: through a handle
+    rebuilt from the handle bytes the record kept; or else one looked up by name and
+    accepted only if its id is the recorded one; or else by the id alone, through GCS
+    (``_ray.kill_by_id``): an anonymous actor whose value was unreadable (no handle
+    bytes), or a handle Ray could not rebuild."""
 
-    def __init__(self, logger: logging.Logger) -> None:
+    def __init__(self, logger: logging.Logger, gcs_address: Optional[str] = None) -> None:
         self._log = logger
+        self._gcs_address = gcs_address
 
     async def kill(self, record: Record) -> bool:
         handle = await self._handle_for(record)
-        if handle is None:
-            return False
-        ray.kill(handle, no_restart=True)
-        return True
+        if handle is not None:
+            ray.kill(handle, no_restart=True)
+            return True
+        address = self._gcs_address or ray.get_runtime_context().gcs_address
+        sent = await asyncio.to_thread(_ray.kill_by_id, record.actor_id, address)
+        if sent:
+            self._log.info(f"serve_cleanup: killed actor {record.actor_id} by its id (no usable handle).")
+        return sent
 
     async def _handle_for(self, record: Record) -> Optional[Any]:
-        try:
-            handle = _ray.handle_from_bytes(record.handle)
-            if _ray.actor_id_hex(handle) == record.actor_id:
-                return handle
-        except Exception as e:
-            self._log.debug(f"serve_cleanup: stored handle of {record.actor_id} unusable: {e!r}")
+        if record.handle:
+            try:
+                handle = _ray.handle_from_bytes(record.handle)
+                if _ray.actor_id_hex(handle) == record.actor_id:
+                    return handle
+            except Exception as e:
+                self._log.debug(f"serve_cleanup: stored handle of {record.actor_id} unusable: {e!r}")
         if not record.name:
             return None
         try:
