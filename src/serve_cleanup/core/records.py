@@ -99,7 +99,6 @@ it is a key to delete (``registry`` says when that is safe).
 
 from __future__ import annotations
 
-import copyreg
 import math
 import re
 from itertools import repeat
@@ -259,7 +258,8 @@ class Record(_RecordFields):
 class V1Reply:
     """``record`` as a 0.1.x client unpickles it: its own ``Record`` dataclass (found by
     the same name, ``serve_cleanup.core.records.Record``), built with ``object.__new__``
-    and filled by its ``__setstate__`` from the eight fields in order. The owner is
+    (a frozen dataclass has no ``__new__`` of its own) and filled by its ``__setstate__``
+    from the eight fields in order. The owner is
     ``owner`` if the record has it, else its first; the time is that pair's."""
 
     __slots__ = ("fields",)
@@ -271,7 +271,7 @@ class V1Reply:
         self.fields = [record.actor_id, record.name, record.namespace, record.handle, *owner, time]
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return copyreg._reconstructor, (Record, object, None), self.fields  # type: ignore[attr-defined]
+        return object.__new__, (Record,), self.fields
 
 
 def owner_label(owner: Owner) -> str:
