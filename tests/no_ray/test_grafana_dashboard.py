@@ -68,7 +68,18 @@ def exprs() -> list[str]:
 def test_metrics_py_is_read():
     metrics = defined_metrics()
     assert "serve_cleanup_records" in metrics and metrics["serve_cleanup_records"] == {"scope"}
-    assert len(metrics) == 6, metrics
+    assert metrics["serve_cleanup_actors"] == set()
+    assert len(metrics) == 7, metrics
+
+
+def test_actors_and_pairs_are_both_shown():
+    """Owner sets (0.2.0): an actor shared by two apps is one actor and two pairs."""
+    by_title = {p["title"]: [t["expr"] for t in p["targets"]] for p in panels()}
+    assert any("ray_serve_cleanup_actors" in e for e in by_title["Registered actors"])
+    assert any("ray_serve_cleanup_records" in e for e in by_title["(Actor, owner) pairs"])
+    assert any("by (scope)" in e for e in by_title["(Actor, owner) pairs by scope"])
+    top = sorted((p["gridPos"]["x"], p["gridPos"]["w"]) for p in panels() if p["gridPos"]["y"] == 0)
+    assert sum(w for _, w in top) == 24 and all(a[0] + a[1] == b[0] for a, b in zip(top, top[1:])), top
 
 
 def test_every_metric_the_dashboard_queries_is_exported_and_every_export_has_a_panel():

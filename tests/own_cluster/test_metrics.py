@@ -81,6 +81,7 @@ def total(samples, name: str, **tags: str) -> Optional[float]:
 
 def observed(samples) -> dict[str, Optional[float]]:
     return {
+        "actors": total(samples, "ray_serve_cleanup_actors"),
         "records serve": total(samples, "ray_serve_cleanup_records", scope="serve"),
         "records app": total(samples, "ray_serve_cleanup_records", scope="app"),
         "records deployment": total(samples, "ray_serve_cleanup_records", scope="deployment"),
@@ -93,6 +94,7 @@ def observed(samples) -> dict[str, Optional[float]]:
 
 
 EXPECTED = {
+    "actors": 1.0,  # the Serve-wide one
     "records serve": 1.0,
     "records app": 0.0,  # its one record went with the app
     "records deployment": 0.0,  # scopes without records are reported as 0

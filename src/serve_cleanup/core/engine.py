@@ -147,7 +147,7 @@ class CleanupCore:
     # --- reconcile --------------------------------------------------------------------
 
     def publish_counts(self) -> None:
-        self._metrics.records(self.registry.counts_by_scope(), len(self.registry.set_aside()))
+        self._metrics.records(self.registry.counts_by_scope(), len(self.registry.set_aside()), len(self.registry))
 
     def orphans(self) -> list[Record]:
         apps = self.registry.owner_apps()
