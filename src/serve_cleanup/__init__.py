@@ -20,6 +20,7 @@ from serve_cleanup.serve_adapter.versions import SUPPORTED_RAY
 from serve_cleanup.errors import (
     ControllerRunningError,
     ControllerUnavailableError,
+    ControllerVersionError,
     DeadActorError,
     NotDurableControllerError,
     OwnerNotFoundError,
@@ -91,6 +92,7 @@ __all__ = [
     "ControllerKind",
     "ControllerRunningError",
     "ControllerUnavailableError",
+    "ControllerVersionError",
     "DeadActorError",
     "NotDurableControllerError",
     "OwnerNotFoundError",

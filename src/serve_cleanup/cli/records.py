@@ -71,7 +71,7 @@ def gc(address: str, dry_run: bool, as_json: bool) -> None:
     pending, skipped = outcomes.count(Outcome.PENDING.value), outcomes.count(Outcome.SUPERSEDED.value)
     click.echo(
         f"{collected} registration(s) collected, {pending} {Outcome.PENDING.value} (retried by gc or shutdown)"
-        + (f", {skipped} unregistered or moved meanwhile (left alone)." if skipped else ".")
+        + (f", {skipped} unregistered or its owners changed meanwhile (left alone)." if skipped else ".")
     )
 
 
