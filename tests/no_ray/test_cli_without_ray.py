@@ -154,3 +154,11 @@ def test_a_mistyped_actor_id_is_a_usage_error_before_anything_else(cli):
 def test_unregister_owner_options_are_checked_before_anything_else(cli, args, message):
     out = cli("unregister", "00ff", *args)
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_unregister_names_the_owner_it_removed():
+    """The line `unregister --scope` prints names the owner (it used to call itself)."""
+    from serve_cleanup.cli.records import _label
+
+    assert _label(("app", "A", "")) == "app 'A'"
+    assert _label(("deployment", "A", "D")) == "deployment 'A'/'D'"

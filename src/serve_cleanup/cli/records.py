@@ -128,7 +128,7 @@ def _owner_option(scope: Optional[str], app: Optional[str], deployment: Optional
 def _label(owner: tuple[str, str, str]) -> str:
     from serve_cleanup.core.records import owner_label
 
-    return _label(owner)
+    return owner_label(owner)
 
 
 def _entries(n: int) -> str:
