@@ -245,8 +245,10 @@ def crash_plain_controller_and_wait() -> None:
 
 
 def _plant_record(record: records.Record) -> None:
-    """Write a record straight into the KV (as a controller that is gone left it)."""
-    kv().put(record.key, records.encode(record))
+    """Write a record straight into the KV (as a controller that is gone left it): one
+    key per (actor, owner) pair, each with its pair's value."""
+    for key, (owner, _) in zip(record.keys(), record.pairs):
+        kv().put(key, records.encode(record, owner))
 
 
 def _purge_records() -> None:
