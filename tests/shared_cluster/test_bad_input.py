@@ -8,7 +8,7 @@
   stays untouched, and is reported (records written by hand as schema v1 documents them
   are read: test_upgrade.py);
 * the record of a dead actor is dropped (I5), also under a live owner and after a refused
-  move;
+  owner addition;
 * what the controller logs while it reads the records reaches the controller log.
 """
 
@@ -228,19 +228,29 @@ def test_dead_actor_record_under_live_owner_is_dropped(durable_serve, actors):
     assert serve.status().applications["live-app"].status == "RUNNING"
 
 
-def test_refused_move_keeps_the_previous_registration(slow_reconcile_serve, actors):
-    """Re-registering a (now dead) actor under another owner is refused, and the
-    registration it had stays as it was (until the liveness sweep, which this fixture
-    slows down, drops it)."""
+@pytest.mark.parametrize("previous", ["serve", "app"])
+def test_refused_owner_addition_keeps_the_previous_owners(slow_reconcile_serve, actors, previous):
+    """Adding an owner to a (now dead) actor is refused, and the registration it had stays
+    as it was, keys included: its serve key (which an accepted addition would have
+    replaced), or its app owner (beside which the addition would have been a second
+    owner). Until the liveness sweep, which this fixture slows down, drops it."""
     serve.run(Idle.bind(), name="owner-app", route_prefix=None)
+    serve.run(Idle.bind(), name="other-app", route_prefix=None)
     aux = actors()
-    serve_cleanup.register(aux)
+    if previous == "serve":
+        serve_cleanup.register(aux)
+        owners: tuple = ()
+    else:
+        serve_cleanup.register(aux, scope="app", app="owner-app")
+        owners = (("app", "owner-app", ""),)
+    (before,) = serve_cleanup.list_registrations()
     ray.kill(aux, no_restart=True)
     wait_dead(aux)
     with pytest.raises(serve_cleanup.DeadActorError):
-        serve_cleanup.register(aux, scope="app", app="owner-app")
+        serve_cleanup.register(aux, scope="app", app="other-app")
     (kept,) = serve_cleanup.list_registrations()
-    assert (kept.actor_id, kept.scope, kept.app) == (aux._actor_id.hex(), "serve", "")
+    assert (kept.actor_id, kept.owners) == (aux._actor_id.hex(), owners)
+    assert kv_record_keys() == sorted(before.keys())  # the same keys: no new one, none deleted
     serve.shutdown()  # the dead actor's record is dropped without error
     wait_for(lambda: kv_record_keys() == [], 30, "the dead actor's record to go")
 

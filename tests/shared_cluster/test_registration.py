@@ -64,8 +64,9 @@ def test_register_from_driver_returns_durable_record(durable_serve, actors, uniq
     record = serve_cleanup.register(aux)
     assert isinstance(record, serve_cleanup.Record)
     assert record.actor_id == aux._actor_id.hex()
-    assert record.scope == records.SCOPE_SERVE
-    assert kv_record_keys() == [records.record_key(record.actor_id)]
+    assert record.scope == records.SCOPE_SERVE and record.owners == ()
+    assert kv_record_keys() == [record.key]  # one v2 key: the actor's serve pair
+    assert records.parse_key(record.key.encode()).owner == records.SERVE_OWNER
     # Killed at shutdown: the test below, and test_scopes' unregister test (no restart).
 
 
@@ -77,7 +78,7 @@ def test_dedupe_upstream_and_client_store_once(durable_serve, actors, unique):
     second = serve_cleanup.register(aux)
     ray.get(ctrl._register_shutdown_cleanup_actor.remote(aux))
     assert first == second
-    assert kv_record_keys() == [records.record_key(aux._actor_id.hex())]
+    assert kv_record_keys() == [first.key]  # one serve key, its time kept by the repeats
     assert len(serve_cleanup.list_registrations()) == 1
 
 

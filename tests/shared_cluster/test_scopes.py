@@ -21,6 +21,7 @@ from ray_helpers import (
     wait_dead,
     wait_for,
 )
+from serve_cleanup.core import records
 
 pytestmark = pytest.mark.ray
 
@@ -97,12 +98,18 @@ def test_delete_app_kills_its_app_and_deployment_actors_only(two_apps):
 
 def test_upstream_reregistration_keeps_the_owner(two_apps):
     """A router re-registering its actor through the upstream method (serve scope) must
-    not turn a deployment-scoped registration into a Serve-wide one."""
+    not turn a deployment-scoped registration into a Serve-wide one, nor add a serve key
+    beside its owner's (owner sets: the upstream method leaves a registered actor's
+    owners alone)."""
     a, _ = two_apps
     worker = _get(f"{a}-worker")
+    worker_keys = [k for k in kv_record_keys() if k.startswith(records.actor_prefix(worker._actor_id.hex()))]
+    assert len(worker_keys) == 1
     ray.get(controller_handle()._register_shutdown_cleanup_actor.remote(worker))
     (record,) = [r for r in serve_cleanup.list_registrations() if r.actor_id == worker._actor_id.hex()]
     assert (record.scope, record.app, record.deployment) == ("deployment", "app-a", "Worker")
+    assert record.owners == (("deployment", "app-a", "Worker"),)
+    assert [k for k in kv_record_keys() if k.startswith(records.actor_prefix(worker._actor_id.hex()))] == worker_keys
     serve.delete("app-a")
     wait_dead(worker, 15)
 
