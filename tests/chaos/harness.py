@@ -711,12 +711,18 @@ def _settle(cfg: Config, res: RoundResult, returned: dict[str, str], self_killed
     app, the sweep dropped the records of actors that died, and every Serve-wide
     registration still lives (nothing killed it early)."""
     owned = [a for a, s in returned.items() if s == "app"] if owner_deleted else []
-    keys = {a: records.record_key(a).encode() for a in self_killed}
+
+    def with_keys(left: set[bytes]) -> list[str]:
+        """The self-killed actors that still have a key: a v1 key, or any v2 key (one per
+        owner, all starting with the actor's prefix)."""
+        return [a for a in self_killed
+                if records.record_key(a).encode() in left
+                or any(k.startswith(records.actor_prefix(a).encode()) for k in left)]
+
     _came_true(lambda: all(_state(a) == "DEAD" for a in owned)
-               and not (set(keys.values()) & _record_keys()), cfg.settle_s, 0.1)
+               and not with_keys(_record_keys()), cfg.settle_s, 0.1)
     res.orphans_alive = [a for a in owned if _state(a) != "DEAD"]
-    left = _record_keys()
-    res.stale_records = [a for a, k in keys.items() if k in left]
+    res.stale_records = with_keys(_record_keys())
     res.wrongly_killed += [a for a, s in returned.items() if s == "serve" and _state(a) == "DEAD"]
 
 
