@@ -6,12 +6,15 @@ The ONE module of ``benchmarks`` that imports serve_cleanup. What the benchmarks
   ``controller_kind``), and the durable controller's remote ``serve_cleanup_status``;
 * the GCS KV through the package's one store (``serve_adapter.kv``: ``KvStore`` and its
   awaitable face ``.aio``; keys below its prefix) and the record keys of ``core.records``
-  (``KEY_PREFIX``, ``record_key``): records are seeded, counted and purged, and the probes
-  put, through it, so no module of ``benchmarks`` composes a KV key or names the KV
-  namespace. The record *values* are written here in the documented v1 layout
-  (``record_value``), so the seeded records are what any v1 reader reads. These imports
-  need a serve_cleanup that has both modules: to measure older code, run the benchmarks
-  of its own time (as issue 14's "before" run did: c39582f, raw GCS KV calls);
+  (``KEY_PREFIX``, ``pair_key``, ``record_key``, ``encode``, ``encode_v1``): records are
+  seeded, counted and purged, and the probes put, through it, so no module of
+  ``benchmarks`` composes a KV key or names the KV namespace. Records are seeded in the
+  layout the package writes today, records v2 (one key per (actor, owner) pair, the
+  value through ``records.encode``; ``record_items``), or with ``layout=V1`` in 0.1.0's
+  layout (one key per actor, ``records.encode_v1``) for the figures of an upgrade, which
+  are reported apart. These imports need a serve_cleanup that has both modules and
+  records v2: to measure older code, run the benchmarks of its own time (as issue 14's
+  "before" run did: c39582f, raw GCS KV calls; before records v2 they seed v1);
 * ``internals()``: private modules, for ``benchmarks.micro`` and
   ``benchmarks.memory_per_record`` only. When the package is restructured, fix the
   imports here and in ``internals()``.
@@ -35,9 +38,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional, Sequence
 
-import msgpack
 import psutil
 import ray
 from ray import cloudpickle, serve
@@ -51,8 +53,11 @@ from serve_cleanup.serve_adapter.kv import NAMESPACE as _KV_NAMESPACE
 
 PLAIN, DURABLE = "plain", "durable"
 
-# The record values this module writes: schema v1 (serve_cleanup's records module docstring).
-SCHEMA_VERSION = 1
+# The layouts a seeder writes (serve_cleanup's records module docstring, "Version history"):
+# V2, one key per (actor, owner) pair, is what the package writes; V1 is 0.1.0's, one key
+# per actor, for the upgrade figure (issue 21, row 7).
+V1, V2 = "v1", "v2"
+LAYOUTS = (V2, V1)
 # Keys the probes put (below the store's prefix, like every key of the package; never
 # under records.KEY_PREFIX, so they are never taken for records).
 PROBE_KEY_PREFIX = "serve-cleanup-bench-"
@@ -81,8 +86,10 @@ def probe_key(name: str) -> str:
 
 def stored_layout() -> str:
     """How a record is stored, for report text: its whole KV key and the namespace."""
-    key = full_key(records.record_key("<id hex>")).decode()
-    return f"key `{key}`, KV namespace `{_KV_NAMESPACE.decode()}`"
+    fields = ("<id hex>", records.KEY_VERSION, records.KIND_ACTOR, "<scope>", "<app>", "<deployment>",
+              "<time µs>", "<name>", "<namespace>")
+    key = full_key(records.KEY_PREFIX + records.SEP.join(fields)).decode()
+    return f"key `{key}` per (actor, owner) pair, KV namespace `{_KV_NAMESPACE.decode()}`"
 
 
 def package_commit() -> str:
@@ -382,9 +389,14 @@ def unregister(actors: Iterable) -> None:
 
 
 def stored_actor_ids() -> set[str]:
-    """Actor ids of every record the KV holds (decoded from the keys)."""
-    n = len(records.KEY_PREFIX)
-    return {bytes(k)[n:].decode() for k in record_keys()}
+    """Actor ids of every record the KV holds (decoded from the keys, v1 or v2)."""
+    return {key_actor_id(k) for k in record_keys()}
+
+
+def key_actor_id(key: bytes) -> str:
+    """The actor id of a record key below the store's prefix (v1: all of it after
+    ``KEY_PREFIX``; v2: its first field)."""
+    return bytes(key)[len(records.KEY_PREFIX):].decode().split(records.SEP, 1)[0]
 
 
 def burst(ctrl, groups: list[list]) -> float:
@@ -414,14 +426,53 @@ def burst(ctrl, groups: list[list]) -> float:
 # --- records, through serve_cleanup's KV store -------------------------------------------
 
 
-def record_value(actor_id_hex: str, name: str, namespace: str, handle: bytes,
-                 registered_at: float, scope: str = "serve", app: str = "", deployment: str = "") -> bytes:
-    """A record as serve_cleanup 0.1.0 writes it (schema v1, msgpack map)."""
-    return msgpack.packb({
-        "v": SCHEMA_VERSION, "actor_id": actor_id_hex, "name": name, "namespace": namespace,
-        "handle": handle, "scope": scope, "app": app, "deployment": deployment,
-        "registered_at": float(registered_at),
-    }, use_bin_type=True)
+def record_items(actor_id_hex: str, name: str, namespace: str, handle: bytes, registered_at: float,
+                 owners: Sequence[records.Owner] = (), layout: str = V2) -> list[tuple[str, bytes]]:
+    """The KV entries ``(key below the store's prefix, value)`` of one registered actor.
+
+    ``V2``: one key per (actor, owner) pair, through ``records.pair_key`` and
+    ``records.encode``: one ``serve`` pair when ``owners`` is empty (what the upstream
+    method and ``scope="serve"`` write), else one pair per owner, the i-th registered
+    i microseconds after ``registered_at``. ``V1``: 0.1.0's one key per actor
+    (``records.record_key``, ``records.encode_v1``) with the first owner (serve-wide
+    without one)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; use one of {LAYOUTS}")
+    t = records.in_micros(registered_at)
+    owned = tuple(owners) or (records.SERVE_OWNER,)
+    if layout == V1:
+        record = records.Record(actor_id_hex, name, namespace, handle, pairs=((owned[0], t),))
+        return [(records.record_key(actor_id_hex), records.encode_v1(record))]
+    pairs = tuple((owner, records.in_micros(t + i / 1_000_000)) for i, owner in enumerate(owned))
+    record = records.Record(actor_id_hex, name, namespace, handle, pairs=pairs)
+    return [(records.pair_key(actor_id_hex, owner, at, name, namespace), records.encode(record, owner))
+            for owner, at in pairs]
+
+
+def app_owners(n: int, prefix: str = "bench-app") -> list[records.Owner]:
+    """``n`` app owners (``("app", "<prefix>-<i>", "")``), for records of several owners."""
+    return [(records.SCOPE_APP, f"{prefix}-{i}", "") for i in range(n)]
+
+
+def actor_items(actors: Iterable, registered_at: float, owners: Sequence[records.Owner] = (),
+                layout: str = V2) -> list[tuple[str, bytes]]:
+    """The KV entries of ``actors`` (real handles; name and namespace from the handle, the
+    namespace left out of an anonymous actor's record, as ``register`` stores it)."""
+    items: list[tuple[str, bytes]] = []
+    for a in actors:
+        h = handle_bytes(a)
+        name, ns = handle_name_namespace(h)
+        items += record_items(a._actor_id.hex(), name, ns if name else "", h, registered_at, owners, layout)
+    return items
+
+
+def is_v1_key(key: bytes) -> bool:
+    """A key of 0.1.0's layout (``KEY_PREFIX`` + id, no ``/``)."""
+    return records.is_v1_key(bytes(key))
+
+
+def v1_key_count() -> int:
+    return sum(1 for k in record_keys() if is_v1_key(k))
 
 
 def record_keys() -> list[bytes]:
@@ -437,9 +488,9 @@ def purge_records() -> None:
     kv_store().delete_prefix(records.KEY_PREFIX)
 
 
-def put_records(items: Iterable[tuple[bytes, bytes]], in_flight: int = 2000) -> float:
-    """Async KV puts (``AsyncKvStore.put``) of ``(actor id bytes, value)`` pairs, ``in_flight``
-    at a time; seconds."""
+def put_records(items: Iterable[tuple[str, bytes]], in_flight: int = 2000) -> float:
+    """Async KV puts (``AsyncKvStore.put``) of ``(key below the store's prefix, value)``
+    pairs (``record_items``), ``in_flight`` at a time; seconds."""
     store = kv_store().aio
     pending = iter(items)
 
@@ -447,8 +498,8 @@ def put_records(items: Iterable[tuple[bytes, bytes]], in_flight: int = 2000) -> 
     # item: always ``in_flight`` puts outstanding, and one task per worker, not per put (a
     # gather over 100,000 coroutines would wrap each in a task of its own).
     async def worker() -> None:
-        for actor_id, value in pending:
-            await store.put(records.record_key(actor_id.hex()), value)
+        for key, value in pending:
+            await store.put(key, value)
 
     async def run() -> None:
         await asyncio.gather(*(worker() for _ in range(in_flight)))
@@ -467,25 +518,32 @@ def template_handle() -> bytes:
     return data
 
 
-def seed_unknown_records(n: int, registered_at: float, template: Optional[bytes] = None) -> dict:
-    """``n`` records of actors GCS never knew (as after it evicted them from its cache of
+def seed_unknown_records(n: int, registered_at: float, template: Optional[bytes] = None,
+                         owners: Sequence[records.Owner] = (), layout: str = V2) -> dict:
+    """``n`` registered actors GCS never knew (as after it evicted them from its cache of
     dead actors), with real-sized handles: ``template`` with each record's own id; half
-    named with a namespace, half anonymous. Returns the seeding time and value sizes."""
+    named with a namespace, half anonymous. ``layout`` V2 (default): one key per (actor,
+    owner) pair, serve-wide without ``owners``; V1: one key per actor, 0.1.0's layout
+    (``record_items``). Returns the seeding time, the keys written and value sizes."""
     template = template or template_handle()
     sizes: list[int] = []
+    written = 0
 
     def items():
+        nonlocal written
         for i in range(n):
             aid = unknown_actor_id()
             name, ns = (f"seeded-{i}", BENCH_NAMESPACE) if i % 2 == 0 else ("", "")
             h = handle_like(template, aid, name, ns)
-            v = record_value(aid.hex(), name, ns, h, registered_at)
-            if i < 1000:
-                sizes.append(len(v))
-            yield aid, v
+            for key, value in record_items(aid.hex(), name, ns, h, registered_at, owners, layout):
+                if len(sizes) < 1000:
+                    sizes.append(len(value))
+                written += 1
+                yield key, value
 
     took = put_records(items())
-    return {"records": n, "seed_s": took, "value_bytes_mean": statistics.mean(sizes) if sizes else 0,
+    return {"records": n, "keys": written, "layout": layout, "owners": len(owners),
+            "seed_s": took, "value_bytes_mean": statistics.mean(sizes) if sizes else 0,
             "handle_bytes_template": len(template)}
 
 

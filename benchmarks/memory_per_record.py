@@ -1,10 +1,11 @@
 """What the durable controller keeps per record, without Ray: a plain Python process builds
-``--n`` records as the KV returns them (v1 msgpack, ~300-byte handles, half named), loads
-them with the package's ``Registry.load`` from a dict-backed store (as the controller loads
-them from the GCS KV at start: keys, then pages of values). Prints tracemalloc's live bytes per record, the top
+``--n`` records as the KV returns them (records v2, one serve-wide key each, or with
+``--layout v1`` 0.1.0's layout; ~300-byte handles, half named), loads them with the
+package's ``Registry.load`` from a dict-backed store (as the controller loads them from
+the GCS KV at start: the keys, and the values of v1 keys only). Prints tracemalloc's live bytes per record, the top
 allocation sites, and the RSS steps.
 
-    python -m benchmarks.memory_per_record [--n 100000]
+    python -m benchmarks.memory_per_record [--n 100000] [--layout v2|v1]
 """
 
 from __future__ import annotations
@@ -19,14 +20,16 @@ import tracemalloc
 
 import psutil
 
-from benchmarks.harness import internals, record_value
+from benchmarks.harness import LAYOUTS, V2, internals, record_items
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.memory_per_record", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=100_000)
-    n = p.parse_args(argv).n
+    p.add_argument("--layout", choices=LAYOUTS, default=V2)
+    args = p.parse_args(argv)
+    n, layout = args.n, args.layout
     sc = internals()
     proc = psutil.Process()
 
@@ -38,7 +41,8 @@ def main(argv=None) -> int:
         for i in range(n):
             aid = os.urandom(16).hex()
             name, ns = (f"seeded-{i}", "serve-cleanup-bench") if i % 2 == 0 else ("", "")
-            found[sc.records.record_key(aid).encode()] = record_value(aid, name, ns, os.urandom(300), time.time())
+            for key, value in record_items(aid, name, ns, os.urandom(300), time.time(), layout=layout):
+                found[key.encode()] = value
         return found
 
     class DictStore:  # the two reads Registry.load makes

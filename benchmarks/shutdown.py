@@ -1,6 +1,6 @@
 """Issue 14, target 3: ``serve.shutdown()`` with many records, and with many live actors.
 
-``records`` (durable only): ``records`` records in the KV when the durable controller
+``records`` (durable only): ``records`` records (v2: one serve-wide key each) in the KV when the durable controller
 starts (it rehydrates them), none of whose actors lives: ``dead_records`` of actors that
 existed and are DEAD in GCS's actor table (created PENDING, their real handles stored,
 then killed), the rest of actors GCS never knew (as after it evicted them from its cache
@@ -32,11 +32,10 @@ from benchmarks.harness import (
     DURABLE,
     PLAIN,
     BenchApp,
+    actor_items,
     controller,
     controller_status,
     find_controller,
-    handle_bytes,
-    handle_name_namespace,
     kill_actors,
     log,
     make_actors,
@@ -46,7 +45,6 @@ from benchmarks.harness import (
     purge_records,
     put_records,
     record_count,
-    record_value,
     seed_unknown_records,
     start_serve,
     state_accessor,
@@ -73,18 +71,14 @@ QUICK = ShutdownSizes(records=300, dead_records=60, records_wait_s=30.0, live_pe
                       live_reps=1, with_app=False, settle_s=0.2, after_s=0.5)
 
 
-def _dead_actor_records(n: int, registered_at: float, batch: int = 2000) -> list[tuple[bytes, bytes]]:
-    """Records of ``n`` actors that existed and are dead now (their real handles; batches
-    alternate named-with-a-namespace and anonymous actors)."""
-    items = []
+def _dead_actor_records(n: int, registered_at: float, batch: int = 2000) -> list[tuple[str, bytes]]:
+    """Records (v2: one serve-wide key each) of ``n`` actors that existed and are dead now
+    (their real handles; batches alternate named-with-a-namespace and anonymous actors)."""
+    items: list[tuple[str, bytes]] = []
     made = 0
     while made < n:
         group = pending_actors(min(batch, n - made), named=(made // batch) % 2 == 0)
-        for a in group:
-            h = handle_bytes(a)
-            name, ns = handle_name_namespace(h)
-            items.append((a._actor_id.binary(), record_value(a._actor_id.hex(), name, ns if name else "", h,
-                                                              registered_at)))
+        items += actor_items(group, registered_at)
         kill_actors(group)
         made += len(group)
     return items
