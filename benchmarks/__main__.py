@@ -42,11 +42,14 @@ SECTIONS = {
                 history.HistorySizes(), history.QUICK, history.history),
     "shutdown": ("target 3: serve.shutdown() with 100k dead/unknown records; with 1,000 live registered",
                  shutdown.ShutdownSizes(), shutdown.QUICK, shutdown.shutdown),
-    "memory": ("target 4: controller RSS and restart with 100k records",
+    "memory": ("target 4, issue 21 rows 1, 3 and 7: controller RSS and restart with 100k v2 records; "
+               "the first restart over 100k v1 records",
                scale.ScaleSizes(), scale.QUICK, scale.memory),
-    "list": ("target 5: serve-cleanup list --json over 100k records",
+    "list": ("target 5, issue 21 row 4: serve-cleanup list --json over 100k v2 records",
              scale.ScaleSizes(), scale.QUICK, scale.list_json),
     # Run only with --only.
+    "owners3": ("issue 21 row 10: 10k actors x 3 owners vs x 1 owner: load and list --json",
+                scale.OwnerSetSizes(), scale.OWNERS_QUICK, scale.owner_sets),
     "deletes": ("Config.deletes_in_flight: single-key deletes at 16 / 64 / 256 / 1,024 in flight",
                 deletes.DeleteSizes(), deletes.QUICK, deletes.deletes),
     # Earlier figures (issue 11), run only with --only.
