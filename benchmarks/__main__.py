@@ -42,8 +42,7 @@ SECTIONS = {
                 history.HistorySizes(), history.QUICK, history.history),
     "shutdown": ("target 3: serve.shutdown() with 100k dead/unknown records; with 1,000 live registered",
                  shutdown.ShutdownSizes(), shutdown.QUICK, shutdown.shutdown),
-    "memory": ("target 4, issue 21 rows 1, 3 and 7: controller RSS and restart with 100k v2 records; "
-               "the first restart over 100k v1 records",
+    "memory": ("target 4, issue 21 rows 1, 3, 7: RSS and restart, 100k v2 records; first restart over 100k v1",
                scale.ScaleSizes(), scale.QUICK, scale.memory),
     "list": ("target 5, issue 21 row 4: serve-cleanup list --json over 100k v2 records",
              scale.ScaleSizes(), scale.QUICK, scale.list_json),

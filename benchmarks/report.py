@@ -1,8 +1,10 @@
 """Turn ``benchmarks.json`` into docs/reports/benchmarks.md (and one plot): issue 14's targets,
-each with a before and an after column, then each section's own figures."""
+each with a before and an after column, then issue 21's rows where the data exists (rows
+1, 3, 4, 7, 10), then each section's own figures."""
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import sys
@@ -15,6 +17,8 @@ from benchmarks.harness import DURABLE, PLAIN, stored_layout
 
 # Which section each target row comes from, and the command that re-runs only it.
 SECTION_OF = {"1": "floor", "2": "history", "3": "shutdown", "4": "memory", "5": "list"}
+# The same for issue 21's rows (its "Targets" table).
+SECTION_OF_21 = {"1": "memory", "3": "memory", "4": "list", "7": "memory", "10a": "owners3", "10b": "owners3"}
 
 
 def _machine() -> str:
@@ -153,6 +157,92 @@ def target_rows(results: dict) -> list[dict]:
             li["seconds"], 2.0, f"{li['entries']:,} entries; runs {_rounds([r['seconds'] for r in li['runs']])} s; "
             "Serve not running (a durable controller would drop these records of actors GCS never knew)", fmt="{:.2f} s")
     return sorted(rows, key=lambda r: r["key"])
+
+
+def _layout(seed: dict | None) -> str:
+    """The layout a section seeded (runs before records v2 wrote v1 and did not say)."""
+    return (seed or {}).get("layout", "v1")
+
+
+def issue21_rows(results: dict) -> list[dict]:
+    """Issue 21's rows that this run has data for: key (its row number), target, figure
+    shown, detail, verdict (None: no limit)."""
+    rows: list[dict] = []
+
+    def add(key, target, value, ok, detail, shown):
+        rows.append({"key": key, "target": target, "value": value, "ok": ok, "detail": detail, "shown": shown})
+
+    def limit(value, most):
+        return None if value is None or math.isnan(value) else value <= most  # NaN: no verdict
+
+    m = results.get("memory")
+    if m and m.get("summary"):
+        s = m["summary"]
+        rows_ms = [r.get("rehydrate_ms") for r in m["durable_records"]]
+        layout = _layout(m.get("seed"))
+        ms = s.get("rehydrate_ms")
+        add("1", f"`rehydrate_ms`, {m['records']:,} v2 records ≤ 350 ms", ms, limit(ms, 350.0),
+            f"{layout} records; median of {len(rows_ms)} restarts: {', '.join(str(x) for x in rows_ms)} ms; "
+            f"records at start (log) {s.get('records_at_start')}",
+            "—" if ms is None else f"{ms:.0f} ms")
+        growth = s.get("rss_growth_mb")
+        add("3", f"controller RSS as it first answers, {m['records']:,} records ≤ +45 MB over a fresh durable "
+            "controller", growth, limit(growth, 45.0),
+            f"{layout} records; {s['none_rss_mb']:.0f} MB with none → {s['records_rss_mb']:.0f} MB (medians)",
+            "—" if growth is None else f"{growth:+.0f} MB")
+        up = m.get("v1_upgrade")
+        if up:
+            r = up["restart"]
+            gone = up.get("v1_gone_s")
+            ok = gone is not None and gone <= up["waited_s"]
+            add("7", f"first restart over {up['stored_v1']:,} v1 records: its time; no v1 key left after "
+                f"{up['waited_s']:.0f} s", gone, ok,
+                f"kill → answer {r['answer_s']:.2f} s, `rehydrate_ms` {r.get('rehydrate_ms')}, RSS "
+                f"{r['rss_mb']:.0f} MB; {up['live']:,} of the records of live actors, {up['live_with_v2_key']:,} "
+                f"of them held a v2 key then; "
+                + (f"no v1 key left {gone:.1f} s after the kill" if gone is not None else
+                   f"{up['v1_left']:,} v1 keys left after {up['waited_s']:.0f} s"),
+                f"restart {r['answer_s']:.2f} s; v1 keys gone after {gone:.1f} s" if gone is not None
+                else f"restart {r['answer_s']:.2f} s; {up['v1_left']:,} v1 keys left")
+    li = results.get("list")
+    if li:
+        sec = li.get("seconds")
+        add("4", f"`serve-cleanup list --json`, {li['records']:,} records, fresh process ≤ 1.4 s", sec,
+            limit(sec, 1.4), f"{_layout(li.get('seed'))} records; {li['entries']:,} entries; runs "
+            f"{_rounds([r['seconds'] for r in li['runs']])} s; Serve not running",
+            "—" if sec is None else f"{sec:.2f} s")
+    o = results.get("owners3")
+    if o:
+        one, many, k = o["one"], o["many"], o["owners"]
+        for key, field, what, unit in (("10a", "rehydrate_ms", "load (`rehydrate_ms`)", "ms"),
+                                       ("10b", "list_s", "`list --json`", "s")):
+            ratio = _ratio(many[field], one[field])
+            fmt = "{:.0f}" if unit == "ms" else "{:.2f}"
+            add(key, f"{o['actors']:,} actors × {k} owners each: {what} within 1.5× of {o['actors']:,} × 1 owner",
+                ratio, limit(ratio, 1.5),
+                f"× {k}: {fmt.format(many[field])} {unit}, × 1: {fmt.format(one[field])} {unit} (medians)",
+                "—" if ratio is None else f"{ratio:.2f}×")
+    return rows
+
+
+def _issue21_table(before: dict | None, after: dict | None) -> list[str]:
+    b = {r["key"]: r for r in issue21_rows(before)} if before else {}
+    a = {r["key"]: r for r in issue21_rows(after)} if after else {}
+    keys = sorted(set(b) | set(a), key=lambda k: (int(k.rstrip("ab")), k))
+    if not keys:
+        return []
+    lines = ["## Issue 21 targets (records v2)", "",
+             ("Rows of issue 21's \"Targets\" table that these sections measure. Rows 1, 3 and 4 read "
+              "records of the layout the section seeded (shown in each cell: v2 since records v2; a run of older "
+              "benchmarks seeded v1); row 7 is the v1 figure, reported apart."), "",
+             "| # | target | before | after | command |", "|---|---|---|---|---|"]
+    for k in keys:
+        row = a.get(k) or b.get(k)
+        section = SECTION_OF_21[k]
+        bc = _cell(b.get(k)) + (f"<br>_{_commit(before, section)}_" if k in b else "")
+        ac = _cell(a.get(k)) + (f"<br>_{_commit(after, section)}_" if k in a else "")
+        lines.append(f"| {k} | {row['target']} | {bc} | {ac} | `python -m benchmarks --only {section}` |")
+    return lines + [""]
 
 
 def _cell(row: Optional[dict]) -> str:
@@ -296,7 +386,7 @@ def _shutdown_details(s: dict) -> list[str]:
 
 
 def _memory_details(m: dict, li: Optional[dict]) -> list[str]:
-    lines = ["## Records at scale (targets 4 and 5)", "",
+    lines = ["## Records at scale (targets 4 and 5; issue 21, rows 1, 3, 4 and 7)", "",
              "Each controller restart: `ray.kill(controller, no_restart=False)` until `get_pid` answers from a new "
              "process (driver-side), then RSS after a pause.", "",
              "| controller | kill → answer s | RSS MB | rehydrate_ms (status) | log line ms | records at start |",
@@ -310,6 +400,19 @@ def _memory_details(m: dict, li: Optional[dict]) -> list[str]:
                      f"{', '.join(str(r.get('log_rehydrate_ms', '—')) for r in rows)} | "
                      f"{', '.join(str(r.get('records_at_start', '—')) for r in rows)} |")
     lines.append("")
+    up = m.get("v1_upgrade")
+    if up:
+        r = up["restart"]
+        gone = up.get("v1_gone_s")
+        shown = [(t, n) for t, n in up["polls"]][:12]
+        lines += [f"Upgrade (issue 21, row 7): the first restart over {up['stored_v1']:,} v1 records "
+                  f"({up['live']:,} of live PENDING_CREATION actors, the rest of actors GCS never knew): kill → "
+                  f"answer {r['answer_s']:.2f} s, `rehydrate_ms` {r.get('rehydrate_ms')}, RSS {r['rss_mb']:.0f} MB; "
+                  + (f"no v1 key left {gone:.1f} s after the kill" if gone is not None else
+                     f"{up['v1_left']:,} v1 keys left {up['waited_s']:.0f} s after the kill")
+                  + f"; {up['live_with_v2_key']:,} of the {up['live']:,} live actors held a v2 key then "
+                  f"({up['v2_keys_then']:,} v2 keys in all). v1 keys left, by seconds after the kill: "
+                  + ", ".join(f"{t:.1f} s: {n:,}" for t, n in shown) + ".", ""]
     if li:
         fixed = li.get("fixed", {})
         lines += [f"`serve-cleanup list --json` over {li['records']:,} records: "
@@ -317,6 +420,22 @@ def _memory_details(m: dict, li: Optional[dict]) -> list[str]:
                   + (f"; fixed costs in a fresh process: `serve-cleanup --version` {fixed['version_s']:.2f} s, "
                      f"`list --json` with no record {fixed['empty_list_s']:.2f} s" if fixed else "") + ".", ""]
     return lines
+
+
+def _owner_sets_details(o: dict) -> list[str]:
+    k = o["owners"]
+    lines = [f"## Owner sets: {o['actors']:,} actors × {k} owners vs × 1 (issue 21, row 10)", "",
+             (f"App owners that are not deployed (`benchmarks/scale.py`, `owner_sets`); × {k} stores {k} v2 keys "
+              "per actor. Restarts alternate which goes first; `list --json` runs with Serve down."), "",
+             "| owners per actor | rehydrate_ms | RSS MB | kill → answer s | `list --json` s (entries) |",
+             "|---|---|---|---|---|"]
+    for kind, label in (("one", "1"), ("many", str(k))):
+        rs, ls = o["restarts"][kind], o["lists"][kind]
+        rss = ", ".join(f"{r['rss_mb']:.0f}" for r in rs)
+        runs = ", ".join(f"{r['seconds']:.2f} ({r['entries']})" for r in ls)
+        lines.append(f"| {label} | {', '.join(str(r.get('rehydrate_ms')) for r in rs)} | "
+                     f"{rss} | {_rounds([r['answer_s'] for r in rs])} | {runs} |")
+    return lines + [""]
 
 
 def _deletes_details(d: dict) -> list[str]:
@@ -411,6 +530,7 @@ def write(results: dict, out_dir: Path, baseline: Optional[dict] = None) -> Path
         "process's pid.", "",
         *_sections_table("before", before), *_sections_table("after", after),
         *_targets_table(before, after),
+        *_issue21_table(before, after),
     ]
     if results.get("floor"):
         lines += _floor_details(results["floor"])
@@ -420,6 +540,8 @@ def write(results: dict, out_dir: Path, baseline: Optional[dict] = None) -> Path
         lines += _shutdown_details(results["shutdown"])
     if results.get("memory"):
         lines += _memory_details(results["memory"], results.get("list"))
+    if results.get("owners3"):
+        lines += _owner_sets_details(results["owners3"])
     if results.get("deletes"):
         lines += _deletes_details(results["deletes"])
     analysis = out_dir / "benchmarks-analysis.md"  # hand-written
@@ -431,10 +553,11 @@ def write(results: dict, out_dir: Path, baseline: Optional[dict] = None) -> Path
         "- Actors that must stay live without a process ask for a resource no node has: `PENDING_CREATION` "
         "in the actor table (every registration takes the full new-registration path; they are killable), "
         "no worker process. Real actors cost ~100 MB each on this machine.",
-        f"- Records are written through serve_cleanup's KV store in the documented v1 layout "
-        f"({stored_layout()}, msgpack v1), with real-sized "
-        "handles: a real serialized handle with the actor id, name and namespace replaced in Ray's "
-        "`ActorHandle` proto.",
+        f"- Records are written through serve_cleanup's KV store in the layout it writes, records v2 "
+        f"({stored_layout()}; the value a msgpack v2 map), one serve-wide key per actor unless said "
+        "otherwise, with real-sized handles: a real serialized handle with the actor id, name and namespace "
+        "replaced in Ray's `ActorHandle` proto. Only the upgrade figure (issue 21, row 7) seeds 0.1.0's v1 "
+        "layout (one key per actor, its id alone after the prefix), and it is reported apart.",
         "- Dead actors are made the same way (created PENDING and killed: GCS caches them as DEAD, "
         "up to 100,000 by default).",
         "- Each section's module docstring (`benchmarks/floor.py`, `history.py`, `shutdown.py`, "
