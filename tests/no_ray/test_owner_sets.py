@@ -304,3 +304,26 @@ async def test_an_unreadable_value_found_at_kill_time_is_set_aside_and_its_actor
     assert not w.table.alive(a.actor_id)  # reached by the name and id its key carries
     assert [s["key"] for s in core.status()["set_aside"]] == [key.decode()]
     assert key.decode() in w.store.data  # left untouched
+
+
+async def test_a_load_of_actors_with_several_owners_matches_the_resolving_path():
+    """The load's shortcut for actors whose keys are one per owner (no serve key, no v1
+    key) builds the record ``resolve_pairs`` would: pairs by time then owner, the name
+    of the newest key; an actor with a crash's leftovers still goes through it."""
+    from serve_cleanup.core.registry import read_keys
+    from fakes import InMemoryRecordStore
+
+    a, b, c = "ab" * 16, "cd" * 16, "ef" * 16
+    app_b, app_c = (rec.SCOPE_APP, "B", ""), (rec.SCOPE_APP, "C", "")
+    keys = [rec.pair_key(a, app_b, 3.0, "n-new", "ns"), rec.pair_key(a, APP_A, 3.0, "n-new", "ns"),
+            rec.pair_key(a, app_c, 1.0, "n-old", "ns"),
+            rec.pair_key(b, APP_A, 1.0, "", ""), rec.pair_key(b, APP_A, 2.0, "", ""),  # two of one owner
+            rec.pair_key(c, SERVE_OWNER, 5.0, "x", "ns"), rec.pair_key(c, APP_A, 4.0, "x", "ns")]
+    loaded = await read_keys(InMemoryRecordStore({k: b"" for k in keys}))
+    ra, rb, rc = (loaded.records[x] for x in (a, b, c))
+    assert ra.pairs == ((app_c, 1.0), (APP_A, 3.0), (app_b, 3.0)) and ra.name == "n-new"
+    kept, stale = rec.resolve_pairs([(p, rec.pair_key(a, p[0], p[1], "", "").encode()) for p in ra.pairs])
+    assert tuple(p for p, _ in kept) == ra.pairs and not stale
+    assert a not in loaded.stale and a not in loaded.odd
+    assert rb.pairs == ((APP_A, 2.0),) and loaded.stale[b] == {keys[3].encode()}
+    assert rc.pairs == ((SERVE_OWNER, 5.0),) and loaded.stale[c] == {keys[6].encode()}

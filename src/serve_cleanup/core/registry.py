@@ -171,12 +171,28 @@ def _merge(loaded: Loaded, parsed: rec.ParsedKeys, v1: list[tuple[bytes, Record]
                 loaded.records[r.actor_id] = r
                 loaded.odd[r.actor_id] = {r.pairs[0][0]: raw}
             return
-    counts = Counter(parsed.ids)
+    ids, owners, times = parsed.ids, parsed.owners, parsed.times
+    counts = Counter(ids)
+    by_actor: dict[str, list[int]] = {}
+    for i in [i for i, n in enumerate(map(counts.__getitem__, ids)) if n > 1]:
+        by_actor.setdefault(ids[i], []).append(i)
+    in_v1 = {r.actor_id for _, r in v1}
     groups: dict[str, list[tuple[rec.Pair, bytes, str, str]]] = {}
-    for i, actor_id in enumerate(parsed.ids):
-        if counts[actor_id] > 1:
-            groups.setdefault(actor_id, []).append((
-                (parsed.owners[i], parsed.times[i]), parsed.raw[i], parsed.names[i], parsed.namespaces[i]))
+    records = loaded.records
+    for actor_id, idx in by_actor.items():
+        own = set(map(owners.__getitem__, idx))
+        if len(own) == len(idx) and SERVE_OWNER not in own and actor_id not in in_v1:
+            # The usual case of several keys: one v2 key per owner, no serve key. Nothing
+            # to resolve (resolve_pairs would keep them all, by time then owner); a parsed
+            # v2 key is its pair's key (the fast path of read_keys relies on it too).
+            idx.sort(key=lambda i: (times[i], owners[i]))
+            newest = max(idx, key=times.__getitem__)
+            records[actor_id] = tuple.__new__(Record, (
+                actor_id, parsed.names[newest], parsed.namespaces[newest], b"",
+                tuple([(owners[i], times[i]) for i in idx])))
+            continue
+        groups[actor_id] = [((owners[i], times[i]), parsed.raw[i], parsed.names[i], parsed.namespaces[i])
+                            for i in idx]
     for raw, r in v1:
         if r.actor_id in loaded.records and r.actor_id not in groups:
             only = loaded.records[r.actor_id]
