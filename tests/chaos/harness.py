@@ -11,23 +11,35 @@ seed (``random.Random(round_seed)``; the round seeds come from the run's seed):
    starts (so every controller start of the round reads it) and again mid-round: random
    byte keys (many not UTF-8), random values, and entries under a live bystander's record
    key whose value is garbage, a truncated record, or another actor's valid record.
-3. Two apps: ``chaos`` (2 replicas that create and register actors on request) and
-   ``owned`` (the owner of app-scoped registrations).
+3. Three apps: ``chaos`` (2 replicas that create and register actors on request; deleted
+   only by shutdown), ``owned`` and ``owned2`` (owners of registrations; deleted mid-round).
 4. **Overlap**, all at once: driver threads registering actors (named or anonymous; some
    registered right after ``.remote()`` with no ping, before GCS may know them; some with
-   ``scope="app", app="owned"``; now and then an actor that is already dead, which must be
-   refused; now and then one the driver kills itself after registering); replica calls
-   registering actors from inside Serve; a killer thread crashing the controller; a
-   thread calling ``serve_cleanup.collect()``; a thread deleting app ``owned``; a thread
-   planting more junk.
-5. **Shutdown**: in most rounds once the registrants are done (with another kill in the
+   ``scope="app", app="owned"``; some given 2 or 3 owners, one ``register`` call each,
+   among the apps and deployments of the three apps, now and then followed by a
+   ``scope="serve"`` call that must leave them alone; now and then an actor that is already
+   dead, which must be refused; now and then one the driver kills itself after
+   registering); replica calls registering actors from inside Serve (Serve-wide, or with 2
+   or 3 owners: the replica's own app or deployment by the defaults, others by name); an
+   *adder* thread giving some replica-made actors one more owner from the driver; a killer
+   thread crashing the controller; a thread calling ``serve_cleanup.collect()``; a thread
+   deleting app ``owned`` (and in some rounds ``owned2``); a thread planting more junk.
+5. **Settle** (rounds whose shutdown waits for the registrants): the owner-set checks
+   (``owner_checks.before_shutdown``); in some rounds app ``owned2`` is then deleted on
+   its own (the controller killed right after in half of them) and the checks run again.
+6. **Shutdown**: in most rounds once the registrants are done (with another kill in the
    middle in half the rounds); in ``early_shutdown`` rounds while they are still running
    (a call that returned must still be honoured; a call that raised proves nothing).
 
-Then: every actor whose registration call *returned* is dead (else "leaked"), every
-bystander is alive (else "wrongly killed"), no record is left in the KV (else "records
-left"), the controller restarted no more often than it was killed plus the crash points
-that fired (else "crash loop"), and every junk entry is still there, unchanged.
+Then, over owner sets (``owner_checks``): an actor died while one of its owners whose call
+returned was still deployed, or a Serve-wide one died before shutdown ("wrongly
+killed"); an actor all of whose owners were deleted is alive after the settle window
+("orphans alive") or still has keys ("stale records"); a live actor misses the key of a
+deployed owner ("owners lost"); after shutdown an actor whose registration *returned* is
+alive ("leaked"). Also: every bystander is alive (else "wrongly killed"), no record is
+left in the KV (else "records left"), the controller restarted no more often than it was
+killed plus the crash points that fired (else "crash loop"), and every junk entry is
+still there, unchanged.
 
 Run standalone (starts its own local Ray)::
 
@@ -40,6 +52,7 @@ or through pytest (``pytest tests/chaos --chaos-rounds 100``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import sys
 import threading
@@ -67,11 +80,21 @@ if str(TESTS) not in sys.path:  # run as a script: the tests' shared helpers are
     sys.path.insert(0, str(TESTS))
 from waiting import TimedOut, wait_for  # noqa: E402
 
+import owner_checks  # noqa: E402  (next to this file; Ray-free)
+
 # Workers need not import this file: ship its classes by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 NAMESPACE = "serve-cleanup-chaos"
-OWNED_APP = "owned"
+CHAOS_APP = "chaos"    # the registrants' app: deleted only by shutdown
+OWNED_APP = "owned"    # deleted mid-round
+OWNED2_APP = "owned2"  # deleted mid-round, after settling, or only by shutdown (the plan says)
+# The owners a registration may name: every one is an app or deployment of the round's apps.
+A_CHAOS, D_CHAOS = ("app", CHAOS_APP, ""), ("deployment", CHAOS_APP, "Registrant")
+A_OWNED, D_OWNED = ("app", OWNED_APP, ""), ("deployment", OWNED_APP, "Owned")
+A_OWNED2, D_OWNED2 = ("app", OWNED2_APP, ""), ("deployment", OWNED2_APP, "Owned")
+OWNERS = (A_CHAOS, D_CHAOS, A_OWNED, D_OWNED, A_OWNED2, D_OWNED2)
+ADDED_OWNERS = (A_OWNED, D_OWNED, A_OWNED2, D_OWNED2)  # what a driver adds to a replica's actor
 
 
 @ray.remote(num_cpus=0)
@@ -87,28 +110,51 @@ class Ledger:
 
     def __init__(self) -> None:
         self._made: list = []
-        self._returned: set[str] = set()
+        self._calls: list = []  # (actor id, owner or None for scope "serve", returned?)
+        self._ready: dict = {}  # replica's key -> handle, once one of its calls returned
 
     def made(self, actors: list) -> None:
         self._made.extend(actors)
 
-    def returned(self, actor_id: str) -> None:
-        self._returned.add(actor_id)
+    def call(self, actor_id: str, owner: Optional[tuple], ok: bool) -> None:
+        self._calls.append((actor_id, owner, ok))
 
-    def drain(self) -> tuple[list, set[str]]:
-        out = (self._made, self._returned)
-        self._made, self._returned = [], set()
+    def ready(self, key: str, actor: Any) -> None:
+        self._ready[key] = actor
+
+    def get_ready(self, key: str) -> Any:
+        return self._ready.get(key)
+
+    def drain(self) -> tuple[list, list]:
+        out = (self._made, self._calls)
+        self._made, self._calls, self._ready = [], [], {}
         return out
+
+
+def register_owner(actor: Any, owner: Optional[tuple], timeout_s: float, own_app: str = "") -> None:
+    """One ``register`` call for ``owner`` (``None``: ``scope="serve"``). Inside a replica
+    (``own_app``), an owner of the replica's own app is named by the defaults."""
+    if owner is None:
+        serve_cleanup.register(actor, timeout_s=timeout_s)
+    elif owner[1] == own_app:
+        serve_cleanup.register(actor, scope=owner[0], timeout_s=timeout_s)
+    elif owner[0] == "app":
+        serve_cleanup.register(actor, scope="app", app=owner[1], timeout_s=timeout_s)
+    else:
+        serve_cleanup.register(actor, scope="deployment", app=owner[1], deployment=owner[2],
+                               timeout_s=timeout_s)
 
 
 @serve.deployment(num_replicas=2, ray_actor_options={"num_cpus": 0})
 class Registrant:
     """A replica that creates and registers actors, like a router would."""
 
-    def spawn(self, plan: list[bool], tag: str, ledger: Any, timeout_s: float) -> int:
-        """``plan[i]``: ping actor i before registering it. Returns how many returned."""
+    def spawn(self, plan: list, tag: str, ledger: Any, timeout_s: float) -> int:
+        """``plan[i]``: (ping actor i before registering it?, its owners: one register call
+        each, of this replica's own app or another; () for one ``scope="serve"`` call).
+        Every call is reported to the ledger. Returns how many actors had a call return."""
         ok = 0
-        for i, ping in enumerate(plan):
+        for i, (ping, owners) in enumerate(plan):
             opts: dict[str, Any] = {"lifetime": "detached"}
             if i % 2 == 0:
                 opts.update(name=f"{tag}-{i}", namespace=NAMESPACE)
@@ -116,12 +162,18 @@ class Registrant:
             ray.get(ledger.made.remote([actor]))
             if ping:
                 ray.get(actor.ping.remote())
-            try:
-                serve_cleanup.register(actor, timeout_s=timeout_s)
-            except Exception:  # any failure: not "returned", so no promise to check
-                continue
-            ray.get(ledger.returned.remote(actor._actor_id.hex()))
-            ok += 1
+            any_ok = False
+            for owner in owners or (None,):
+                try:
+                    register_owner(actor, owner, timeout_s, own_app=CHAOS_APP)
+                except Exception:  # any failure: not "returned", so no promise to check
+                    ray.get(ledger.call.remote(actor._actor_id.hex(), owner, False))
+                    continue
+                ray.get(ledger.call.remote(actor._actor_id.hex(), owner, True))
+                any_ok = True
+            if any_ok:
+                ray.get(ledger.ready.remote(f"{tag}-{i}", actor))
+                ok += 1
         return ok
 
 
@@ -151,6 +203,9 @@ class Config:
     early_call_timeout_s: float = 8.0
     bystanders: int = 2
     settle_s: float = 30.0      # bound on pre-shutdown clean-up (owner deleted, actor died)
+    multi_share: float = 0.4    # chance a driver's or a replica's actor gets 2 or 3 owners
+    added_share: float = 0.3    # chance a replica's actor gets one more owner from a driver
+    serve_call_share: float = 0.25  # chance a multi-owner driver actor also gets a scope="serve" call
     timeout_s: float = 90.0
 
 
@@ -159,11 +214,12 @@ class Config:
 COUNTS = (
     "registrations", "failed_calls", "refused_dead", "kills", "injected", "restarts",
     "owned_registrations", "gc_calls", "set_aside_planted", "set_aside_seen", "shutdown_retries",
+    "multi_owner", "owner_calls", "owners_added",
 )
 FAILURES = (
     "leaked", "wrongly_killed", "records_left", "crash_loops",
-    "dead_accepted", "orphans_alive", "stale_records", "set_aside_touched", "set_aside_unreported",
-    "errors",
+    "dead_accepted", "orphans_alive", "stale_records", "owners_lost", "set_aside_touched",
+    "set_aside_unreported", "errors",
 )
 
 
@@ -172,6 +228,7 @@ class RoundResult:
     seed: int
     early_shutdown: bool = False
     kill_in_shutdown: bool = False
+    owned2: str = "never"  # when app owned2 is deleted: "window", "settle" or "never" (shutdown)
     points: tuple = ()
     registrations: int = 0
     failed_calls: int = 0
@@ -184,6 +241,9 @@ class RoundResult:
     set_aside_planted: int = 0
     set_aside_seen: int = -1  # the controller's status just before shutdown (-1: no answer)
     shutdown_retries: int = 0  # serve.shutdown() calls that did not reach the controller
+    multi_owner: int = 0  # registered actors with 2 or more confirmed owners
+    owner_calls: int = 0  # register calls naming an app or deployment owner that returned
+    owners_added: int = 0  # owners a driver added to a replica's actor (calls that returned)
     leaked: list = field(default_factory=list)
     wrongly_killed: list = field(default_factory=list)
     records_left: int = 0
@@ -191,6 +251,7 @@ class RoundResult:
     dead_accepted: list = field(default_factory=list)
     orphans_alive: list = field(default_factory=list)
     stale_records: list = field(default_factory=list)
+    owners_lost: list = field(default_factory=list)
     set_aside_touched: int = 0
     set_aside_unreported: int = 0
     errors: list = field(default_factory=list)
@@ -205,7 +266,8 @@ class RoundResult:
             f"round {n} (seed {self.seed}{', early shutdown' if self.early_shutdown else ''}"
             f"{', kill in shutdown' if self.kill_in_shutdown else ''}; "
             f"points {','.join(self.points) or '-'}): "
-            f"{self.registrations} registered ({self.owned_registrations} app-scoped), "
+            f"{self.registrations} registered ({self.owned_registrations} app-scoped, "
+            f"{self.multi_owner} multi-owner, {self.owners_added} owners added, owned2 {self.owned2}), "
             f"{self.failed_calls} failed, {self.refused_dead} dead refused, {self.kills} kills "
             f"({self.injected} injected), {self.restarts} restarts, {self.gc_calls} gc, "
             f"set aside {self.set_aside_seen}/{self.set_aside_planted}"
@@ -273,12 +335,14 @@ class Totals:
             f"failed_calls={c['failed_calls']} set_aside_seen={c['set_aside_seen']} "
             f"seed={seed} seconds={self.seconds:.0f}\n"
             f"chaos details: injected_crashes={c['injected']} restarts={c['restarts']} "
-            f"app_scoped={c['owned_registrations']} refused_dead={c['refused_dead']} "
+            f"app_scoped={c['owned_registrations']} multi_owner={c['multi_owner']} "
+            f"owner_calls={c['owner_calls']} owners_added={c['owners_added']} "
+            f"refused_dead={c['refused_dead']} "
             f"gc_calls={c['gc_calls']} early_shutdowns={self.early_shutdowns} "
             f"kills_in_shutdown={self.kills_in_shutdown} set_aside_planted={c['set_aside_planted']} "
             f"shutdown_retries={c['shutdown_retries']} "
             f"dead_accepted={c['dead_accepted']} orphans_alive={c['orphans_alive']} "
-            f"stale_records={c['stale_records']} set_aside_touched={c['set_aside_touched']} "
+            f"stale_records={c['stale_records']} owners_lost={c['owners_lost']} set_aside_touched={c['set_aside_touched']} "
             f"set_aside_unreported={c['set_aside_unreported']} errors={c['errors']} "
             f"failed_rounds={len(self.failed_rounds)}"
         )
@@ -395,11 +459,19 @@ class _Plan:
     shutdown_at: float
     kill_in_shutdown: bool
     shutdown_kill_delay: float
+    # Owner sets, drawn after everything above (so the older fields keep their draws):
+    driver_owners: list  # per driver, per actor: owners added after its first call
+    driver_serve_call: list  # per driver, per actor: a scope="serve" call after its owners?
+    replica_owners: list  # per replica call, per actor: its owners (() = one scope="serve" call)
+    added: list  # (replica call, actor, owner): a driver adds that owner to a replica's actor
+    owned2: str  # "window" (deleted at delete2_at), "settle" (after the first settle) or "never"
+    delete2_at: float
+    kill_after_delete2: bool  # "settle": kill the controller right after owned2's deletion
 
     @classmethod
     def draw(cls, rng: random.Random, cfg: Config) -> "_Plan":
         points = tuple(sorted(rng.sample(CRASH_POINTS, rng.randint(0, len(CRASH_POINTS)))))
-        return cls(
+        fields = dict(
             points=points,
             probability=rng.choice((1.0, 0.5, 0.25)),
             junk_before=rng.randint(*cfg.junk_before),
@@ -424,6 +496,49 @@ class _Plan:
             kill_in_shutdown=rng.random() < 0.5,
             shutdown_kill_delay=rng.uniform(0.0, 2.0),
         )
+        fields.update(cls._draw_owners(rng, cfg, fields["drivers"]))
+        return cls(**fields)
+
+    @staticmethod
+    def _draw_owners(rng: random.Random, cfg: Config, drivers: list) -> dict:
+        """A driver actor's first call is as before (``scope="serve"``, or app ``owned``);
+        a multi-owner one then adds owners until it has 2 or 3. A replica's multi-owner actor
+        is registered by the replica with 2 or 3 owners, its own app or deployment among
+        them half the time; a driver may add one more owner to any replica actor."""
+        def several(first: Optional[tuple], pool: tuple) -> tuple:
+            n = rng.choice((2, 3)) - (first is not None)
+            return tuple(rng.sample([o for o in pool if o != first], n))
+
+        driver_owners, driver_serve = [], []
+        for i in range(cfg.drivers):
+            row, serve_calls = [], []
+            for k in range(cfg.per_driver):
+                multi = rng.random() < cfg.multi_share
+                first = A_OWNED if drivers[i][k][2] else None  # its first call's owner
+                row.append(several(first, OWNERS) if multi else ())
+                serve_calls.append(multi and rng.random() < cfg.serve_call_share)
+            driver_owners.append(row)
+            driver_serve.append(serve_calls)
+        replica_owners = []
+        for _ in range(cfg.replica_calls):
+            row = []
+            for _ in range(cfg.per_replica_call):
+                if rng.random() < cfg.multi_share:
+                    own = rng.choice((A_CHAOS, D_CHAOS)) if rng.random() < 0.5 else None
+                    row.append(((own,) if own else ()) + several(own, OWNERS[2:]))
+                else:
+                    row.append(())
+            replica_owners.append(row)
+        added = [(j, i, rng.choice(ADDED_OWNERS))
+                 for j in range(cfg.replica_calls) for i in range(cfg.per_replica_call)
+                 if rng.random() < cfg.added_share]
+        return dict(
+            driver_owners=driver_owners, driver_serve_call=driver_serve,
+            replica_owners=replica_owners, added=added,
+            owned2=rng.choice(("window", "settle", "never")),
+            delete2_at=rng.uniform(0, cfg.window_s),
+            kill_after_delete2=rng.random() < 0.5,
+        )
 
 
 def _sleep_until(started: float, t: float) -> None:
@@ -436,7 +551,9 @@ def run_round(seed: int, cfg: Config, ledger: Any, bystanders: list,
     rng = random.Random(seed)
     plan = _Plan.draw(rng, cfg)
     res = RoundResult(seed=seed, early_shutdown=plan.early_shutdown,
-                      kill_in_shutdown=plan.kill_in_shutdown, points=plan.points)
+                      kill_in_shutdown=plan.kill_in_shutdown, points=plan.points,
+                      # early-shutdown rounds do not settle: "settle" leaves owned2 to shutdown
+                      owned2="never" if plan.early_shutdown and plan.owned2 == "settle" else plan.owned2)
     tag = uuid.uuid4().hex[:6]
     junk: dict[bytes, bytes] = {}
     attempted: list = []  # every actor made for registration (killed at the end)
@@ -485,24 +602,43 @@ def _round(rng, plan: _Plan, cfg: Config, res: RoundResult, tag: str, ledger: An
     serve_cleanup.start(controller_options={"runtime_env": {"env_vars": env}} if env else None)
     ctrl_id = _id(_controller())
     handle = serve.run_many([
-        RunTarget(target=Registrant.bind(), name="chaos", route_prefix=None),
+        RunTarget(target=Registrant.bind(), name=CHAOS_APP, route_prefix=None),
         RunTarget(target=Owned.bind(), name=OWNED_APP, route_prefix=None),
+        RunTarget(target=Owned.bind(), name=OWNED2_APP, route_prefix=None),
     ])[0]
     during = _junk(rng, plan.junk_during, bystanders)
     during = {k: v for k, v in during.items() if k not in junk}
 
     lock = threading.Lock()
-    returned: dict[str, str] = {}  # actor id -> "serve" | "app" | "self-killed"
+    calls: dict[str, owner_checks.Calls] = {}  # actor id -> its register calls (drivers' and replicas')
     self_killed: list[str] = []
     shutdown_started = threading.Event()
     shutdown_done = threading.Event()
-    deleted = threading.Event()  # app "owned" is gone (serve.delete returned)
+    replicas_done = threading.Event()
+    deleting: set[str] = set()  # apps whose serve.delete started (their actors may die)
+    deleted: set[str] = set()   # ... and returned (their actors must die)
     landed = [0]
     call_timeout = cfg.early_call_timeout_s if plan.early_shutdown else cfg.call_timeout_s
 
     def count(attr: str, n: int = 1) -> None:
         with lock:
             setattr(res, attr, getattr(res, attr) + n)
+
+    def note(actor_id: str, owner: Optional[tuple], ok: bool) -> None:
+        with lock:
+            calls.setdefault(actor_id, owner_checks.Calls()).note(owner, ok)
+            if ok and owner is not None:
+                res.owner_calls += 1
+
+    def register(actor: Any, owner: Optional[tuple]) -> bool:
+        try:
+            register_owner(actor, owner, call_timeout)
+        except Exception:
+            count("failed_calls")
+            note(_id(actor), owner, False)
+            return False
+        note(_id(actor), owner, True)
+        return True
 
     def driver(i: int) -> None:
         if plan.dead_refusals[i]:  # an actor that is dead before it is registered
@@ -530,39 +666,61 @@ def _round(rng, plan: _Plan, cfg: Config, res: RoundResult, tag: str, ledger: An
             actor = Payload.options(**opts).remote()
             with lock:
                 attempted.append(actor)
+            more = plan.driver_owners[i][k]
             try:
                 if ping:
                     ray.get(actor.ping.remote())
-                if owned:
-                    serve_cleanup.register(actor, scope="app", app=OWNED_APP, timeout_s=call_timeout)
-                else:
-                    serve_cleanup.register(actor, timeout_s=call_timeout)
             except Exception:
                 count("failed_calls")
                 continue
-            with lock:
-                returned[_id(actor)] = "app" if owned else "serve"
-            if not owned and not killed_own and not shutdown_started.is_set():
+            # The first call as before; then the owners that make it 2 or 3 (each call on
+            # its own: one that raised does not stop the next), then maybe scope="serve"
+            # (which must leave the owners as they are).
+            first_ok = register(actor, A_OWNED if owned else None)
+            for owner in more + ((None,) if plan.driver_serve_call[i][k] else ()):
+                if shutdown_done.is_set():
+                    break
+                register(actor, owner)
+            if first_ok and not owned and not more and not killed_own and not shutdown_started.is_set():
                 killed_own = True  # the actor dies on its own: the sweep must drop its record
                 ray.kill(actor, no_restart=True)
                 with lock:
-                    returned[_id(actor)] = "self-killed"
                     self_killed.append(_id(actor))
 
     def replicas() -> None:
+        plans = [list(zip(pings, owners, strict=True))
+                 for pings, owners in zip(plan.replica_plans, plan.replica_owners, strict=True)]
         refs = [handle.spawn.remote(p, f"rep-{tag}-{j}", ledger, call_timeout)
-                for j, p in enumerate(plan.replica_plans)]
+                for j, p in enumerate(plans)]
         deadline = time.monotonic() + cfg.timeout_s
-        for ref in refs:
-            while time.monotonic() < deadline:
-                try:
-                    ref.result(timeout_s=0.5)
-                    break
-                except TimeoutError:
-                    if shutdown_done.is_set():
-                        return  # Serve is gone: the ledger says what was made and returned
-                except Exception:
-                    break  # the call failed; the ledger says what was made and returned
+        try:
+            for ref in refs:
+                while time.monotonic() < deadline:
+                    try:
+                        ref.result(timeout_s=0.5)
+                        break
+                    except TimeoutError:
+                        if shutdown_done.is_set():
+                            return  # Serve is gone: the ledger says what was made and returned
+                    except Exception:
+                        break  # the call failed; the ledger says what was made and returned
+        finally:
+            replicas_done.set()
+
+    def adder() -> None:
+        """A driver adding an owner to an actor a replica made and registered (once one of
+        the replica's calls for it returned)."""
+        for j, i, owner in plan.added:
+            actor = None
+            while actor is None and not shutdown_started.is_set():
+                done = replicas_done.is_set()
+                actor = ray.get(ledger.get_ready.remote(f"rep-{tag}-{j}-{i}"))
+                if actor is None and done:
+                    break  # no call of the replica's for it returned: nothing to add to
+                if actor is None:
+                    time.sleep(0.1)
+            if actor is not None and not shutdown_done.is_set() and register(actor, owner):
+                count("owners_added")
 
     def killer() -> None:
         started = time.monotonic()
@@ -588,15 +746,28 @@ def _round(rng, plan: _Plan, cfg: Config, res: RoundResult, tag: str, ledger: An
             except Exception:
                 pass
 
-    def deleter() -> None:
-        _sleep_until(time.monotonic(), plan.delete_at)
-        if shutdown_started.is_set():
-            return
+    def delete(app: str) -> bool:
+        with lock:
+            deleting.add(app)
         try:
-            serve.delete(OWNED_APP)
-            deleted.set()
+            serve.delete(app)
         except Exception:
-            pass
+            return False
+        with lock:
+            deleted.add(app)
+        return True
+
+    def deleter() -> None:
+        """Deletes app "owned" and, in "window" rounds, app "owned2", at their drawn times."""
+        started = time.monotonic()
+        times = [(plan.delete_at, OWNED_APP)]
+        if plan.owned2 == "window":
+            times.append((plan.delete2_at, OWNED2_APP))
+        for t, app in sorted(times):
+            _sleep_until(started, t)
+            if shutdown_started.is_set():
+                return
+            delete(app)
 
     def planter() -> None:
         _sleep_until(time.monotonic(), plan.junk_at)
@@ -613,9 +784,17 @@ def _round(rng, plan: _Plan, cfg: Config, res: RoundResult, tag: str, ledger: An
                 res.threads[name] = time.monotonic() - started
         return threading.Thread(target=body, name=name)
 
+    def drain_ledger() -> None:
+        made, replica_calls = ray.get(ledger.drain.remote())
+        attempted.extend(made)
+        for actor_id, owner, ok in replica_calls:
+            note(actor_id, owner, ok)
+            if not ok:
+                count("failed_calls")
+
     registrants = [timed(f"driver{i}", driver, i) for i in range(cfg.drivers)]
     registrants.append(timed("replicas", replicas))
-    others = [timed(f.__name__, f) for f in (killer, collector, deleter, planter)]
+    others = [timed(f.__name__, f) for f in (adder, killer, collector, deleter, planter)]
     threads += registrants + others
     started = time.monotonic()
     res.phases["start"] = started - t_start
@@ -628,7 +807,18 @@ def _round(rng, plan: _Plan, cfg: Config, res: RoundResult, tag: str, ledger: An
         for t in registrants + others:
             t.join(cfg.timeout_s)
         t_settle = time.monotonic()
-        _settle(cfg, res, returned, self_killed, deleted.is_set())
+        drain_ledger()
+        _settle(cfg, res, calls, self_killed, set(deleting), set(deleted), set(junk))
+        if plan.owned2 == "settle":
+            # The second owner app goes now, alone: an actor it shared with app "owned" (gone)
+            # dies now, not before; one it shares with app "chaos" lives on.
+            if delete(OWNED2_APP) and plan.kill_after_delete2:
+                try:
+                    ray.kill(_controller(), no_restart=False)  # before or during the reap
+                    landed[0] += 1
+                except Exception:
+                    pass
+            _settle(cfg, res, calls, self_killed, set(deleting), set(deleted), set(junk))
         res.phases["settle"] = time.monotonic() - t_settle
     res.set_aside_seen = _set_aside_seen()
     if 0 <= res.set_aside_seen < res.set_aside_planted:
@@ -659,18 +849,21 @@ def _round(rng, plan: _Plan, cfg: Config, res: RoundResult, tag: str, ledger: An
 
     t_check = time.monotonic()
     res.phases["shutdown"] = t_check - t_shutdown
-    made, replica_returned = ray.get(ledger.drain.remote())
-    attempted += made
-    for actor_id in replica_returned:
-        returned[actor_id] = "serve"
+    drain_ledger()
 
     res.injected = sum(_kv_get(_marker(p)) is not None for p in CRASH_POINTS)
     res.kills = landed[0] + in_shutdown + res.injected
-    res.registrations = len(returned)
-    res.owned_registrations = sum(v == "app" for v in returned.values())
-    res.leaked = [a for a in returned if not _came_true(lambda a=a: _state(a) == "DEAD", 30)]
-    res.wrongly_killed += [_id(b) for b in bystanders if _state(_id(b)) != "ALIVE"]
+    registered = {a: c for a, c in calls.items() if c.registered}
+    res.registrations = len(registered)
+    res.owned_registrations = sum(bool(c.confirmed) for c in registered.values())
+    res.multi_owner = sum(len(c.confirmed) >= 2 for c in registered.values())
+    # Serve is shut down: every registered actor must be dead (each may take up to 30 s).
+    _came_true(lambda: all(_state(a) == "DEAD" for a in registered), 30, 0.1)
     keys = _record_keys()
+    res.leaked, _ = owner_checks.after_shutdown(  # keys left: counted in records_left
+        registered, {a: _state(a) for a in registered},
+        owner_checks.key_owners(keys - set(junk), registered))
+    res.wrongly_killed += [_id(b) for b in bystanders if _state(_id(b)) != "ALIVE"]
     res.records_left = len(keys - set(junk))
     res.set_aside_touched = sum(_kv_get(k) != v for k, v in junk.items())
     info = _ray.actor_entry(ctrl_id)
@@ -680,8 +873,13 @@ def _round(rng, plan: _Plan, cfg: Config, res: RoundResult, tag: str, ledger: An
     if res.failures():
         for k in sorted(keys - set(junk)):
             log(f"  record left: {k!r}")
+        for a in sorted(set(res.leaked + res.wrongly_killed + res.orphans_alive + res.owners_lost)):
+            c = calls.get(a)
+            if c is not None:
+                log(f"  {a}: owners returned {sorted(c.confirmed)}, raised {sorted(c.unconfirmed)}, "
+                    f"serve call returned {c.serve_returned}; apps deleted {sorted(deleted)}")
         for line in _controller_log_lines(res.leaked + res.wrongly_killed + res.dead_accepted
-                                          + res.orphans_alive + res.stale_records):
+                                          + res.orphans_alive + res.stale_records + res.owners_lost):
             log(f"  controller log: {line}")
 
 
@@ -705,25 +903,30 @@ def _shut_down(res: RoundResult, cfg: Config) -> None:
         serve.shutdown()
 
 
-def _settle(cfg: Config, res: RoundResult, returned: dict[str, str], self_killed: list[str],
-            owner_deleted: bool) -> None:
-    """Before shutdown (registrants done): the reconcile killed the actors of the deleted
-    app, the sweep dropped the records of actors that died, and every Serve-wide
-    registration still lives (nothing killed it early)."""
-    owned = [a for a, s in returned.items() if s == "app"] if owner_deleted else []
+def _settle(cfg: Config, res: RoundResult, calls: dict, self_killed: list[str],
+            deleting: set[str], deleted: set[str], junk: set[bytes]) -> None:
+    """Before shutdown (registrants done): wait (up to ``settle_s``) until every actor whose
+    owners are all gone is dead and has no key, and so has every actor a driver killed
+    itself; then check the owner-set rules (``owner_checks.before_shutdown``). Called once
+    or twice a round; an actor is counted once per failure."""
+    snapshot = {a: dataclasses.replace(c, confirmed=set(c.confirmed), unconfirmed=set(c.unconfirmed))
+                for a, c in calls.items()}
+    must = [a for a, c in snapshot.items() if a not in self_killed and owner_checks.must_die(c, deleted)]
+    gone = must + list(self_killed)
 
-    def with_keys(left: set[bytes]) -> list[str]:
-        """The self-killed actors that still have a key: a v1 key, or any v2 key (one per
-        owner, all starting with the actor's prefix)."""
-        return [a for a in self_killed
-                if records.record_key(a).encode() in left
-                or any(k.startswith(records.actor_prefix(a).encode()) for k in left)]
+    def keys_of(ids: list[str]) -> dict[str, set]:
+        return owner_checks.key_owners(_record_keys() - junk, ids)
 
-    _came_true(lambda: all(_state(a) == "DEAD" for a in owned)
-               and not with_keys(_record_keys()), cfg.settle_s, 0.1)
-    res.orphans_alive = [a for a in owned if _state(a) != "DEAD"]
-    res.stale_records = with_keys(_record_keys())
-    res.wrongly_killed += [a for a, s in returned.items() if s == "serve" and _state(a) == "DEAD"]
+    _came_true(lambda: all(_state(a) == "DEAD" for a in must)
+               and not any(keys_of(gone).values()), cfg.settle_s, 0.1)
+    # Keys first, then states: a reap kills, waits for DEAD, then deletes the keys, so a
+    # live actor read after its keys were found missing really lost them.
+    keys = keys_of(list(snapshot) + list(self_killed))
+    states = {a: _state(a) for a in snapshot}
+    v = owner_checks.before_shutdown(snapshot, states, keys, deleting, deleted, self_killed)
+    for name in ("wrongly_killed", "orphans_alive", "stale_records", "owners_lost"):
+        seen = getattr(res, name)
+        seen += [a for a in getattr(v, name) if a not in seen]
 
 
 def _controller_log_lines(actor_ids: list[str], limit: int = 40) -> list[str]:
