@@ -59,7 +59,12 @@ def list_registrations() -> list[Record]:
 def read_kv(gcs_client: Any, *, slim: bool = False) -> tuple[list[Record], list[SetAside]]:
     """Records (oldest first) and set-aside entries as the GCS KV holds them now."""
     found, set_aside = asyncio.run(read_all(KvStore(gcs_client).aio, slim=slim))
-    return sorted(found.values(), key=lambda r: (r.registered_at, r.actor_id)), list(set_aside.values())
+    return sorted(found.values(), key=_oldest_first), list(set_aside.values())
+
+
+def _oldest_first(r: Record) -> tuple[float, str]:
+    pairs = r.pairs
+    return (pairs[0][1] if len(pairs) == 1 else r.registered_at), r.actor_id
 
 
 def actor_states(actor_ids: list[str], accessor: Any = None) -> dict[str, str]:

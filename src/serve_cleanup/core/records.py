@@ -246,12 +246,14 @@ class Record(_RecordFields):
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form (the handle bytes left out). ``scope``/``app``/``deployment``
         are the first pair's; ``owners`` lists them all."""
+        pairs = self.pairs
+        (scope, app, deployment), t = pairs[0]  # (``list`` builds 100,000 of these: no properties)
         return {
             "actor_id": self.actor_id, "name": self.name, "namespace": self.namespace,
-            "scope": self.scope, "app": self.app, "deployment": self.deployment,
-            "registered_at": self.registered_at,
+            "scope": scope, "app": app, "deployment": deployment,
+            "registered_at": t if len(pairs) == 1 else min(p[1] for p in pairs),
             "owners": [{"scope": o[0], "app": o[1], "deployment": o[2], "registered_at": t}
-                       for o, t in self.pairs if o[0] != SCOPE_SERVE],
+                       for o, t in pairs if o[0] != SCOPE_SERVE],
         }
 
 
