@@ -1,6 +1,9 @@
 """Owner sets (issue 21) on a real cluster: an actor registered with several apps or
 deployments is killed when the last of them is gone, not when the first one is.
 
+Three Serve lifecycles (a deploy of two apps is the slow part here), each checking several
+actors side by side:
+
 * two apps share one actor: deleting one leaves it alive, deleting the other kills it and
   its keys go, also across a controller kill between the two deletes;
 * unregister with an owner removes that owner only; the last one removed leaves the
@@ -80,9 +83,13 @@ def _alive(actor) -> bool:
     return actor_state(actor._actor_id.hex()) == "ALIVE"
 
 
-def _shared_by_two_apps(actors, unique):
+def _two_apps(unique) -> tuple[str, str]:
     a, b = f"a-{unique}", f"b-{unique}"
     _deploy(a, b)
+    return a, b
+
+
+def _shared_by(actors, a: str, b: str):
     shared = actors()  # anonymous: the kill goes by the stored handle
     first = serve_cleanup.register(shared, scope="app", app=a)
     assert first.owners == (_app(a),)
@@ -90,139 +97,111 @@ def _shared_by_two_apps(actors, unique):
     assert set(both.owners) == {_app(a), _app(b)}
     assert _owners_in_kv(shared) == {_app(a), _app(b)}  # one key per pair, no serve key
     assert len(_keys_of(shared)) == 2
-    return shared, a, b
+    return shared
 
 
 # --- two apps share one actor --------------------------------------------------------------
 
 
-def test_an_actor_of_two_apps_dies_with_the_second(durable_serve, actors, unique):
-    shared, a, b = _shared_by_two_apps(actors, unique)
-    bystander = actors()
-    serve_cleanup.register(bystander, scope="app", app=b)  # B's alone: dies with B too
+def test_an_actor_of_two_apps_dies_with_the_second_also_across_a_controller_kill(durable_serve, actors, unique):
+    """Deleting A kills what A alone owns and leaves the actor B still owns; the restarted
+    controller reads the owner set back from the keys (A's deletion does not make the
+    actor an orphan while B lives); deleting B kills it and its keys go. On the way: a
+    repeat of a pair (a replica restart) stores nothing new, and the upstream method,
+    which Ray's routers call again on every start, leaves the owners alone, before and
+    after the restart."""
+    a, b = _two_apps(unique)
+    shared = _shared_by(actors, a, b)
+    only_a, only_b = actors(), actors()
+    serve_cleanup.register(only_a, scope="app", app=a)
+    serve_cleanup.register(only_b, scope="app", app=b)
 
-    serve.delete(a)
-    assert_stays(lambda: _alive(shared), SURVIVES_S, "the actor B still owns alive")
-    assert _record_of(shared) is not None  # still registered
-
-    serve.delete(b)
-    wait_dead(shared, 15)
-    wait_dead(bystander, 15)
-    wait_for(lambda: _keys_of(shared) == [] and _keys_of(bystander) == [], 10, "their keys to go")
-    assert _record_of(shared) is None
-
-
-def test_an_actor_of_two_apps_dies_with_the_second_across_a_controller_kill(durable_serve, actors, unique):
-    """The owner set is read back from the keys by the restarted controller: the deleted
-    app's owner does not make the actor an orphan while the other app lives, and the
-    other app's deletion kills it."""
-    shared, a, b = _shared_by_two_apps(actors, unique)
-    serve.delete(a)
-    assert_stays(lambda: _alive(shared), SURVIVES_S, "the actor B still owns alive")
-
-    status = kill_controller_and_wait_restart()
-    assert status["records"] == 1
-    assert_stays(lambda: _alive(shared), SURVIVES_S, "the actor alive after the restart (B lives)")
-    assert _record_of(shared) is not None
-
-    serve.delete(b)
-    wait_dead(shared, 15)
-    wait_for(lambda: _keys_of(shared) == [], 10, "its keys to go")
-
-
-def test_an_app_re_registering_its_actor_keeps_the_other_owner(durable_serve, actors, unique):
-    """A repeat of a pair stores nothing new: app A registering again (a replica
-    restart) neither drops B nor makes A the only owner."""
-    shared, a, b = _shared_by_two_apps(actors, unique)
     keys = _keys_of(shared)
-    again = serve_cleanup.register(shared, scope="app", app=a)
+    again = serve_cleanup.register(shared, scope="app", app=a)  # a repeat of a pair
     assert set(again.owners) == {_app(a), _app(b)}
     assert _keys_of(shared) == keys  # the same keys, registration times kept
-    serve.delete(b)
-    assert_stays(lambda: _alive(shared), SURVIVES_S, "the actor A still owns alive")
+    ray.get(controller_handle()._register_shutdown_cleanup_actor.remote(shared))
+    assert set(_record_of(shared).owners) == {_app(a), _app(b)}
+    assert _keys_of(shared) == keys  # no serve key added, the apps' keys untouched
+
     serve.delete(a)
+    wait_dead(only_a, 15)  # A's deletion was acted on ...
+    assert_stays(lambda: _alive(shared), SURVIVES_S, "the actor B still owns alive")  # ... and spared it
+    # A deleted owner's pair stays while another owner lives: the set is what was
+    # registered, and the actor dies when none of it is alive.
+    assert set(_record_of(shared).owners) == {_app(a), _app(b)}
+
+    status = kill_controller_and_wait_restart()
+    assert status["records"] == 2  # shared and only_b
+    assert_stays(lambda: _alive(shared), SURVIVES_S, "the actor alive after the restart (B lives)")
+    ray.get(controller_handle()._register_shutdown_cleanup_actor.remote(shared))
+    assert _record_of(shared) is not None and records.SERVE_OWNER not in _owners_in_kv(shared)
+
+    serve.delete(b)
     wait_dead(shared, 15)
+    wait_dead(only_b, 15)
+    wait_for(lambda: _keys_of(shared) == [] and _keys_of(only_b) == [], 10, "their keys to go")
+    assert _record_of(shared) is None
 
 
 # --- unregister with an owner --------------------------------------------------------------
 
 
-def test_unregister_one_owner_then_the_last(durable_serve, actors, unique):
-    """Removing A: deleting A no longer matters, B still owns it. Removing B, the last:
-    the actor stays registered (scope serve), outlives B's deletion, dies at shutdown."""
-    shared, a, b = _shared_by_two_apps(actors, unique)
-    assert serve_cleanup.unregister(shared, scope="app", app=f"no-such-{unique}") is False  # not an owner
-    assert serve_cleanup.unregister(shared, scope="app", app=a) is True
-    assert serve_cleanup.unregister(shared, scope="app", app=a) is False  # removed already
-    assert _record_of(shared).owners == (_app(b),)
-    assert _owners_in_kv(shared) == {_app(b)}
+def test_unregister_removes_one_owner_and_without_an_owner_every_key(durable_serve, actors, unique):
+    """Removing A from one actor: A's deletion no longer matters, B still owns it; removing
+    B, the last: the actor stays registered (scope serve), outlives B's deletion and dies
+    at shutdown. The CLI removes one owner the same way. `unregister(actor)` without an
+    owner removes every key: that actor outlives both apps and the shutdown."""
+    a, b = _two_apps(unique)
+    kept, by_cli, gone = (_shared_by(actors, a, b) for _ in range(3))
 
-    serve.delete(a)
-    assert_stays(lambda: _alive(shared), SURVIVES_S, "the actor alive after its former owner's deletion")
+    assert serve_cleanup.unregister(kept, scope="app", app=f"no-such-{unique}") is False  # not an owner
+    assert serve_cleanup.unregister(kept, scope="app", app=a) is True
+    assert serve_cleanup.unregister(kept, scope="app", app=a) is False  # removed already
+    assert _record_of(kept).owners == (_app(b),)
+    assert _owners_in_kv(kept) == {_app(b)}
 
-    assert serve_cleanup.unregister(shared._actor_id.hex(), scope="app", app=b) is True  # by id
-    record = _record_of(shared)
-    assert record is not None and record.owners == () and record.scope == records.SCOPE_SERVE
-    assert _owners_in_kv(shared) == {records.SERVE_OWNER}  # one serve key, no owner key left
-    serve.delete(b)
-    assert_stays(lambda: _alive(shared), SURVIVES_S, "the actor alive: it waits for shutdown")
-
-    serve.shutdown()
-    wait_dead(shared)
-    assert kv_record_keys() == []
-
-
-def test_unregister_without_an_owner_removes_every_key(durable_serve, actors, unique):
-    shared, a, b = _shared_by_two_apps(actors, unique)
-    assert serve_cleanup.unregister(shared) is True
-    assert _keys_of(shared) == [] and _record_of(shared) is None
-    serve.delete(a)
-    serve.delete(b)
-    assert_stays(lambda: _alive(shared), SURVIVES_S, "the unregistered actor alive")
-
-
-def test_cli_unregister_removes_one_owner(durable_serve, actors, unique):
-    shared, a, b = _shared_by_two_apps(actors, unique)
-    out = run_cli("unregister", shared._actor_id.hex(), "--scope", "app", "--app", a)
+    out = run_cli("unregister", by_cli._actor_id.hex(), "--scope", "app", "--app", a)
     assert out.returncode == 0, out.stderr
     assert "Removed" in out.stdout and a in out.stdout, out.stdout
-    assert _record_of(shared).owners == (_app(b),)
-    again = run_cli("unregister", shared._actor_id.hex(), "--scope", "app", "--app", a)
+    assert _record_of(by_cli).owners == (_app(b),)
+    again = run_cli("unregister", by_cli._actor_id.hex(), "--scope", "app", "--app", a)
     assert again.returncode == 0 and "nothing to do" in again.stdout, again.stdout + again.stderr
+
+    assert serve_cleanup.unregister(gone) is True
+    assert _keys_of(gone) == [] and _record_of(gone) is None
+
+    serve.delete(a)
+    assert_stays(
+        lambda: _alive(kept) and _alive(by_cli) and _alive(gone), SURVIVES_S,
+        "the actors alive after their former owner's deletion",
+    )
+
+    assert serve_cleanup.unregister(kept._actor_id.hex(), scope="app", app=b) is True  # by id, the last
+    record = _record_of(kept)
+    assert record is not None and record.owners == () and record.scope == records.SCOPE_SERVE
+    assert _owners_in_kv(kept) == {records.SERVE_OWNER}  # one serve key, no owner key left
     serve.delete(b)
-    wait_dead(shared, 15)
+    wait_dead(by_cli, 15)  # B's deletion was acted on ...
+    assert_stays(lambda: _alive(kept) and _alive(gone), SURVIVES_S, "the actor waiting for shutdown alive")
 
-
-# --- the upstream method -------------------------------------------------------------------
-
-
-def test_the_upstream_method_leaves_an_app_owner_alone(durable_serve, actors, unique):
-    """Ray's routers call `_register_shutdown_cleanup_actor` again on every start: for an
-    actor registered with an app it ensures a registration and changes nothing, before
-    and after a controller restart (a record read back from the keys)."""
-    app = f"up-{unique}"
-    _deploy(app)
-    aux = actors()
-    serve_cleanup.register(aux, scope="app", app=app)
-    keys = _keys_of(aux)
-    ray.get(controller_handle()._register_shutdown_cleanup_actor.remote(aux))
-    assert _record_of(aux).owners == (_app(app),)
-    assert _keys_of(aux) == keys  # no serve key added, the app's key untouched
-    kill_controller_and_wait_restart()
-    ray.get(controller_handle()._register_shutdown_cleanup_actor.remote(aux))
-    assert _record_of(aux).owners == (_app(app),)
-    assert _keys_of(aux) == keys
-    serve.delete(app)
-    wait_dead(aux, 15)
-    wait_for(lambda: _keys_of(aux) == [], 10, "its key to go")
+    serve.shutdown()
+    wait_dead(kept)
+    assert _alive(gone)  # unregistered: nobody's to kill
+    assert kv_record_keys() == []
 
 
 # --- what every read shows -----------------------------------------------------------------
 
 
-def test_list_shows_one_row_per_actor_with_its_owners(durable_serve, actors, unique):
-    a, b = f"a-{unique}", f"b-{unique}"
-    _deploy(a, b)
+def test_every_read_shows_one_row_per_actor_with_its_owners_and_purge_removes_its_keys(
+    durable_serve, actors, unique
+):
+    """`list_registrations`, `list`, `list --json`, `status` and the controller show one
+    actor once, with its owners, and count pairs apart. Then, with Serve down (keys left
+    behind the way a shutdown that gave up leaves them), `list` still reads an actor of
+    two owners as one row and `purge` deletes both its keys and nothing of another."""
+    a, b = _two_apps(unique)
     shared, alone = actors(f"shared-{unique}"), actors()
     serve_cleanup.register(shared, scope="app", app=a)
     serve_cleanup.register(shared, scope="deployment", app=b, deployment="Idle")
@@ -230,10 +209,10 @@ def test_list_shows_one_row_per_actor_with_its_owners(durable_serve, actors, uni
     shared_id, alone_id = shared._actor_id.hex(), alone._actor_id.hex()
     both = {_app(a), (records.SCOPE_DEPLOYMENT, b, "Idle")}
 
-    by_id = {r.actor_id: r for r in serve_cleanup.list_registrations()}
-    assert set(by_id) == {shared_id, alone_id}
-    assert set(by_id[shared_id].owners) == both and len(by_id[shared_id].pairs) == 2
-    assert by_id[alone_id].owners == () and by_id[alone_id].scope == records.SCOPE_SERVE
+    saved = {r.actor_id: r for r in serve_cleanup.list_registrations()}
+    assert set(saved) == {shared_id, alone_id}
+    assert set(saved[shared_id].owners) == both and len(saved[shared_id].pairs) == 2
+    assert saved[alone_id].owners == () and saved[alone_id].scope == records.SCOPE_SERVE
 
     out = run_cli("list", "--json")
     assert out.returncode == 0, out.stderr
@@ -258,35 +237,23 @@ def test_list_shows_one_row_per_actor_with_its_owners(durable_serve, actors, uni
     status = controller_status()
     assert (status["records"], status["pairs"]) == (2, 3)
 
-
-def test_purge_removes_every_key_of_an_actor(durable_serve, actors, unique):
-    """With Serve down, `list` reads an actor of two owners as one row and `purge` deletes
-    both its keys, and nothing of another actor."""
-    a, b = f"a-{unique}", f"b-{unique}"
-    _deploy(a, b)
-    shared, other = actors(), actors()
-    serve_cleanup.register(shared, scope="app", app=a)
-    serve_cleanup.register(shared, scope="app", app=b)
-    serve_cleanup.register(other)
-    saved = {r.actor_id: r for r in serve_cleanup.list_registrations()}
-    # Leave the keys behind the way a shutdown that gave up does: Serve gone, keys kept.
     serve.shutdown()
     wait_dead(shared)
     wait_for(lambda: kv_record_keys() == [], 30, "the shutdown to clear the keys")
     for record in saved.values():
         ray_helpers._plant_record(record)
-    shared_keys = sorted(saved[shared._actor_id.hex()].keys())
-    other_keys = sorted(saved[other._actor_id.hex()].keys())
+    shared_keys = sorted(saved[shared_id].keys())
+    other_keys = sorted(saved[alone_id].keys())
     assert len(shared_keys) == 2 and sorted(kv_record_keys()) == sorted(shared_keys + other_keys)
 
     listed = run_cli("list", "--json")
     assert listed.returncode == 0, listed.stderr
     assert sorted(r["actor_id"] for r in json.loads(listed.stdout)) == sorted(saved)
 
-    dry = run_cli("purge", "--dry-run", shared._actor_id.hex())
+    dry = run_cli("purge", "--dry-run", shared_id)
     assert dry.returncode == 0, dry.stderr
     assert all(k in dry.stdout for k in shared_keys), dry.stdout
-    done = run_cli("purge", "--yes", shared._actor_id.hex())
+    done = run_cli("purge", "--yes", shared_id)
     assert done.returncode == 0, done.stderr
     assert "Deleted 2 entries" in done.stdout, done.stdout
     assert kv_record_keys() == other_keys
