@@ -270,6 +270,7 @@ class FakeStore(InMemoryRecordStore):
         self.put_gate: Optional[Gate] = None
         self.read_gate: Optional[Gate] = None  # holds the answers of value reads
         self.fail_puts = 0
+        self.lose_put_answers = 0  # the next puts land, and then time out all the same
         self.fail_deletes = 0
         self.fail_reads = 0
         self.on_keys: Optional[Callable[[], None]] = None
@@ -292,6 +293,9 @@ class FakeStore(InMemoryRecordStore):
             self._fail("put", key)
         await super().put(key, value)
         self._changed("put", key)
+        if self.lose_put_answers:
+            self.lose_put_answers -= 1
+            self._fail("put", key)
 
     async def delete(self, key) -> None:
         if self.fail_deletes:
@@ -361,9 +365,15 @@ class FakeStore(InMemoryRecordStore):
         return newest._replace(pairs=tuple(pair for pair, _ in kept))
 
     def keys_of(self, actor_id: str) -> list[bytes]:
-        """The keys (v1 and v2) stored for ``actor_id``."""
-        return sorted(k for k in self.scan(rec.KEY_PREFIX)
-                      if k == rec.record_key(actor_id).encode() or k.startswith(rec.actor_prefix(actor_id).encode()))
+        """The keys (v1 and v2) stored for ``actor_id``. (The simulation asks this after
+        every step: one pass over the keys as stored, no copy of the store.)"""
+        v1, v2 = rec.record_key(actor_id), rec.actor_prefix(actor_id)
+        found = []
+        for k in self.data:
+            text = k if isinstance(k, str) else bytes(k).decode("utf-8", "surrogateescape")
+            if text == v1 or text.startswith(v2):
+                found.append(_b(k))
+        return sorted(found)
 
     def set_aside(self) -> dict[bytes, bytes]:
         """The entries under the record prefix that are not readable records."""
