@@ -77,6 +77,54 @@ async def test_the_upstream_entry_point_costs_one_put_and_no_lookup():
     assert w.store.requests - requests == 1
 
 
+async def test_the_upstream_fast_path_holds_the_actor_while_its_put_is_under_way():
+    """A new actor registered upstream takes ``register_new`` (one coroutine around the
+    one put). An app registration of the same actor arriving during that put waits for
+    it (the actor's lock), then adds its owner in place of the serve key: memory and the
+    KV agree, and the serve key is gone."""
+    w = World()
+    w.owners.deploy("shop", "D")
+    core = await w.core()
+    a = w.actor()
+    assert core.registrar.can_write_new(a.actor_id)
+    w.store.put_gate = Gate()
+    fast = asyncio.ensure_future(core.registrar.register_new(upstream(a)))
+    while w.store.put_gate.waiting == 0:
+        await asyncio.sleep(0)
+    assert not core.registrar.can_write_new(a.actor_id)  # its lock is held
+    app = asyncio.ensure_future(core.registrar.register(owned(a, "app", "shop")))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert w.store.put_gate.waiting == 1  # the app call waits for the lock, not for a put
+    w.store.put_gate.open()
+    await fast
+    record = await app
+    assert record.owners == (("app", "shop", ""),)
+    assert core.registry.get(a.actor_id).owners == (("app", "shop", ""),)
+    assert w.store.records()[a.actor_id].owners == (("app", "shop", ""),)
+    assert len(w.store.keys_of(a.actor_id)) == 1  # the serve key was deleted
+
+
+@pytest.mark.parametrize("lost", ["request", "answer"])
+async def test_a_failed_put_on_the_fast_path_leaves_nothing_behind(lost):
+    """A put that failed, or that landed and then timed out: the call raises and takes
+    its key back, so no record is left of a call that raised (I2)."""
+    w = World()
+    core = await w.core()
+    a = w.actor()
+    if lost == "request":
+        w.store.fail_puts = 1
+    else:
+        w.store.lose_put_answers = 1
+    with pytest.raises(PersistenceError):
+        await core.registrar.register(upstream(a))
+    assert stored(w) == set() and core.registry.get(a.actor_id) is None
+    assert not core.registry.has_stale(a.actor_id) and not core.registrar.retract
+    assert core.registrar.can_write_new(a.actor_id)  # its lock was given back
+    await core.registrar.register(upstream(a))
+    assert stored(w) == {a.actor_id}
+
+
 async def test_the_upstream_entry_point_keeps_an_existing_owner():
     w = World()
     w.owners.deploy("shop", "D")

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from fakes import Gate, LoopClock, World, run_in_virtual_time
-from serve_cleanup.core import admission, engine, lifecycle, reaper, registration, registry
+from serve_cleanup.core import admission, engine, lifecycle, locks, reaper, registration, registry
 from serve_cleanup.core import records as rec
 from serve_cleanup.core.lifecycle import Event, State
 from serve_cleanup.core.ports import ServeState
@@ -184,6 +184,16 @@ def _replaced_keys_stay(m: pytest.MonkeyPatch) -> None:
     m.setattr(registry.Registry, "delete_stale", broken)
 
 
+def _fast_path_without_the_lock(m: pytest.MonkeyPatch) -> None:
+    """The upstream method's fast path (``Registrar.register_new``) neither holds the
+    actor's lock nor makes others wait: an unregister meanwhile finds no record."""
+    async def claim(self, key):
+        pass
+
+    m.setattr(locks.KeyedLocks, "claim", claim)
+    m.setattr(locks.KeyedLocks, "release", lambda self, key: None)
+
+
 def _no_take_back(m: pytest.MonkeyPatch) -> None:
     async def broken(self, actor_id, previous):
         pass
@@ -260,6 +270,7 @@ BROKEN_CORES = {  # what is broken: (the check that must catch it, how)
     "an added owner replaces the owner set": ("owners", _an_added_owner_replaces_the_set),
     "replaced keys are never deleted": ("I2", _replaced_keys_stay),
     "a refused registration is not taken back": ("I2", _no_take_back),
+    "the upstream fast path holds no lock": ("I2", _fast_path_without_the_lock),
     "every record counts as an orphan": ("I3", lambda m: m.setattr(registry.Registry, "orphans",
                                                                    lambda self, apps, deps: self.records())),
     "Serve's own actors are killed": ("I3", lambda m: m.setattr(reaper.Reaper, "_own", lambda self, r, info: False)),

@@ -37,11 +37,30 @@ class KeyedLocks:
             async with lock:
                 yield
         finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
+            self._leave(key)
+
+    async def claim(self, key: str) -> None:
+        """Hold the lock of ``key``, which nobody holds or awaits (``busy`` is False):
+        the fast path's ``hold``, with no context manager. It never suspends (a fresh
+        lock's ``acquire`` returns at once), so nobody sees the lock free in between.
+        ``release`` gives it back; whoever asks ``hold`` meanwhile waits as for any
+        holder."""
+        if key in self._locks:
+            raise RuntimeError(f"lock of {key!r} is busy")
+        lock = asyncio.Lock()
+        self._locks[key] = (lock, 1)
+        await lock.acquire()
+
+    def release(self, key: str) -> None:
+        self._locks[key][0].release()
+        self._leave(key)
+
+    def _leave(self, key: str) -> None:
+        lock, users = self._locks[key]
+        if users == 1:
+            del self._locks[key]
+        else:
+            self._locks[key] = (lock, users - 1)
 
 
 class WriteGate:
@@ -58,9 +77,26 @@ class WriteGate:
         try:
             yield
         finally:
-            self._writers -= 1
-            if not self._writers and self._drained is not None:
-                self._drained.set()
+            self.leave()
+
+    @property
+    def open(self) -> bool:
+        """No bulk delete holds or awaits the gate alone: ``enter`` would succeed."""
+        return self._closed is None
+
+    def enter(self) -> bool:
+        """``shared()`` without awaiting, for the fast path: True if the gate was open
+        and the caller now holds it shared (``leave`` when done), False if a bulk delete
+        holds or waits for it alone (then take ``shared()``)."""
+        if self._closed is not None:
+            return False
+        self._writers += 1
+        return True
+
+    def leave(self) -> None:
+        self._writers -= 1
+        if not self._writers and self._drained is not None:
+            self._drained.set()
 
     @contextlib.asynccontextmanager
     async def alone(self) -> AsyncIterator[None]:

@@ -49,6 +49,8 @@ class Registrar:
         existing = self.settled(reg)
         if existing is not None:
             return existing
+        if reg.ensure_only and not reg.check_actor and self.can_write_new(reg.actor_id):
+            return await self.register_new(reg)  # the adapter calls it directly
         admission.check_request(reg, self._serve)
         await self._wait_loaded()
         self._check_open()
@@ -65,6 +67,46 @@ class Registrar:
                 return await self._write(reg, existing)
         finally:
             self.inflight -= 1
+
+    def can_write_new(self, actor_id: str) -> bool:
+        """Whether ``register_new`` may take a registration of ``actor_id`` now: writes
+        accepted, no record of the actor, nobody holding or awaiting its lock, nothing of
+        it to take back or delete, the write gate open. Read with no await before the
+        call, so they still hold when it starts."""
+        return (self._state() in lc.ACCEPTING and self.registry.get(actor_id) is None
+                and not self.locks.busy(actor_id) and actor_id not in self.retract
+                and not self.registry.has_stale(actor_id) and self.registry.gate.open)
+
+    async def register_new(self, reg: Registration) -> Record:
+        """The fast path of the upstream method (serve-wide, ``ensure_only``, no actor
+        check) registering an actor that has no record, which is every router's first
+        start: what ``register`` and ``_write`` do for it, in this one coroutine around
+        the one put, with no context manager. The caller asked ``can_write_new`` with no
+        await since."""
+        if not (reg.ensure_only and not reg.check_actor and reg.scope == rec.SCOPE_SERVE):
+            raise ValueError("register_new takes the upstream method's registrations only")
+        admission.check_request(reg, self._serve)
+        record = Record(reg.actor_id, reg.name, reg.namespace if reg.name else "", reg.handle,
+                        pairs=((rec.SERVE_OWNER, self.registry.next_time(None)),))
+        rec.validate(record)
+        await self.locks.claim(reg.actor_id)  # never suspends (can_write_new: not busy)
+        self.inflight += 1  # shutdown must not finish while this call may still write
+        try:
+            try:
+                await self.registry.put_new(record)
+            except Exception as e:
+                await self._take_back(reg.actor_id, None)
+                raise _store_failed(reg.actor_id, e) from None
+            self._faults.reached("after_record_write")
+        finally:
+            self.inflight -= 1
+            self.locks.release(reg.actor_id)
+        self._metrics.registered(rec.SCOPE_SERVE)
+        self.accepted_since_summary += 1
+        if self._log.isEnabledFor(logging.DEBUG):
+            self._log.debug(f"serve_cleanup: registered {record.display_name} (actor {reg.actor_id}, "
+                            "serve-wide, by the upstream method).")
+        return self.registry.get(reg.actor_id) or record
 
     def settled(self, reg: Registration) -> Optional[Record]:
         """The record a repeated registration gets back with no lock and no GCS call: one

@@ -396,6 +396,27 @@ class Registry:
         await self.put_pairs(record)
         await self.delete_stale(record.actor_id)
 
+    async def put_new(self, record: Record) -> None:
+        """``put_pairs`` of a one-pair record of an actor the registry does not hold
+        (no record, no stale key), for the upstream method's fast path: the key, the one
+        put under the shared gate, then memory. Raises if the put failed (its key is
+        then stale: it may have landed) or if the gate is not open (``gate.enter``:
+        asked with no await since, so the caller checked it); memory is then unchanged."""
+        actor_id = record.actor_id
+        (owner, t), = record.pairs
+        key = rec.pair_key(actor_id, owner, t, record.name, record.namespace)
+        value = rec.encode(record, owner)
+        if not self.gate.enter():
+            raise RuntimeError("the write gate is closed: use put_pairs")
+        try:
+            await self._store.put(key, value)
+        except BaseException:
+            self._stale.setdefault(actor_id, set()).add(key.encode())  # a failed put may have landed
+            raise
+        finally:
+            self.gate.leave()
+        self._set(actor_id, self._slim(record))
+
     async def put_pairs(self, record: Record, *, rewrite_odd: bool = False) -> None:
         """Write the keys of ``record``'s pairs that the KV does not hold yet, then
         remember ``record``. Keys of the previous record that ``record`` does not keep

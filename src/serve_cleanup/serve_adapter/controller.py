@@ -100,6 +100,21 @@ class _CleanupPending(Exception):
     """Registered actors remain; Serve's shutdown must not finish yet."""
 
 
+async def _register_upstream(core: CleanupCore, actor: Any) -> None:
+    """The upstream method: an actor with no record takes the core's fast path (one
+    coroutine around the one put: ``Registrar.register_new``); anything else (a repeat,
+    an actor under way, a closed write gate) the full path."""
+    _ray.require_actor_handle(actor)
+    actor_id = _ray.actor_id_hex(actor)
+    if not core.registrar.can_write_new(actor_id):
+        await _register(core, actor, ensure_only=True, check_actor=False)
+        return
+    handle = _ray.handle_to_bytes(actor)  # no await from the check to the call
+    name, namespace = _ray.handle_name_namespace(handle)
+    await core.registrar.register_new(Registration(
+        actor_id, name, namespace if name else "", handle, ensure_only=True, check_actor=False))
+
+
 async def _register(core: CleanupCore, actor: Any, **how: Any) -> Record:
     """The handle to a ``Registration``; serialized only when the core needs to write."""
     _ray.require_actor_handle(actor)
@@ -162,7 +177,7 @@ class ServeController(_ray.ServeController):
         killed at shutdown by this controller process.
         """
         try:
-            await _register(self._sc_core, actor_handle, ensure_only=True, check_actor=False)
+            await _register_upstream(self._sc_core, actor_handle)
         except PersistenceError as e:
             logger.error(
                 f"serve_cleanup: {e} Keeping it in memory only, as plain Serve would: it is "
