@@ -205,6 +205,22 @@ def test_corrupt_and_future_records_are_set_aside(durable_serve, actors):
     wait_for(lambda: sorted(kv_record_keys()) == sorted([garbage, future, not_utf8]), 10, "only bad entries left")
 
 
+@pytest.mark.smoke
+def test_an_unreadable_value_at_kill_time_is_set_aside_and_its_actor_killed_by_id(durable_serve, actors):
+    """A record's key loads (the actor id is in it) but its value, read only when the
+    kill needs the handle, is garbage: the value is set aside and left untouched, and the
+    anonymous actor (no name to look it up by) is killed by the id in its key through
+    GCS (``_ray.kill_by_id``), on every supported Ray (a smoke test)."""
+    anonymous = actors()
+    serve_cleanup.register(anonymous)
+    actor_id = anonymous._actor_id.hex()
+    (key,) = [k for k in kv_record_keys() if k.startswith(records.actor_prefix(actor_id))]
+    kv().put(key, b"\xc1 not msgpack")
+    serve.shutdown()
+    wait_dead(anonymous)
+    assert kv_record_keys() == [key]  # set aside: left for `serve-cleanup purge`
+
+
 # --- dead actors' records are dropped ------------------------------------------------------
 
 # I5's bound (docs/architecture.md): the liveness interval plus a reconcile tick after the
