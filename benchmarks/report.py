@@ -18,7 +18,8 @@ from benchmarks.harness import DURABLE, PLAIN, stored_layout
 # Which section each target row comes from, and the command that re-runs only it.
 SECTION_OF = {"1": "floor", "2": "history", "3": "shutdown", "4": "memory", "5": "list"}
 # The same for issue 21's rows (its "Targets" table).
-SECTION_OF_21 = {"1": "memory", "3": "memory", "4": "list", "7": "memory", "10a": "owners3", "10b": "owners3"}
+SECTION_OF_21 = {"1": "memory", "3": "memory", "4": "list", "5": "live100k", "6": "live100k", "7": "memory",
+                 "8": "floor", "9": "floor", "10a": "owners3", "10b": "owners3", "11": "shutdown"}
 
 
 def _machine() -> str:
@@ -211,6 +212,46 @@ def issue21_rows(results: dict) -> list[dict]:
             limit(sec, 1.4), f"{_layout(li.get('seed'))} records; {li['entries']:,} entries; runs "
             f"{_rounds([r['seconds'] for r in li['runs']])} s; Serve not running",
             "—" if sec is None else f"{sec:.2f} s")
+    lv = (results.get("live100k") or {}).get("live")
+    if lv:
+        n = lv["pending"] + lv["real"]
+        d, pl = lv[DURABLE], lv[PLAIN]
+        sec = d.get("list_s")
+        add("5", f"`list --json` with {n:,} live registered actors (pending) ≤ 2 s", sec, limit(sec, 2.0),
+            f"runs {_rounds([x['seconds'] for r in lv['by_rep'][DURABLE] for x in r['list']])} s, "
+            f"{sum(x['entries'] for r in lv['by_rep'][DURABLE] for x in r['list'][:1]):,} entries; Serve running",
+            "—" if sec is None else f"{sec:.2f} s")
+        ratio = _ratio(d.get("done_s"), pl.get("done_s"))
+        add("6", f"`serve.shutdown()` with {n:,} live registered actors: every actor dead and every record gone "
+            "within 1.1× plain Serve's time", ratio, limit(ratio, 1.1),
+            f"durable {_s(d.get('done_s'))} (returned {d['shutdown_s']:.1f} s), plain {_s(pl.get('done_s'))} "
+            f"(returned {pl['shutdown_s']:.1f} s), from the call until every actor was DEAD"
+            f"{', one app' if lv['with_app'] else ''}; median of {lv['reps']}",
+            "—" if ratio is None else f"{ratio:.2f}×")
+    f = results.get("floor")
+    if f:
+        p, d, put, probe = f[PLAIN], f[DURABLE], f["put_p50"], f["probe_put_cpu_ms"]
+        rr = [r["ratios"] for r in f["rounds"]]
+        cpu = _ratio(d["burst_cpu_ms"], p["burst_cpu_ms"] + probe)
+        worst = max(r["burst_cpu"] for r in rr) if rr else None
+        add("8", f"controller CPU per registration in a burst of {f['burst_registrants']} registrants ≤ 1.12× "
+            "(plain + one async put's CPU); no round above 1.25×", cpu,
+            None if cpu is None or worst is None else cpu <= 1.12 and worst <= 1.25,
+            f"durable {d['burst_cpu_ms']:.2f} ms, plain {p['burst_cpu_ms']:.2f} ms, probe put {probe:.2f} ms; "
+            f"per round {_rounds([r['burst_cpu'] for r in rr])}",
+            "—" if cpu is None else f"{cpu:.2f}×")
+        lat = _ratio(d["named_p50"], p["named_p50"] + put)
+        add("9", "latency p50 ≤ 1.10× (plain + one put)", lat, limit(lat, 1.10),
+            f"durable {d['named_p50']:.2f} ms; plain {p['named_p50']:.2f} + put {put:.2f} ms (new registrations "
+            f"of named actors, upstream method); per round {_rounds([r['named'] for r in rr])}",
+            "—" if lat is None else f"{lat:.2f}×")
+    sh = (results.get("shutdown") or {}).get("records")
+    if sh:
+        left = sh["left_at_10s"]
+        add("11", f"`serve.shutdown()`, {sh['stored']:,} records of dead or unknown actors: none left 10 s after "
+            "the call", left, None if left is None else left == 0,
+            f"{sh['dead_records']:,} of them DEAD in GCS; returned after {sh['returned_s']:.1f} s",
+            "—" if left is None else f"{left:,} left")
     o = results.get("owners3")
     if o:
         one, many, k = o["one"], o["many"], o["owners"]
@@ -223,6 +264,10 @@ def issue21_rows(results: dict) -> list[dict]:
                 f"× {k}: {fmt.format(many[field])} {unit}, × 1: {fmt.format(one[field])} {unit} (medians)",
                 "—" if ratio is None else f"{ratio:.2f}×")
     return rows
+
+
+def _s(x: Optional[float]) -> str:
+    return "—" if x is None else f"{x:.1f} s"
 
 
 def _issue21_table(before: dict | None, after: dict | None) -> list[str]:

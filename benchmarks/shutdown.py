@@ -28,8 +28,11 @@ import ray
 from ray import serve
 from ray.core.generated import gcs_pb2
 
+from serve_cleanup.serve_adapter.ports import live_actors
+
 from benchmarks.harness import (
     DURABLE,
+    cli_list_json,
     PLAIN,
     BenchApp,
     actor_items,
@@ -65,10 +68,18 @@ class ShutdownSizes:
     with_app: bool = True
     settle_s: float = 2.0  # rest between registering and the timed shutdown
     after_s: float = 5.0  # how long after the shutdown's return the actors are counted again
+    list_runs: int = 0  # `serve-cleanup list --json` runs over the live registrations (durable)
+    until_done_s: float = 0.0  # > 0: also time until every actor is dead and every record gone
 
 
 QUICK = ShutdownSizes(records=300, dead_records=60, records_wait_s=30.0, live_pending=20, live_real=1,
                       live_reps=1, with_app=False, settle_s=0.2, after_s=0.5)
+
+# Issue 21, rows 5 and 6: 100,000 live registered actors (PENDING_CREATION: no process each).
+LIVE_AT_SCALE = ShutdownSizes(live_pending=100_000, live_real=0, live_reps=1, settle_s=5.0, after_s=5.0,
+                              list_runs=1, until_done_s=900.0)
+LIVE_AT_SCALE_QUICK = ShutdownSizes(live_pending=200, live_real=0, live_reps=1, with_app=False, settle_s=0.2,
+                                    after_s=0.5, list_runs=1, until_done_s=60.0)
 
 
 def _dead_actor_records(n: int, registered_at: float, batch: int = 2000) -> list[tuple[str, bytes]]:
@@ -138,6 +149,8 @@ def records_shutdown(sizes: ShutdownSizes) -> dict:
 
 
 def _not_dead(actor_ids: list) -> int:
+    if len(actor_ids) > 5000:  # one read per live state, not one lookup per id
+        return len(live_actors({a.hex() for a in actor_ids}, state_accessor()))
     acc = state_accessor()
     n = 0
     for aid in actor_ids:
@@ -161,24 +174,58 @@ def live_shutdown(sizes: ShutdownSizes) -> dict:
             for i in range(0, len(actors), 100):
                 ray.get([ctrl._register_shutdown_cleanup_actor.remote(a) for a in actors[i:i + 100]])
             stored = record_count() if kind == DURABLE else None
+            lists = []
+            if kind == DURABLE:
+                for _ in range(sizes.list_runs):
+                    listed_s, entries = cli_list_json()
+                    lists.append({"seconds": listed_s, "entries": entries})
+                    log(f"list --json with {len(actors):,} live registered actors: {listed_s:.2f} s, {entries:,} entries")
             time.sleep(sizes.settle_s)
+            called = time.perf_counter()
             with profiled(ray.get(ctrl.get_pid.remote()), f"shutdown-live-{kind}-controller") if rep == 0 \
                     else contextlib.nullcontext():
                 took = stop_serve()
             ids = [a._actor_id for a in actors]
             row = {"shutdown_s": took, "registered": len(actors), "stored": stored,
-                   "not_dead_at_return": _not_dead(ids)}
+                   "not_dead_at_return": _not_dead(ids), "list": lists}
+            if sizes.until_done_s:
+                # Every actor dead and (durable) every record gone, from the shutdown call.
+                def done() -> bool:
+                    return not _not_dead(ids) and (kind != DURABLE or not record_count())
+                try:
+                    wait_for(done, sizes.until_done_s, "every actor dead and every record gone", every_s=0.5)
+                    row["done_s"] = time.perf_counter() - called
+                except TimeoutError:
+                    row["done_s"] = None
+                row["records_left"] = record_count()
             time.sleep(sizes.after_s)
             row["not_dead_after_5s"] = _not_dead(ids)
             by_kind[kind].append(row)
             kill_actors(actors)
             purge_records()
             log(f"shutdown with {len(actors)} registered live actors, rep {rep + 1} {kind}: {took:.2f} s "
-                f"({row['not_dead_at_return']} not dead at return, {row['not_dead_after_5s']} {sizes.after_s:g} s later)")
+                f"({row['not_dead_at_return']} not dead at return, {row['not_dead_after_5s']} {sizes.after_s:g} s later)"
+                + (f"; all dead{' and no record left' if kind == DURABLE else ''} "
+                   + (f"{row['done_s']:.2f} s after the call" if row.get("done_s") is not None else "NOT within the wait")
+                   if sizes.until_done_s else ""))
     return {"by_rep": by_kind, "pending": sizes.live_pending, "real": sizes.live_real,
             "with_app": sizes.with_app, "reps": sizes.live_reps,
             **{k: {"shutdown_s": median(r["shutdown_s"] for r in by_kind[k]),
-                   "not_dead_after_5s": max(r["not_dead_after_5s"] for r in by_kind[k])} for k in by_kind}}
+                   "not_dead_after_5s": max(r["not_dead_after_5s"] for r in by_kind[k]),
+                   "done_s": _median_or_none([r.get("done_s") for r in by_kind[k]]),
+                   "list_s": _median_or_none([x["seconds"] for r in by_kind[k] for x in r["list"]])}
+               for k in by_kind}}
+
+
+def _median_or_none(xs: list) -> "float | None":
+    return None if not xs or any(x is None for x in xs) else median(xs)
+
+
+def live_at_scale(sizes: ShutdownSizes) -> dict:
+    """Issue 21, rows 5 and 6: ``list --json`` over, and ``serve.shutdown()`` with,
+    ``live_pending`` live registered actors (plain vs durable): until every actor is dead
+    and every record gone."""
+    return {"live": live_shutdown(sizes)}
 
 
 def shutdown(sizes: ShutdownSizes) -> dict:
