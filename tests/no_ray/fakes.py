@@ -113,7 +113,7 @@ def replace_record(record: Record, **changes: Any) -> Record:
         first = ((pair.get("scope", scope), pair.get("app", app), pair.get("deployment", deployment)),
                  float(pair.get("registered_at", t)))
         changes["pairs"] = (first,) + record.pairs[1:]
-    return record._replace(**changes)
+    return record.replace(**changes)
 
 
 def is_system(name: str, namespace: str) -> bool:
@@ -347,7 +347,7 @@ class FakeStore(InMemoryRecordStore):
             by_key = dict(items)
             kept, _ = rec.resolve_pairs([(r.pairs[0], k) for k, r in items])
             newest = by_key[max(kept, key=lambda item: item[0][1])[1]]
-            out[actor_id] = newest._replace(pairs=tuple(pair for pair, _ in kept))
+            out[actor_id] = newest.replace(pairs=[pair for pair, _ in kept])
         return out
 
     def record_of(self, actor_id: str) -> Optional[Record]:
@@ -362,7 +362,7 @@ class FakeStore(InMemoryRecordStore):
         by_key = dict(groups)
         kept, _ = rec.resolve_pairs([(r.pairs[0], k) for k, r in groups])
         newest = by_key[max(kept, key=lambda item: item[0][1])[1]]
-        return newest._replace(pairs=tuple(pair for pair, _ in kept))
+        return newest.replace(pairs=[pair for pair, _ in kept])
 
     def keys_of(self, actor_id: str) -> list[bytes]:
         """The keys (v1 and v2) stored for ``actor_id``. (The simulation asks this after

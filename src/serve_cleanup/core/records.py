@@ -146,7 +146,14 @@ class _RecordFields(NamedTuple):
     name: str
     namespace: str
     handle: bytes
-    pairs: tuple[Pair, ...]
+    stored_pairs: Any  # one pair as is, or a tuple of pairs: see Record.pairs
+
+
+def stored_pairs(pairs: Iterable[Pair]) -> Any:
+    """What a ``Record`` keeps of ``pairs``: the one pair itself (most records have one:
+    64 bytes less a record, 6 MB at 100,000), else the tuple of them."""
+    pairs = tuple(pairs)
+    return pairs[0] if len(pairs) == 1 else pairs
 
 
 class Record(_RecordFields):
@@ -161,8 +168,15 @@ class Record(_RecordFields):
                 scope: str = SCOPE_SERVE, app: str = "", deployment: str = "",
                 registered_at: float = 0.0, *, pairs: Optional[tuple[Pair, ...]] = None) -> "Record":
         if pairs is None:
-            pairs = (((scope, app, deployment), float(registered_at)),)
-        return tuple.__new__(cls, (actor_id, name, namespace, handle, tuple(pairs)))
+            return tuple.__new__(cls, (actor_id, name, namespace, handle,
+                                       ((scope, app, deployment), float(registered_at))))
+        return tuple.__new__(cls, (actor_id, name, namespace, handle, stored_pairs(pairs)))
+
+    @property
+    def pairs(self) -> tuple[Pair, ...]:
+        """The (owner, registration time) pairs, one per KV key."""
+        s = self.stored_pairs
+        return (s,) if s and s[0][0].__class__ is str else s  # one pair: its owner's scope is a str
 
     def __getnewargs_ex__(self) -> tuple[tuple, dict]:  # pickle (Ray returns records)
         return (self.actor_id, self.name, self.namespace, self.handle), {"pairs": self.pairs}
@@ -174,6 +188,8 @@ class Record(_RecordFields):
     def replace(self, **changes: Any) -> "Record":
         """A copy with fields changed (``actor_id``, ``name``, ``namespace``, ``handle``,
         ``pairs``)."""
+        if "pairs" in changes:
+            changes["stored_pairs"] = stored_pairs(changes.pop("pairs"))
         return self._replace(**changes)
 
     # --- owners -------------------------------------------------------------------
@@ -228,7 +244,7 @@ class Record(_RecordFields):
 
     def pair(self, owner: Owner) -> "Record":
         """This record cut to its pair of ``owner`` (what one KV value holds)."""
-        return self._replace(pairs=tuple(p for p in self.pairs if p[0] == owner))
+        return self.replace(pairs=[p for p in self.pairs if p[0] == owner])
 
     # --- display ------------------------------------------------------------------
 
@@ -675,7 +691,7 @@ def decode(data: bytes, *, slim: bool = False, shared: Optional[dict] = None) ->
         namespace = shared.setdefault(namespace, namespace)
     record = tuple.__new__(Record, (
         obj["actor_id"], obj["name"], namespace, b"" if slim else obj["handle"],
-        ((owner, float(obj["registered_at"])),),
+        (owner, float(obj["registered_at"])),
     ))
     validate(record)
     return record

@@ -125,7 +125,7 @@ async def read_keys(store: RecordStore, *, on_record: Optional[Callable[[int], N
         set_aside = {_printable(raw): SetAside(_printable(raw), why, 0, bytes(raw)) for raw, why in parsed.bad}
         ids = parsed.ids
         found: dict[str, Record] = dict(zip(ids, map(tuple.__new__, repeat(Record), zip(
-            ids, parsed.names, parsed.namespaces, repeat(b""), zip(zip(parsed.owners, parsed.times))))))
+            ids, parsed.names, parsed.namespaces, repeat(b""), zip(parsed.owners, parsed.times)))))  # one pair each
         loaded = Loaded(found, set_aside, {}, {})
         loaded.owned = parsed.owners.count(SERVE_OWNER) != len(parsed.owners)  # (identity first: fast)
         if on_record is not None and found:
@@ -189,7 +189,7 @@ def _merge(loaded: Loaded, parsed: rec.ParsedKeys, v1: list[tuple[bytes, Record]
             newest = max(idx, key=times.__getitem__)
             records[actor_id] = tuple.__new__(Record, (
                 actor_id, parsed.names[newest], parsed.namespaces[newest], b"",
-                tuple([(owners[i], times[i]) for i in idx])))
+                rec.stored_pairs([(owners[i], times[i]) for i in idx])))
             continue
         groups[actor_id] = [((owners[i], times[i]), parsed.raw[i], parsed.names[i], parsed.namespaces[i])
                             for i in idx]
@@ -582,7 +582,7 @@ class Registry:
 
     def _slim(self, record: Record) -> Record:
         share = self._shared.setdefault
-        pairs = tuple((share(o, o), t) for o, t in record.pairs)
+        pairs = rec.stored_pairs([(share(o, o), t) for o, t in record.pairs])
         return tuple.__new__(Record, (record.actor_id, record.name, share(record.namespace, record.namespace),
                                       b"", pairs))
 
