@@ -10,7 +10,6 @@ No Ray: this runs where Ray is not installed.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import subprocess
 import sys

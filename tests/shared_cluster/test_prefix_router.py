@@ -31,7 +31,6 @@ from ray_helpers import (
     wait_for,
 )
 from serve_cleanup.core import records
-from serve_cleanup.core.config import Config
 from serve_cleanup.serve_adapter import _ray
 
 pytestmark = [pytest.mark.ray, pytest.mark.smoke]
@@ -48,14 +47,6 @@ ROUTER = "ray.llm._internal.serve.routing_policies.prefix_aware.prefix_aware_rou
 class Echo:
     def __call__(self, request: "Prompt") -> str:
         return request.prompt
-
-
-@serve.deployment(**DEPLOYMENT)
-class Plain:
-    """A second app's deployment, with Serve's default router."""
-
-    def __call__(self) -> str:
-        return "plain"
 
 
 @dataclass
@@ -139,26 +130,6 @@ def test_a_prefix_tree_registered_with_its_app_dies_with_the_app(durable_serve):
     serve.delete(app)
     wait_dead(tree, 15)
     wait_for(lambda: owners_in_kv() == set(), 10, "the tree's key to go")
-
-
-def test_a_prefix_tree_of_two_apps_outlives_the_first(durable_serve):
-    """The same tree actor also registered with a second app (an LLM app sharing it):
-    deleting the router's own app leaves it alive while the other app lives."""
-    app, other = "prefix-first", "prefix-second"
-    tree = _deploy_and_route(app)
-    serve.run(Plain.bind(), name=other, route_prefix=None)
-    serve_cleanup.register(tree, scope="app", app=app)
-    record = serve_cleanup.register(tree, scope="app", app=other)
-    assert set(record.owners) == {(records.SCOPE_APP, app, ""), (records.SCOPE_APP, other, "")}
-    ray.get(controller_handle()._register_shutdown_cleanup_actor.remote(tree))
-    serve.delete(app)
-    assert_stays(
-        lambda: actor_state(tree._actor_id.hex()) == "ALIVE",
-        2 * Config.reconcile_interval_s + 1.0,
-        "the tree the other app owns alive",
-    )
-    serve.delete(other)
-    wait_dead(tree, 15)
 
 
 def test_plain_serve_leaks_the_prefix_tree_actor(plain_serve):
