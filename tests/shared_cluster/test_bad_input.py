@@ -174,7 +174,12 @@ def test_corrupt_and_future_records_are_set_aside(durable_serve, actors):
     """Not msgpack, a newer schema, a key that is not UTF-8 (which used to raise
     UnicodeDecodeError in the controller's __init__): each is set aside at the next start,
     reported by `status --detail`, skipped by readers, and left untouched, while the good
-    record is acted on."""
+    record is acted on.
+
+    Then a record whose key loads (the actor id is in it) but whose value is garbage by
+    the time the shutdown needs the handle: that value is set aside and left too, and its
+    anonymous actor (no handle, no name) is killed by the id in its key, through GCS
+    (``_ray.kill_by_id``), on every supported Ray (a smoke test)."""
     good = actors()
     serve_cleanup.register(good)
     garbage = _plant("00" * 16, b"\xc1 not msgpack")
@@ -198,27 +203,18 @@ def test_corrupt_and_future_records_are_set_aside(durable_serve, actors):
     assert good._actor_id.hex() in listed.stdout
     shown = run_cli("status", "--detail")  # set-aside entries need every record read
     assert shown.returncode == 0 and "set aside:       3" in shown.stdout, shown.stdout + shown.stderr
-    serve.shutdown()
-    wait_dead(good)
-    # Set aside means untouched: the entries are still in the KV for a human (`serve-cleanup
-    # purge`) or a newer serve_cleanup to deal with.
-    wait_for(lambda: sorted(kv_record_keys()) == sorted([garbage, future, not_utf8]), 10, "only bad entries left")
 
-
-@pytest.mark.smoke
-def test_an_unreadable_value_at_kill_time_is_set_aside_and_its_actor_killed_by_id(durable_serve, actors):
-    """A record's key loads (the actor id is in it) but its value, read only when the
-    kill needs the handle, is garbage: the value is set aside and left untouched, and the
-    anonymous actor (no name to look it up by) is killed by the id in its key through
-    GCS (``_ray.kill_by_id``), on every supported Ray (a smoke test)."""
     anonymous = actors()
     serve_cleanup.register(anonymous)
-    actor_id = anonymous._actor_id.hex()
-    (key,) = [k for k in kv_record_keys() if k.startswith(records.actor_prefix(actor_id))]
-    kv().put(key, b"\xc1 not msgpack")
+    (unreadable,) = [k for k in kv_record_keys() if k.startswith(records.actor_prefix(anonymous._actor_id.hex()))]
+    kv().put(unreadable, b"\xc1 not msgpack")  # memory holds no handle: the kill reads this value
     serve.shutdown()
+    wait_dead(good)
     wait_dead(anonymous)
-    assert kv_record_keys() == [key]  # set aside: left for `serve-cleanup purge`
+    # Set aside means untouched: the entries are still in the KV for a human (`serve-cleanup
+    # purge`) or a newer serve_cleanup to deal with.
+    wait_for(lambda: sorted(kv_record_keys()) == sorted([garbage, future, not_utf8, unreadable]), 10,
+             "only bad entries left")
 
 
 # --- dead actors' records are dropped ------------------------------------------------------
