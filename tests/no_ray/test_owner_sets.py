@@ -329,14 +329,12 @@ async def test_a_load_of_actors_with_several_owners_matches_the_resolving_path()
     assert rc.pairs == ((SERVE_OWNER, 5.0),) and loaded.stale[c] == {keys[6].encode()}
 
 
-def test_to_dict_and_the_list_order_read_the_pairs_directly():
-    """``to_dict`` (``list``'s rows) and ``read_kv``'s order give what the properties give."""
-    from serve_cleanup.client.gcs import _oldest_first
-
+def test_to_dict_reads_the_pairs_directly():
+    """``to_dict`` (``list``'s rows) gives what the properties give (``read_kv``'s order,
+    which needs the Ray-side client: tests/ray_no_cluster/test_client_args.py)."""
     one = Record("ab" * 16, "n", "ns", pairs=((APP_A, 5.0),))
     two = Record("cd" * 16, "", "", pairs=(((rec.SCOPE_APP, "B", ""), 7.0), (APP_A, 3.0)))
     for r in (one, two, Record("ef" * 16, "", "", registered_at=1.0)):
         d = r.to_dict()
         assert (d["scope"], d["app"], d["deployment"], d["registered_at"]) == (r.scope, r.app, r.deployment, r.registered_at)
-        assert _oldest_first(r) == (r.registered_at, r.actor_id)
     assert two.to_dict()["registered_at"] == 3.0 and len(two.to_dict()["owners"]) == 2

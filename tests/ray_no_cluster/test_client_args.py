@@ -138,3 +138,16 @@ async def test_blocking_and_async_unregister_send_the_same_call(monkeypatch):
     assert calls.unregister("00ff") and await unregister_async("00ff")
     assert sent == [("serve_cleanup_unregister", ("00ff", "deployment", "a", "d"))] * 2 + [
         ("serve_cleanup_unregister", ("00ff",))] * 2
+
+
+def test_the_list_order_reads_the_pairs_directly():
+    """``read_kv`` sorts records oldest first by their earliest pair, read without the
+    ``registered_at`` property: the same order (one pair, several, a default record)."""
+    from serve_cleanup.client.gcs import _oldest_first
+    from serve_cleanup.core import records as rec
+
+    app_a = (rec.SCOPE_APP, "A", "")
+    for r in (rec.Record("ab" * 16, "n", "ns", pairs=((app_a, 5.0),)),
+              rec.Record("cd" * 16, "", "", pairs=(((rec.SCOPE_APP, "B", ""), 7.0), (app_a, 3.0))),
+              rec.Record("ef" * 16, "", "", registered_at=1.0)):
+        assert _oldest_first(r) == (r.registered_at, r.actor_id)
