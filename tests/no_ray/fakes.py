@@ -27,8 +27,8 @@ from typing import Any, Callable, Collection, Coroutine, Optional, Union
 from serve_cleanup.core import records as rec
 from serve_cleanup.core.admission import Registration
 from serve_cleanup.core.engine import CleanupCore, Config
-from serve_cleanup.core.ports import LIVE_STATES, ActorInfo, ServeState
-from serve_cleanup.core.records import Record
+from serve_cleanup.core.ports import LIVE_STATES, PG_LIVE_STATES, ActorInfo, ServeState
+from serve_cleanup.core.records import KIND_ACTOR, Record
 from serve_cleanup.core.registry import SetAside, read_entry
 
 SYSTEM_NS = "serve"
@@ -526,12 +526,15 @@ class ProcessStore:
 
 
 class FakeActorTable:
-    """GCS's actor table. ``fail_lookups`` fails the next reads (a lookup or a bulk read);
-    ``latency`` delays each; ``on_failure(op)`` observes a failed read."""
+    """GCS's actor table, and its placement group table (``kinds``: the ids of other kinds
+    than actors; each table answers for its own kind only). ``fail_lookups`` fails the
+    next reads (a lookup or a bulk read); ``latency`` delays each; ``on_failure(op)``
+    observes a failed read."""
 
     def __init__(self, clock: Any) -> None:
         self.clock = clock
         self.actors: dict[str, ActorInfo] = {}
+        self.kinds: dict[str, str] = {}  # ids that are not actors' -> their kind
         self.known_at: dict[str, float] = {}  # not in the table before this virtual time
         self.gate: Optional[Gate] = None
         self.fail_lookups = 0
@@ -540,20 +543,25 @@ class FakeActorTable:
         self.latency: Optional[Latency] = None
         self.on_failure: Optional[Callable[[str], None]] = None
 
-    def add(self, actor_id: str, name: str = "", namespace: str = "", known_in: float = 0.0) -> None:
-        self.actors[actor_id] = ActorInfo(actor_id, name, namespace if name else "", "ALIVE")
+    def add(self, actor_id: str, name: str = "", namespace: str = "", known_in: float = 0.0,
+            kind: str = KIND_ACTOR) -> None:
+        live = "ALIVE" if kind == KIND_ACTOR else "CREATED"
+        self.actors[actor_id] = ActorInfo(actor_id, name, namespace if name else "", live)
         self.known_at[actor_id] = self.clock.now + known_in
+        if kind != KIND_ACTOR:
+            self.kinds[actor_id] = kind
 
     def die(self, actor_id: str) -> None:
         info = self.actors[actor_id]
-        self.actors[actor_id] = ActorInfo(actor_id, info.name, info.namespace, "DEAD")
+        final = "DEAD" if actor_id not in self.kinds else "REMOVED"
+        self.actors[actor_id] = ActorInfo(actor_id, info.name, info.namespace, final)
 
     def alive(self, actor_id: str) -> bool:
         info = self.actors.get(actor_id)
         return info is not None and not info.dead
 
-    def _known(self, actor_id: str) -> Optional[ActorInfo]:
-        if self.clock.now < self.known_at.get(actor_id, 0.0):
+    def _known(self, actor_id: str, kind: str = KIND_ACTOR) -> Optional[ActorInfo]:
+        if self.clock.now < self.known_at.get(actor_id, 0.0) or self.kinds.get(actor_id, KIND_ACTOR) != kind:
             return None
         return self.actors.get(actor_id)
 
@@ -570,18 +578,19 @@ class FakeActorTable:
                 self.on_failure(op)
             raise TimeoutError("GCS did not answer")
 
-    async def lookup(self, actor_id: str) -> Optional[ActorInfo]:
+    async def lookup(self, actor_id: str, kind: str = KIND_ACTOR) -> Optional[ActorInfo]:
         self.lookups += 1
         await self._request("lookup", actor_id)
-        return self._known(actor_id)
+        return self._known(actor_id, kind)
 
-    async def live(self, actor_ids: Collection[str]) -> dict[str, ActorInfo]:
+    async def live(self, actor_ids: Collection[str], kind: str = KIND_ACTOR) -> dict[str, ActorInfo]:
         self.bulk_reads += 1
         await self._request("live", min(actor_ids, default=""))
         out = {}
+        states = LIVE_STATES if kind == KIND_ACTOR else PG_LIVE_STATES
         for a in actor_ids:
-            info = self._known(a)
-            if info is not None and info.state in LIVE_STATES:
+            info = self._known(a, kind)
+            if info is not None and info.state in states:
                 out[a] = info
         return out
 
@@ -595,18 +604,18 @@ class ProcessTable:
         self._table = table
         self.process = process
 
-    async def lookup(self, actor_id: str) -> Optional[ActorInfo]:
+    async def lookup(self, actor_id: str, kind: str = KIND_ACTOR) -> Optional[ActorInfo]:
         self.process.check()
-        info = await self._table.lookup(actor_id)
+        info = await self._table.lookup(actor_id, kind)
         self.process.check()
         if info is not None and not info.dead:
             self.process.found_alive[actor_id] = self._table.clock.now
         return info
 
-    async def live(self, actor_ids: Collection[str]) -> dict[str, ActorInfo]:
+    async def live(self, actor_ids: Collection[str], kind: str = KIND_ACTOR) -> dict[str, ActorInfo]:
         self.process.check()
         ids = list(actor_ids)
-        found = await self._table.live(ids)
+        found = await self._table.live(ids, kind)
         self.process.check()
         task = asyncio.current_task()
         if task is not None:
@@ -652,6 +661,8 @@ class FakeKiller:
 
 
     def _reaches(self, record: Record) -> bool:
+        if record.kind != KIND_ACTOR:  # a placement group is removed by its id alone
+            return self.table.kinds.get(record.actor_id) == record.kind
         if record.handle == handle_of(record.actor_id):
             return True
         if not record.name:

@@ -44,14 +44,14 @@ ids = st.binary(min_size=1, max_size=20).map(bytes.hex)
 
 
 @SETTINGS
-@given(ids, owners, times, names, names)
-def test_any_key_round_trips(actor_id, owner, t, name, namespace):
-    key = rec.pair_key(actor_id, owner, t, name, namespace)
+@given(ids, owners, times, names, names, st.sampled_from(rec.KINDS))
+def test_any_key_round_trips(actor_id, owner, t, name, namespace, kind):
+    key = rec.pair_key(actor_id, owner, t, name, namespace, kind)
     assert key.startswith(rec.actor_prefix(actor_id)) and rec.bucket_of(key.encode()) == key.encode()[:22]
-    assert rec.parse_key(key.encode()) == (actor_id, owner, float(t), name, namespace)
+    assert rec.parse_key(key.encode()) == (actor_id, owner, float(t), name, namespace, kind)
     parsed = rec.parse_keys([key.encode()])  # the bulk path agrees
-    assert (parsed.ids, parsed.owners, parsed.times, parsed.names, parsed.namespaces, parsed.bad) == (
-        [actor_id], [owner], [float(t)], [name], [namespace], [])
+    assert (parsed.ids, parsed.owners, parsed.times, parsed.names, parsed.namespaces, parsed.kinds, parsed.bad) == (
+        [actor_id], [owner], [float(t)], [name], [namespace], [kind], [])
 
 
 @SETTINGS
@@ -80,7 +80,7 @@ def test_bulk_and_one_by_one_parsing_agree_and_a_bad_key_is_set_aside(items, bad
 @pytest.mark.parametrize("key, why", [
     (b"serve-cleanup-actor-ab/2/actor/app/A//1//\xff", "not UTF-8"),
     (b"serve-cleanup-actor-ab/3/actor/app/A//1//", "grammar version"),
-    (b"serve-cleanup-actor-ab/2/pg/app/A//1//", "kind"),
+    (b"serve-cleanup-actor-ab/2/job/app/A//1//", "kind"),
     (b"serve-cleanup-actor-ab/2/actor/job/J//1//", "scope"),
     (b"serve-cleanup-actor-ab/2/actor/app///1//", "needs app"),
     (b"serve-cleanup-actor-ab/2/actor/app/A//01//", "microseconds"),

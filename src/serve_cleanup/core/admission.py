@@ -35,6 +35,7 @@ class Registration:
     deployment: str = ""
     ensure_only: bool = False  # keep any existing registration and its owners (upstream)
     check_actor: bool = True  # refuse a dead or unknown actor (one actor-table lookup)
+    kind: str = rec.KIND_ACTOR  # or rec.KIND_PLACEMENT_GROUP (always checked in its table)
 
     @property
     def owner(self) -> rec.Owner:
@@ -51,6 +52,10 @@ def check_request(reg: Registration, serve: Serve) -> None:
     """Refuse at once: bad arguments, the controller itself, or a handle that names one
     of Serve's own actors."""
     rec.check_owner_shape(reg.scope, reg.app, reg.deployment)
+    if reg.kind not in rec.KINDS:
+        raise ValueError(f"unknown kind {reg.kind!r}; use one of {rec.KINDS}.")
+    if reg.kind != rec.KIND_ACTOR and (reg.ensure_only or not reg.check_actor):
+        raise ValueError("a placement group is registered through serve_cleanup.register only")
     if reg.actor_id == serve.controller_id:
         raise SystemActorError("the Serve controller cannot be registered for cleanup.")
     refuse_own(reg.actor_id, reg.name, reg.namespace, serve)
@@ -77,30 +82,38 @@ def check_owner_exists(reg: Registration, serve: Serve) -> None:
         )
 
 
-def refuse_own(actor_id: str, name: str, namespace: str, serve: Serve) -> None:
-    if serve.is_own_actor(name, namespace):
+def refuse_own(actor_id: str, name: str, namespace: str, serve: Serve, kind: str = rec.KIND_ACTOR) -> None:
+    if not serve.is_own_actor(name, namespace):
+        return
+    if kind == rec.KIND_PLACEMENT_GROUP:
         raise SystemActorError(
-            f"actor {actor_id} ({namespace}/{name}) is one of Serve's own actors "
-            "(controller, proxy, replica or deployment actor); Serve manages its "
-            "lifecycle. Register the auxiliary actors your code creates instead."
+            f"placement group {actor_id} ({name!r}) is one of Serve's own (a replica's or a "
+            "gang's); Serve manages its lifecycle. Register the placement groups your code "
+            "creates instead."
         )
+    raise SystemActorError(
+        f"actor {actor_id} ({namespace}/{name}) is one of Serve's own actors "
+        "(controller, proxy, replica or deployment actor); Serve manages its "
+        "lifecycle. Register the auxiliary actors your code creates instead."
+    )
 
 
-def refusal(actor_id: str, label: str, info: Any, serve: Serve) -> Optional[Exception]:
-    """The error to refuse with, given the actor-table lookup's result (an ``ActorInfo``,
-    None for an actor the table does not know, or the lookup's exception); None: accept."""
+def refusal(actor_id: str, label: str, info: Any, serve: Serve, kind: str = rec.KIND_ACTOR) -> Optional[Exception]:
+    """The error to refuse with, given the table lookup's result (an ``ActorInfo``, None
+    for an id the table does not know, or the lookup's exception); None: accept."""
+    what = rec.KIND_NAMES.get(kind, kind)
     if isinstance(info, BaseException):
         return PersistenceError(
-            f"could not look up actor {actor_id} in the actor table ({info!r}); it is not "
+            f"could not look up {what} {actor_id} in its GCS table ({info!r}); it is not "
             "registered. Retry once the cluster's GCS is reachable."
         )
     if info is None or info.dead:
+        state = ("removed" if kind == rec.KIND_PLACEMENT_GROUP else "dead") if info else "unknown to this cluster"
         return DeadActorError(
-            f"actor {actor_id} ({label}) is {'dead' if info else 'unknown to this cluster'}; "
-            "nothing was registered. Register a live actor."
+            f"{what} {actor_id} ({label}) is {state}; nothing was registered. Register a live {what}."
         )
     try:
-        refuse_own(actor_id, info.name, info.namespace, serve)
+        refuse_own(actor_id, info.name, info.namespace, serve, kind)
     except SystemActorError as e:
         return e
     return None

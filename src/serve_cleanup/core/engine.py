@@ -147,7 +147,8 @@ class CleanupCore:
     # --- reconcile --------------------------------------------------------------------
 
     def publish_counts(self) -> None:
-        self._metrics.records(self.registry.counts_by_scope(), len(self.registry.set_aside()), len(self.registry))
+        self._metrics.records(self.registry.counts_by_kind_and_scope(), len(self.registry.set_aside()),
+                              self.registry.counts_by_kind())
 
     def orphans(self) -> list[Record]:
         apps = self.registry.owner_apps()
@@ -327,6 +328,7 @@ class CleanupCore:
             "stale_keys": sum(1 for _ in self.registry.stale_ids()),
             "v1_records": len(self.registry.odd_ids()),
             "records_by_scope": records_by_scope(self.registry.counts_by_scope().items()),
+            "records_by_kind": {k: n for k, n in self.registry.counts_by_kind().items() if n},
             "loaded": self.registry_loaded,
             "unverified": self.registry.unverified(),
             "in_flight": self.registrar.inflight,

@@ -10,9 +10,10 @@ port             what the core asks of it
 ===============  ==================================================================================
 ``RecordStore``  bytes under keys (the GCS internal KV): put, delete, read many, list keys,
                  delete every key under a prefix in one request
-``ActorTable``   what the actor table says: one actor by id (a hash lookup), or which of many
-                 ids are not dead, read in bulk (never a scan per id)
-``Killer``       send a kill (no restart) to exactly the recorded actor id
+``ActorTable``   what the actor (or placement group) table says: one by id (a hash lookup),
+                 or which of many ids are not dead, read in bulk (never a scan per id)
+``Killer``       send a kill (no restart) to exactly the recorded actor id, or remove
+                 exactly the recorded placement group id
 ``Serve``        what Serve has (its state, its apps and deployments) and which actors are its own
 ``Clock``        monotonic time, wall time, sleep
 ``Metrics``      counters and gauges
@@ -31,26 +32,30 @@ import time
 from dataclasses import dataclass
 from typing import Collection, Optional, Protocol, Union
 
-from serve_cleanup.core.records import Record
+from serve_cleanup.core.records import KIND_ACTOR, Record
 
 Key = Union[str, bytes]
 
 # Actor-table states that are not final: an actor in one of them may still run (or start).
 LIVE_STATES = ("DEPENDENCIES_UNREADY", "PENDING_CREATION", "ALIVE", "RESTARTING")
+# Placement-group states that are not final (REMOVED is).
+PG_LIVE_STATES = ("PENDING", "PREPARED", "CREATED", "RESCHEDULING")
+FINAL_STATES = ("DEAD", "REMOVED")  # an actor's, a placement group's
 
 
 @dataclass(frozen=True)
 class ActorInfo:
-    """What the actor table says about one actor id."""
+    """What the actor table (or the placement group table) says about one id."""
 
     actor_id: str
     name: str
     namespace: str
-    state: str  # DEPENDENCIES_UNREADY, PENDING_CREATION, ALIVE, RESTARTING, DEAD
+    state: str  # DEPENDENCIES_UNREADY, PENDING_CREATION, ALIVE, RESTARTING, DEAD; a
+    # placement group's PENDING, PREPARED, CREATED, RESCHEDULING, REMOVED
 
     @property
     def dead(self) -> bool:
-        return self.state == "DEAD"
+        return self.state in FINAL_STATES
 
 
 class RecordStore(Protocol):
@@ -76,22 +81,27 @@ class RecordStore(Protocol):
 
 
 class ActorTable(Protocol):
-    async def lookup(self, actor_id: str) -> Optional[ActorInfo]:
+    """The actor table, and for ``kind="pg"`` the placement group table."""
+
+    async def lookup(self, actor_id: str, kind: str = KIND_ACTOR) -> Optional[ActorInfo]:
         """The entry of ``actor_id`` (a lookup by id, whatever the table's size); None if
         the table does not know it."""
 
-    async def live(self, actor_ids: Collection[str]) -> dict[str, ActorInfo]:
-        """Of ``actor_ids``, those whose actor is in one of ``LIVE_STATES``, with their
-        entries. An id left out is dead, or not known to the table (yet). Read in bulk:
-        the cost does not grow with the number of dead actors the table remembers."""
+    async def live(self, actor_ids: Collection[str], kind: str = KIND_ACTOR) -> dict[str, ActorInfo]:
+        """Of ``actor_ids``, those in a state that is not final (``LIVE_STATES``,
+        ``PG_LIVE_STATES``), with their entries. An id left out is dead (removed), or not
+        known to the table (yet). Read in bulk: the cost does not grow with the number
+        of dead actors the table remembers."""
 
 
 class Killer(Protocol):
     async def kill(self, record: Record) -> bool:
-        """Send a kill (no restart) to the actor with exactly ``record.actor_id``, reached
-        through ``record.handle`` (empty when the stored value was unreadable), else by
-        name or by the id alone. False when no kill to that id could be sent. Must not
-        block the event loop."""
+        """An actor (``record.kind``): send a kill (no restart) to the actor with exactly
+        ``record.actor_id``, reached through ``record.handle`` (empty when the stored
+        value was unreadable), else by name or by the id alone. A placement group: send
+        its removal, by exactly ``record.actor_id``. False when nothing could be sent to
+        that id. Returns once sent (the table says when it is done); must not block the
+        event loop."""
 
 
 class ServeState(enum.Enum):
@@ -122,13 +132,15 @@ class Clock(Protocol):
 
 
 class Metrics(Protocol):
-    def registered(self, scope: str) -> None: ...
+    def registered(self, scope: str, kind: str = KIND_ACTOR) -> None: ...
 
-    def killed(self, reason: str) -> None: ...
+    def killed(self, reason: str, kind: str = KIND_ACTOR) -> None: ...
 
-    def kill_failed(self, reason: str) -> None: ...
+    def kill_failed(self, reason: str, kind: str = KIND_ACTOR) -> None: ...
 
-    def records(self, counts: dict[str, int], set_aside: int, actors: int) -> None: ...
+    def records(self, counts: dict[tuple[str, str], int], set_aside: int, by_kind: dict[str, int]) -> None:
+        """``counts``: (actor or placement group, owner) pairs per ``(kind, scope)``;
+        ``by_kind``: registrations per kind, each counted once."""
 
     def reconcile_duration(self, seconds: float) -> None: ...
 
@@ -151,13 +163,13 @@ class SystemClock:
 
 
 class NoMetrics:
-    def registered(self, scope: str) -> None: ...
+    def registered(self, scope: str, kind: str = KIND_ACTOR) -> None: ...
 
-    def killed(self, reason: str) -> None: ...
+    def killed(self, reason: str, kind: str = KIND_ACTOR) -> None: ...
 
-    def kill_failed(self, reason: str) -> None: ...
+    def kill_failed(self, reason: str, kind: str = KIND_ACTOR) -> None: ...
 
-    def records(self, counts: dict[str, int], set_aside: int, actors: int) -> None: ...
+    def records(self, counts: dict[tuple[str, str], int], set_aside: int, by_kind: dict[str, int]) -> None: ...
 
     def reconcile_duration(self, seconds: float) -> None: ...
 

@@ -1,5 +1,9 @@
-"""Killing registered actors and dropping records of dead ones, in batches, by actor id.
-No Ray imports.
+"""Killing registered actors (removing registered placement groups) and dropping records
+of dead ones, in batches, by id. No Ray imports.
+
+A placement group goes through every step an actor does: its table is the placement group
+table, its "kill" is its removal by id, "dead" is REMOVED. Records of both kinds mix in one
+pass; each table read below is one per kind present.
 
 A pass over records (``reap``) costs a fixed number of GCS requests, however many
 records and however many dead actors the actor table remembers:
@@ -32,7 +36,7 @@ from typing import Optional
 from serve_cleanup.core.config import Config
 from serve_cleanup.core.locks import KeyedLocks
 from serve_cleanup.core.ports import ActorInfo, ActorTable, Clock, Faults, Killer, Metrics, Serve
-from serve_cleanup.core.records import Record
+from serve_cleanup.core.records import KIND_ACTOR, Record
 from serve_cleanup.core.registry import Registry
 
 BACKOFF_FIRST_S = 1.0
@@ -121,10 +125,10 @@ class Reaper:
         delay = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (f.attempts - 1))
         f.next_at = self._clock.monotonic() + delay
         self._failures[record.actor_id] = f
-        self._metrics.kill_failed(reason.value)
+        self._metrics.kill_failed(reason.value, record.kind)
         if f.attempts & (f.attempts - 1) == 0:  # 1st, 2nd, 4th, 8th, ... failure
             self._log.warning(
-                f"serve_cleanup: could not clean up {record.display_name} (actor "
+                f"serve_cleanup: could not clean up {record.display_name} ({record.kind_name} "
                 f"{record.actor_id}, reason: {reason.value}): {why}. Attempt {f.attempts}; "
                 f"retrying in {delay:.0f}s (shutdown retries sooner)."
             )
@@ -161,20 +165,33 @@ class Reaper:
         set, then a lookup by id (a hash lookup) for the *young* records missing from it,
         which may be dead or not yet known to GCS; an old record missing from the live set
         is gone either way. Raises if the table cannot be read."""
-        live = await self._table.live([r.actor_id for r in records])
+        live = await self._live_by_kind(records)
         now = self._clock.time()
         young = []
         for i, r in enumerate(records):
             if i and not i % _CHUNK:
                 await self._clock.sleep(0)
             if r.actor_id not in live and not gone(r, None, now, self._config.unknown_grace_s):
-                young.append(r.actor_id)
+                young.append((r.actor_id, r.kind))
         found: dict[str, Optional[ActorInfo]] = dict(live)
         for i in range(0, len(young), _LOOKUPS_IN_FLIGHT):
             chunk = young[i:i + _LOOKUPS_IN_FLIGHT]
-            for actor_id, info in zip(chunk, await asyncio.gather(*(self._table.lookup(a) for a in chunk))):
+            for (actor_id, _), info in zip(chunk, await asyncio.gather(*(self._table.lookup(a, k) for a, k in chunk))):
                 found[actor_id] = info
         return found
+
+    async def _live_by_kind(self, records: list[Record]) -> dict[str, ActorInfo]:
+        """``ActorTable.live`` of the records' ids: one bulk read per kind present."""
+        by_kind: dict[str, list[str]] = {}
+        for r in records:
+            by_kind.setdefault(r.kind, []).append(r.actor_id)
+        if len(by_kind) == 1:
+            (kind, ids), = by_kind.items()
+            return await self._table.live(ids, kind) if kind != KIND_ACTOR else await self._table.live(ids)
+        live: dict[str, ActorInfo] = {}
+        for kind, ids in by_kind.items():
+            live.update(await self._table.live(ids, kind))
+        return live
 
     async def _classify(self, records: list[Record], table: dict[str, Optional[ActorInfo]]
                         ) -> tuple[list[Record], dict[str, tuple[Record, Outcome]], list[Record]]:
@@ -219,7 +236,7 @@ class Reaper:
                 killed = await self._kill(to_kill, reason, outcomes)
                 if killed:
                     self._faults.reached("after_kill_before_delete")
-                    dead = await self._confirm_dead([r.actor_id for r in killed])
+                    dead = await self._confirm_dead(killed)
                     for r in killed:
                         if r.actor_id in dead:
                             to_drop[r.actor_id] = (r, Outcome.KILLED)
@@ -275,34 +292,37 @@ class Reaper:
             if not sent:
                 outcomes[r.actor_id] = self._failed(
                     r, reason,
-                    "no handle to its id could be had and GCS refused a kill by its id; "
-                    "kill it by hand (ray.kill), or remove the record (`serve-cleanup unregister`; "
-                    "`serve-cleanup purge` while Serve is down)",
+                    ("GCS refused its removal by id" if r.kind != KIND_ACTOR else
+                     "no handle to its id could be had and GCS refused a kill by its id")
+                    + "; kill it by hand (ray.kill, ray.util.remove_placement_group), or remove the "
+                    "record (`serve-cleanup unregister`; `serve-cleanup purge` while Serve is down)",
                 )
                 continue
             killed.append(r)
         if killed:
             self._log.info(
-                f"serve_cleanup: killing {len(killed)} registered actor(s) (reason: {reason.value}): "
+                f"serve_cleanup: killing {len(killed)} registered actor(s) or placement group(s) "
+                f"(reason: {reason.value}): "
                 + ", ".join(f"{r.display_name} ({r.actor_id})" for r in killed[:10])
                 + (", ..." if len(killed) > 10 else "") + "."
             )
         return killed
 
-    async def _confirm_dead(self, actor_ids: list[str]) -> set[str]:
-        """Those of ``actor_ids`` the live set no longer holds within ``confirm_death_s``
-        (``ray.kill`` returns before the actor is dead)."""
+    async def _confirm_dead(self, records: list[Record]) -> set[str]:
+        """The ids of those of ``records`` the live set no longer holds within
+        ``confirm_death_s`` (``ray.kill`` returns before the actor is dead)."""
         deadline = self._clock.monotonic() + self._config.confirm_death_s
-        waiting = set(actor_ids)
+        by_id = {r.actor_id: r for r in records}
+        waiting = set(by_id)
         delay = 0.01
         while waiting and self._clock.monotonic() < deadline:
             await self._clock.sleep(delay)
             try:
-                waiting &= set(await self._table.live(list(waiting)))
+                waiting &= set(await self._live_by_kind([by_id[a] for a in waiting]))
             except Exception as e:
                 self._log.debug(f"serve_cleanup: reading the actor table failed ({e!r}); retrying.")
             delay = min(delay * 2, 0.25)
-        return set(actor_ids) - waiting
+        return set(by_id) - waiting
 
     async def _drop_all(self, to_drop: dict[str, tuple[Record, Outcome]], reason: Reason,
                         outcomes: dict[str, Outcome]) -> None:
@@ -332,7 +352,7 @@ class Reaper:
                 outcomes[actor_id] = outcome
                 self.forget(actor_id)
                 if outcome is Outcome.KILLED:
-                    self._metrics.killed(reason.value)
+                    self._metrics.killed(reason.value, r.kind)
             elif self._registry.get(actor_id) is r and error is not None:
                 outcomes[actor_id] = self._failed(r, reason, f"deleting its record failed ({error!r})")
             elif self._registry.get(actor_id) is r:

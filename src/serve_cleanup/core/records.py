@@ -13,9 +13,10 @@ Key grammar (v2): one key per (actor, owner) pair
 
     key     = KEY_PREFIX actor-id "/" "2" "/" kind "/" scope "/" part "/" part "/"
               time "/" part "/" part
-              ;  the parts: owner's first name, owner's second name, actor name, namespace
+              ;  the parts: owner's first name, owner's second name, name, namespace
     actor-id = 2*256 lower-case hex digits, an even number of them
-    kind    = "actor"                     ; "pg" is reserved (placement groups)
+              ;  an actor's id, or a placement group's (kind "pg")
+    kind    = "actor" | "pg"              ; "pg": a placement group (since 0.3.0)
     scope   = "serve" | "app" | "deployment"
             | "job" | "pg"                ; reserved (Ray jobs, placement groups as owners)
     part    = *( any character but "/" and "%" | "%2F" | "%25" )
@@ -53,7 +54,10 @@ Value schema (msgpack map, string keys; never pickle)
 ``v``          int    schema version; ``SCHEMA_VERSION`` (2) today. A reader refuses
                       newer versions (``UnknownSchemaVersionError``) rather than guess.
 ``actor_id``   str    hex actor id; the identity every kill checks.
-``kind``       str    ``"actor"`` (v2 only).
+``kind``       str    ``"actor"`` or ``"pg"`` (a placement group; since 0.3.0), the key's
+                      kind (v2 only). ``actor_id`` is then the placement group's id,
+                      ``name`` its name, ``namespace`` and ``handle`` empty: it is
+                      removed by its id.
 ``name``       str    actor name, ``""`` for an anonymous actor.
 ``namespace``  str    actor namespace, ``""`` for an anonymous actor.
 ``handle``     bytes  Ray's own serialization of the actor handle (not pickle); how an
@@ -75,6 +79,9 @@ Version history
    by prefix. v1 records are still read (their values, at load) and rewritten as v2, or
    killed, in the background (``Registry.migrate``).
 2. serve_cleanup 0.2.0: one key per (actor, owner) pair, the grammar above; value ``v`` = 2.
+   0.3.0 adds the kind ``pg`` in the same grammar and schema: a 0.2.0 reader sets such a
+   key aside (an unknown kind) and never deletes it, so a rollback leaks nothing it
+   cannot report.
 
 Between releases (the call's answer)
 ------------------------------------
@@ -118,8 +125,9 @@ ESC = "%"
 CHUNK = 4096  # keys parsed at once
 
 KIND_ACTOR = "actor"
-KIND_PLACEMENT_GROUP = "pg"  # reserved
-KINDS = (KIND_ACTOR,)
+KIND_PLACEMENT_GROUP = "pg"
+KINDS = (KIND_ACTOR, KIND_PLACEMENT_GROUP)
+KIND_NAMES = {KIND_ACTOR: "actor", KIND_PLACEMENT_GROUP: "placement group"}
 
 SCOPE_SERVE = "serve"
 SCOPE_APP = "app"
@@ -142,11 +150,12 @@ _ID_LENGTHS = frozenset(range(2, _MAX_ID_HEX + 1, 2))
 
 
 class _RecordFields(NamedTuple):
-    actor_id: str
+    actor_id: str  # the id of what is registered: an actor's, or a placement group's
     name: str
     namespace: str
     handle: bytes
     stored_pairs: Any  # one pair as is, or a tuple of pairs: see Record.pairs
+    kind: str  # KIND_ACTOR or KIND_PLACEMENT_GROUP
 
 
 def stored_pairs(pairs: Iterable[Pair]) -> Any:
@@ -157,7 +166,9 @@ def stored_pairs(pairs: Iterable[Pair]) -> Any:
 
 
 class Record(_RecordFields):
-    """One registered actor: which actor to kill, and its owners (one ``pair`` per KV key).
+    """One registered actor or placement group (``kind``): which one to kill or remove,
+    and its owners (one ``pair`` per KV key). ``actor_id`` is its id either way (Ray's
+    actor ids are 16 bytes, placement group ids 18: the two never meet).
 
     ``Record(actor_id, name, namespace, handle, scope=..., app=..., deployment=...,
     registered_at=...)`` makes a record of one pair; ``pairs=`` gives them all."""
@@ -166,11 +177,12 @@ class Record(_RecordFields):
 
     def __new__(cls, actor_id: str, name: str, namespace: str, handle: bytes = b"",
                 scope: str = SCOPE_SERVE, app: str = "", deployment: str = "",
-                registered_at: float = 0.0, *, pairs: Optional[tuple[Pair, ...]] = None) -> "Record":
+                registered_at: float = 0.0, *, pairs: Optional[tuple[Pair, ...]] = None,
+                kind: str = KIND_ACTOR) -> "Record":
         if pairs is None:
             return tuple.__new__(cls, (actor_id, name, namespace, handle,
-                                       ((scope, app, deployment), float(registered_at))))
-        return tuple.__new__(cls, (actor_id, name, namespace, handle, stored_pairs(pairs)))
+                                       ((scope, app, deployment), float(registered_at)), kind))
+        return tuple.__new__(cls, (actor_id, name, namespace, handle, stored_pairs(pairs), kind))
 
     @property
     def pairs(self) -> tuple[Pair, ...]:
@@ -179,11 +191,12 @@ class Record(_RecordFields):
         return (s,) if s and s[0][0].__class__ is str else s  # one pair: its owner's scope is a str
 
     def __getnewargs_ex__(self) -> tuple[tuple, dict]:  # pickle (Ray returns records)
-        return (self.actor_id, self.name, self.namespace, self.handle), {"pairs": self.pairs}
+        return (self.actor_id, self.name, self.namespace, self.handle), {"pairs": self.pairs, "kind": self.kind}
 
     def __repr__(self) -> str:
         return (f"Record(actor_id={self.actor_id!r}, name={self.name!r}, "
-                f"namespace={self.namespace!r}, pairs={self.pairs!r})")
+                f"namespace={self.namespace!r}, pairs={self.pairs!r}"
+                + (f", kind={self.kind!r})" if self.kind != KIND_ACTOR else ")"))
 
     def replace(self, **changes: Any) -> "Record":
         """A copy with fields changed (``actor_id``, ``name``, ``namespace``, ``handle``,
@@ -237,10 +250,10 @@ class Record(_RecordFields):
     def key(self) -> str:
         """The key of the first pair."""
         owner, t = self.pairs[0]
-        return pair_key(self.actor_id, owner, t, self.name, self.namespace)
+        return pair_key(self.actor_id, owner, t, self.name, self.namespace, self.kind)
 
     def keys(self) -> list[str]:
-        return [pair_key(self.actor_id, o, t, self.name, self.namespace) for o, t in self.pairs]
+        return [pair_key(self.actor_id, o, t, self.name, self.namespace, self.kind) for o, t in self.pairs]
 
     def pair(self, owner: Owner) -> "Record":
         """This record cut to its pair of ``owner`` (what one KV value holds)."""
@@ -250,7 +263,14 @@ class Record(_RecordFields):
 
     @property
     def display_name(self) -> str:
+        if self.kind == KIND_PLACEMENT_GROUP:
+            return f"placement group {self.name!r}" if self.name else f"<placement group {self.actor_id[:12]}>"
         return f"{self.namespace}/{self.name}" if self.name else f"<anonymous {self.actor_id[:12]}>"
+
+    @property
+    def kind_name(self) -> str:
+        """``actor`` or ``placement group``."""
+        return KIND_NAMES.get(self.kind, self.kind)
 
     @property
     def owner_label(self) -> str:
@@ -265,7 +285,7 @@ class Record(_RecordFields):
         pairs = self.pairs
         (scope, app, deployment), t = pairs[0]  # (``list`` builds 100,000 of these: no properties)
         return {
-            "actor_id": self.actor_id, "name": self.name, "namespace": self.namespace,
+            "actor_id": self.actor_id, "kind": self.kind, "name": self.name, "namespace": self.namespace,
             "scope": scope, "app": app, "deployment": deployment,
             "registered_at": t if len(pairs) == 1 else min(p[1] for p in pairs),
             "owners": [{"scope": o[0], "app": o[1], "deployment": o[2], "registered_at": t}
@@ -287,6 +307,7 @@ class V1Reply:
         if time is None:
             owner, time = record.pairs[0]
         self.fields = [record.actor_id, record.name, record.namespace, record.handle, *owner, time]
+        # (a 0.1.x client registers actors only: a placement group is never answered this way)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return object.__new__, (Record,), self.fields
@@ -356,6 +377,7 @@ class ParsedKey(NamedTuple):
     registered_at: float
     name: str
     namespace: str
+    kind: str = KIND_ACTOR
 
 
 def parse_key(raw: bytes) -> ParsedKey:
@@ -386,7 +408,7 @@ def parse_key(raw: bytes) -> ParsedKey:
         raise RecordDecodeError(f"inconsistent owner in key: {e}") from None
     registered_at = _parse_time(t)
     name, namespace = unescape(name), unescape(namespace)
-    return ParsedKey(actor_id, owner, registered_at, name, namespace)
+    return ParsedKey(actor_id, owner, registered_at, name, namespace, kind)
 
 
 _MAX_MICROS = 4 * 10**15  # microseconds (year 2096): below it, whole microseconds are distinct floats
@@ -427,6 +449,7 @@ class ParsedKeys:
         self.times: list[float] = []
         self.names: list[str] = []
         self.namespaces: list[str] = []
+        self.kinds: list[str] = []
         self.raw: list[bytes] = []
         self.v1: list[bytes] = []
         self.bad: list[tuple[bytes, str]] = []
@@ -440,6 +463,7 @@ class ParsedKeys:
         self.times.append(k.registered_at)
         self.names.append(k.name)
         self.namespaces.append(k.namespace)
+        self.kinds.append(k.kind)
         self.raw.append(raw)
 
 
@@ -472,7 +496,7 @@ def parse_keys(keys: list[bytes], shared: Optional[dict] = None) -> ParsedKeys:
                     out.bad.append((raw, str(e)))
                     continue
                 out.add(raw, ParsedKey(k.actor_id, shared.setdefault(k.owner, k.owner), k.registered_at,
-                                       k.name, shared.setdefault(k.namespace, k.namespace)))
+                                       k.name, shared.setdefault(k.namespace, k.namespace), k.kind))
     return out
 
 
@@ -493,7 +517,8 @@ def _parse_chunk(chunk: list[bytes], out: ParsedKeys, shared: dict) -> bool:
     ids = parts[0::_FIELDS_V2]
     if not set(map(len, ids)) <= _ID_LENGTHS or not _HEX_RUN.fullmatch("".join(ids)):
         return False
-    if set(parts[1::_FIELDS_V2]) != {KEY_VERSION} or not set(parts[2::_FIELDS_V2]) <= set(KINDS):
+    kinds = parts[2::_FIELDS_V2]
+    if set(parts[1::_FIELDS_V2]) != {KEY_VERSION} or not set(kinds) <= set(KINDS):
         return False
     scopes, apps, deps = parts[3::_FIELDS_V2], parts[4::_FIELDS_V2], parts[5::_FIELDS_V2]
     names, nss = parts[7::_FIELDS_V2], parts[8::_FIELDS_V2]
@@ -527,8 +552,12 @@ def _parse_chunk(chunk: list[bytes], out: ParsedKeys, shared: dict) -> bool:
     out.times += times
     out.names += names
     out.namespaces += map(setdefault, nss, nss)
+    out.kinds += map(_KIND_OBJECTS.__getitem__, kinds)  # one str object per kind
     out.raw += chunk
     return True
+
+
+_KIND_OBJECTS = {k: k for k in KINDS}
 
 
 def resolve_pairs(pairs: list[tuple[Pair, bytes]]) -> tuple[list[tuple[Pair, bytes]], list[bytes]]:
@@ -562,6 +591,35 @@ def resolve_pairs(pairs: list[tuple[Pair, bytes]]) -> tuple[list[tuple[Pair, byt
 
 
 # --- arguments -----------------------------------------------------------------------------
+
+
+TARGET_PREFIXES = {"actor": KIND_ACTOR, "pg": KIND_PLACEMENT_GROUP}
+
+
+def parse_target(value: object) -> tuple[str, str]:
+    """An id as typed on a command line, with its kind: ``pg:<hex>`` is a placement
+    group, ``actor:<hex>`` or a bare ``<hex>`` an actor (both are hex, so the prefix
+    says which). Returns ``(kind, id)``; raises ``TypeError``/``ValueError`` with a
+    message for a person."""
+    if not isinstance(value, str):
+        raise TypeError(f"expected an id (hex str), got {type(value).__name__}")
+    text = value.strip()
+    head, sep, rest = text.partition(":")
+    if not sep:
+        return KIND_ACTOR, normalize_actor_id(text)
+    kind = TARGET_PREFIXES.get(head.strip().lower())
+    if kind is None:
+        raise ValueError(f"{value!r}: unknown kind {head!r}; write pg:<id> for a placement group, "
+                         "actor:<id> or the bare id for an actor.")
+    try:
+        return kind, normalize_actor_id(rest)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a {KIND_NAMES[kind]} id: expected {head}:<hex digits>.") from None
+
+
+def target_text(kind: str, actor_id: str) -> str:
+    """``parse_target``'s inverse: the bare id of an actor, ``pg:<id>`` of a placement group."""
+    return actor_id if kind == KIND_ACTOR else f"{kind}:{actor_id}"
 
 
 def normalize_actor_id(value: object) -> str:
@@ -618,7 +676,7 @@ def encode(record: Record, owner: Optional[Owner] = None) -> bytes:
         {
             "v": SCHEMA_VERSION,
             "actor_id": record.actor_id,
-            "kind": KIND_ACTOR,
+            "kind": record.kind,
             "name": record.name,
             "namespace": record.namespace,
             "handle": record.handle,
@@ -634,6 +692,8 @@ def encode(record: Record, owner: Optional[Owner] = None) -> bytes:
 def encode_v1(record: Record) -> bytes:
     """0.1.0's value of a one-pair record (tests and the upgrade benchmark seed v1 with it)."""
     validate(record)
+    if record.kind != KIND_ACTOR:
+        raise ValueError("v1 records are actors only")
     owner, t = record.pairs[0]
     return msgpack.packb(
         {"v": 1, "actor_id": record.actor_id, "name": record.name, "namespace": record.namespace,
@@ -682,7 +742,8 @@ def decode(data: bytes, *, slim: bool = False, shared: Optional[dict] = None) ->
     for name, types in _FIELDS.items():
         if type(obj.get(name)) not in types:  # exact types: bool is not an int here
             raise RecordDecodeError(f"record field {name!r} is missing or has a wrong type")
-    if version >= 2 and obj.get("kind") not in KINDS:
+    kind = obj.get("kind") if version >= 2 else KIND_ACTOR
+    if kind not in KINDS:
         raise RecordDecodeError(f"record has kind {obj.get('kind')!r}, which this serve_cleanup does not handle")
     owner = (obj["scope"], obj["app"], obj["deployment"])
     namespace = obj["namespace"]
@@ -691,7 +752,7 @@ def decode(data: bytes, *, slim: bool = False, shared: Optional[dict] = None) ->
         namespace = shared.setdefault(namespace, namespace)
     record = tuple.__new__(Record, (
         obj["actor_id"], obj["name"], namespace, b"" if slim else obj["handle"],
-        (owner, float(obj["registered_at"])),
+        (owner, float(obj["registered_at"])), _KIND_OBJECTS[kind],
     ))
     validate(record)
     return record
@@ -705,6 +766,8 @@ def validate(record: Record) -> None:
     """The invariants every stored record keeps."""
     if not _valid_id(record.actor_id):
         raise RecordDecodeError(f"bad actor id {record.actor_id!r}: expected lower-case hex")
+    if record.kind not in KINDS:
+        raise RecordDecodeError(f"unknown kind {record.kind!r}")
     if not record.pairs:
         raise RecordDecodeError("record has no pair")
     for (scope, app, deployment), t in record.pairs:

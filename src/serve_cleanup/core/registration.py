@@ -59,6 +59,9 @@ class Registrar:
             async with self.locks.hold(reg.actor_id):
                 self._check_open()
                 existing = self.registry.get(reg.actor_id)
+                if existing is not None and existing.kind != reg.kind:
+                    raise ValueError(f"{reg.actor_id} is registered as a {existing.kind_name}, not a "
+                                     f"{rec.KIND_NAMES.get(reg.kind, reg.kind)}")
                 if existing is not None and reg.matches(existing):
                     if not reg.check_actor or reg.actor_id in self.registry.verified:
                         return existing
@@ -139,26 +142,29 @@ class Registrar:
                 "reachable."
             )
 
-    async def _lookup_known(self, actor_id: str) -> Optional[ActorInfo]:
+    async def _lookup_known(self, actor_id: str, kind: str = rec.KIND_ACTOR) -> Optional[ActorInfo]:
         """The table entry, waiting a little for an actor GCS has not heard of yet (Ray
         registers a new actor with GCS asynchronously). Raises on a failed lookup."""
         deadline = self._clock.monotonic() + self._config.unknown_actor_wait_s
         delay = 0.01
-        info = await self._table.lookup(actor_id)
+        info = await self._lookup(actor_id, kind)
         while info is None and self._clock.monotonic() < deadline:
             await self._clock.sleep(delay)
             delay = min(delay * 2, 0.2)
-            info = await self._table.lookup(actor_id)
+            info = await self._lookup(actor_id, kind)
         return info
+
+    def _lookup(self, actor_id: str, kind: str) -> Any:
+        return self._table.lookup(actor_id) if kind == rec.KIND_ACTOR else self._table.lookup(actor_id, kind)
 
     async def _verify_existing(self, record: Record) -> Record:
         """A record read from the KV, registered again: check the actor before saying yes
         (its first registration may have been refused and cut short by a crash)."""
         try:
-            info: Any = await self._lookup_known(record.actor_id)
+            info: Any = await self._lookup_known(record.actor_id, record.kind)
         except Exception as e:
             info = e
-        refusal = admission.refusal(record.actor_id, record.display_name, info, self._serve)
+        refusal = admission.refusal(record.actor_id, record.display_name, info, self._serve, record.kind)
         if refusal is None:
             self.registry.verified.add(record.actor_id)
             return record
@@ -175,7 +181,7 @@ class Registrar:
         t = self.registry.next_time(previous)
         if previous is None:
             record = Record(reg.actor_id, reg.name, reg.namespace if reg.name else "", reg.handle,
-                            pairs=((owner, t),))
+                            pairs=((owner, t),), kind=reg.kind)
         else:
             # Memory keeps no handle bytes: a take-back gives the previous owners back with
             # this call's handle (it reaches the same actor id), or no kill could reach it.
@@ -184,7 +190,7 @@ class Registrar:
             record = previous.replace(pairs=kept + ((owner, t),))
         rec.validate(record)
         # Write and check the actor at once: one GCS round trip of latency, not two.
-        lookup = asyncio.ensure_future(self._lookup_known(reg.actor_id)) if reg.check_actor else None
+        lookup = asyncio.ensure_future(self._lookup_known(reg.actor_id, reg.kind)) if reg.check_actor else None
         try:
             await self.registry.put_pairs(record)
         except Exception as e:
@@ -199,7 +205,7 @@ class Registrar:
                 info: Any = await lookup
             except Exception as e:
                 info = e
-            refusal = admission.refusal(reg.actor_id, record.display_name, info, self._serve)
+            refusal = admission.refusal(reg.actor_id, record.display_name, info, self._serve, reg.kind)
             if refusal is not None:
                 self._faults.reached("after_refusal_decided")
                 await self._take_back(reg.actor_id, previous)
@@ -215,13 +221,13 @@ class Registrar:
                     raise _store_failed(reg.actor_id, e) from None
             self.registry.verified.add(reg.actor_id)
         await self._delete_replaced(reg.actor_id)
-        self._metrics.registered(reg.scope)
+        self._metrics.registered(reg.scope, reg.kind)
         # One INFO line costs ~130 us of the controller's CPU, a third of the call's floor:
         # each registration is logged at DEBUG, and the reconcile loop sums them up.
         self.accepted_since_summary += 1
         if self._log.isEnabledFor(logging.DEBUG):
             self._log.debug(
-                f"serve_cleanup: registered {record.display_name} (actor {reg.actor_id}, "
+                f"serve_cleanup: registered {record.display_name} ({record.kind_name} {reg.actor_id}, "
                 f"owner {rec.owner_label(owner)}; owners now: {record.owner_label})."
             )
         return self.registry.get(reg.actor_id) or record

@@ -103,10 +103,11 @@ class Loaded:
     stale: dict[str, set[bytes]]
     odd: dict[str, dict[Owner, bytes]]
     owned: bool = True  # some record may have an owner (False: every one waits for shutdown)
+    mixed: bool = True  # some record may not be an actor's (False: every one is)
 
     def keys_of(self, record: Record) -> list[bytes]:
         odd = self.odd.get(record.actor_id, {})
-        return [odd.get(o) or rec.pair_key(record.actor_id, o, t, record.name, record.namespace).encode()
+        return [odd.get(o) or rec.pair_key(record.actor_id, o, t, record.name, record.namespace, record.kind).encode()
                 for o, t in record.pairs] + sorted(self.stale.get(record.actor_id, ()))
 
 
@@ -125,9 +126,11 @@ async def read_keys(store: RecordStore, *, on_record: Optional[Callable[[int], N
         set_aside = {_printable(raw): SetAside(_printable(raw), why, 0, bytes(raw)) for raw, why in parsed.bad}
         ids = parsed.ids
         found: dict[str, Record] = dict(zip(ids, map(tuple.__new__, repeat(Record), zip(
-            ids, parsed.names, parsed.namespaces, repeat(b""), zip(parsed.owners, parsed.times)))))  # one pair each
+            ids, parsed.names, parsed.namespaces, repeat(b""), zip(parsed.owners, parsed.times),
+            parsed.kinds))))  # one pair each
         loaded = Loaded(found, set_aside, {}, {})
         loaded.owned = parsed.owners.count(SERVE_OWNER) != len(parsed.owners)  # (identity first: fast)
+        loaded.mixed = parsed.kinds.count(rec.KIND_ACTOR) != len(parsed.kinds)
         if on_record is not None and found:
             on_record(len(found))
         v1 = await _read_v1(store, parsed.v1, set_aside, shared, on_record)
@@ -189,26 +192,26 @@ def _merge(loaded: Loaded, parsed: rec.ParsedKeys, v1: list[tuple[bytes, Record]
             newest = max(idx, key=times.__getitem__)
             records[actor_id] = tuple.__new__(Record, (
                 actor_id, parsed.names[newest], parsed.namespaces[newest], b"",
-                rec.stored_pairs([(owners[i], times[i]) for i in idx])))
+                rec.stored_pairs([(owners[i], times[i]) for i in idx]), parsed.kinds[newest]))
             continue
-        groups[actor_id] = [((owners[i], times[i]), parsed.raw[i], parsed.names[i], parsed.namespaces[i])
-                            for i in idx]
+        groups[actor_id] = [((owners[i], times[i]), parsed.raw[i], parsed.names[i], parsed.namespaces[i],
+                             parsed.kinds[i]) for i in idx]
     for raw, r in v1:
         if r.actor_id in loaded.records and r.actor_id not in groups:
             only = loaded.records[r.actor_id]
-            groups[r.actor_id] = [(only.pairs[0], loaded.keys_of(only)[0], only.name, only.namespace)]
-        groups.setdefault(r.actor_id, []).append((r.pairs[0], raw, r.name, r.namespace))
+            groups[r.actor_id] = [(only.pairs[0], loaded.keys_of(only)[0], only.name, only.namespace, only.kind)]
+        groups.setdefault(r.actor_id, []).append((r.pairs[0], raw, r.name, r.namespace, r.kind))
     for actor_id, items in groups.items():
-        by_key = {raw: (name, ns) for _, raw, name, ns in items}
-        kept, stale = rec.resolve_pairs([(pair, raw) for pair, raw, _, _ in items])
+        by_key = {raw: (name, ns, kind) for _, raw, name, ns, kind in items}
+        kept, stale = rec.resolve_pairs([(pair, raw) for pair, raw, _, _, _ in items])
         newest = max(kept, key=lambda item: item[0][1])
-        name, namespace = by_key[newest[1]]
-        record = Record(actor_id, name, namespace, b"", pairs=tuple(pair for pair, _ in kept))
+        name, namespace, kind = by_key[newest[1]]
+        record = Record(actor_id, name, namespace, b"", pairs=tuple(pair for pair, _ in kept), kind=kind)
         loaded.records[actor_id] = record
         if stale:
             loaded.stale[actor_id] = set(stale)
         odd = {pair[0]: raw for pair, raw in kept
-               if raw != rec.pair_key(actor_id, pair[0], pair[1], name, namespace).encode()}
+               if raw != rec.pair_key(actor_id, pair[0], pair[1], name, namespace, kind).encode()}
         if odd:
             loaded.odd[actor_id] = odd
 
@@ -247,6 +250,7 @@ class Registry:
         self._stale: dict[str, set[bytes]] = {}
         self._odd: dict[str, dict[Owner, bytes]] = {}
         self._shared: dict = {SERVE_OWNER: SERVE_OWNER}
+        self._others: dict[str, str] = {}  # id -> kind of every record that is not an actor's
         self.verified: set[str] = set()
         self.gate = WriteGate()
 
@@ -265,6 +269,8 @@ class Registry:
             for record in self._records.values():
                 if record.pairs[0][0] is not SERVE_OWNER:
                     self._index(record)
+        self._others = ({a: r.kind for a, r in self._records.items() if r.kind != rec.KIND_ACTOR}
+                        if loaded.mixed else {})
         return len(self._records), list(self._set_aside.values())
 
     def __len__(self) -> int:
@@ -291,6 +297,31 @@ class Registry:
 
     def pairs(self) -> int:
         return sum(self.counts_by_scope().values())
+
+    def counts_by_kind(self) -> dict[str, int]:
+        """Records per kind (``records.KINDS``)."""
+        counts = dict.fromkeys(rec.KINDS, 0)
+        for kind in self._others.values():
+            counts[kind] += 1
+        counts[rec.KIND_ACTOR] = len(self._records) - len(self._others)
+        return counts
+
+    def counts_by_kind_and_scope(self) -> dict[tuple[str, str], int]:
+        """``counts_by_scope`` split by kind: ``(kind, scope) -> pairs``. Costs the
+        records that are not actors' (few), not all of them."""
+        counts = {(rec.KIND_ACTOR, scope): n for scope, n in self.counts_by_scope().items()}
+        for kind in rec.KINDS[1:]:
+            for scope in rec.SCOPES:
+                counts[(kind, scope)] = 0
+        for actor_id, kind in self._others.items():
+            owners = self._records[actor_id].owners
+            for scope in [o[0] for o in owners] or [rec.SCOPE_SERVE]:
+                counts[(rec.KIND_ACTOR, scope)] -= 1
+                counts[(kind, scope)] += 1
+        return counts
+
+    def kind_of(self, actor_id: str) -> str:
+        return self._others.get(actor_id, rec.KIND_ACTOR)
 
     def set_aside(self) -> list[SetAside]:
         return list(self._set_aside.values())
@@ -324,7 +355,7 @@ class Registry:
         odd = self._odd.get(record.actor_id)
         if odd is not None and owner in odd:
             return odd[owner]
-        return rec.pair_key(record.actor_id, owner, t, record.name, record.namespace).encode()
+        return rec.pair_key(record.actor_id, owner, t, record.name, record.namespace, record.kind).encode()
 
     def orphans(self, live_apps: set[str], live_deployments: set[tuple[str, str]]) -> list[Record]:
         """Actors whose every owner is gone: the Kubernetes-GC rule, level-triggered, over
@@ -404,7 +435,7 @@ class Registry:
         asked with no await since, so the caller checked it); memory is then unchanged."""
         actor_id = record.actor_id
         (owner, t), = record.pairs
-        key = rec.pair_key(actor_id, owner, t, record.name, record.namespace)
+        key = rec.pair_key(actor_id, owner, t, record.name, record.namespace, record.kind)
         value = rec.encode(record, owner)
         if not self.gate.enter():
             raise RuntimeError("the write gate is closed: use put_pairs")
@@ -437,7 +468,7 @@ class Registry:
                     and old.time_of(owner) == t):
                 keys[owner] = odd[owner] = kept
                 continue
-            key = keys[owner] = rec.pair_key(actor_id, owner, t, record.name, record.namespace).encode()
+            key = keys[owner] = rec.pair_key(actor_id, owner, t, record.name, record.namespace, record.kind).encode()
             if key not in held:
                 todo.append((owner, key))
         written: list[bytes] = []
@@ -513,7 +544,8 @@ class Registry:
         v1 = rec.record_key(actor_id).encode()
         (owner, t), = previous.pairs if len(previous.pairs) == 1 else ((None, 0.0),)
         if (owner is not None and v1 in held
-                and rec.pair_key(actor_id, owner, t, previous.name, previous.namespace).encode() not in held):
+                and rec.pair_key(actor_id, owner, t, previous.name, previous.namespace, previous.kind).encode()
+                not in held):
             self._set(actor_id, self._slim(previous))  # it was a v1 record, and its key is there
             self._odd[actor_id] = {owner: v1}
             self._stale[actor_id] = held - {v1}
@@ -584,7 +616,7 @@ class Registry:
         share = self._shared.setdefault
         pairs = rec.stored_pairs([(share(o, o), t) for o, t in record.pairs])
         return tuple.__new__(Record, (record.actor_id, record.name, share(record.namespace, record.namespace),
-                                      b"", pairs))
+                                      b"", pairs, record.kind))
 
     def _index(self, record: Record) -> None:
         for owner, _ in record.pairs:
@@ -603,12 +635,16 @@ class Registry:
         old = self._records.pop(actor_id, None)
         if old is not None:
             self._unindex(old)
+            if old.kind != rec.KIND_ACTOR:
+                self._others.pop(actor_id, None)
         if record is None:
             self.verified.discard(actor_id)
             self._odd.pop(actor_id, None)
             return
         self._records[actor_id] = record
         self._index(record)
+        if record.kind != rec.KIND_ACTOR:
+            self._others[actor_id] = record.kind
 
     def _drop_pair(self, actor_id: str, owner: Owner) -> None:
         record = self._records[actor_id]
