@@ -320,10 +320,13 @@ def _clean_shared_instance() -> bool:
         return False
     for record in found:
         try:
-            ray.kill(_ray.handle_from_bytes(record.handle), no_restart=True)
+            if record.kind == records.KIND_PLACEMENT_GROUP:
+                _ray.remove_placement_group(record.actor_id)
+            else:
+                ray.kill(_ray.handle_from_bytes(record.handle), no_restart=True)
         except Exception:
             pass  # gone already, or a handle a test made up: the record goes all the same
-        serve_cleanup.unregister(record.actor_id, timeout_s=30)
+        serve_cleanup.unregister(records.target_text(record.kind, record.actor_id), timeout_s=30)
     return kv_record_keys() == [] and controller_status(timeout_s=10)["records"] == 0
 
 

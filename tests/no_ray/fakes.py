@@ -395,9 +395,10 @@ class Process:
         self.number = number
         self.alive = True
         self.tasks: dict[asyncio.Task, None] = {}  # in creation order: a death cancels them in it
-        # What its reads of the actor table showed: per task, the ids the task's latest bulk
-        # read found alive (and when); per actor id, when a lookup last found it alive.
-        self.live_read: weakref.WeakKeyDictionary[asyncio.Task, tuple[float, frozenset[str]]] = (
+        # What its reads of the actor table showed: per task and kind (an actor's table, a
+        # placement group's), the ids the task's latest bulk read of that table found
+        # alive (and when); per id, when a lookup last found it alive.
+        self.live_read: weakref.WeakKeyDictionary[asyncio.Task, dict[str, tuple[float, frozenset[str]]]] = (
             weakref.WeakKeyDictionary())
         self.found_alive: dict[str, float] = {}
         self.core: Optional[CleanupCore] = None
@@ -619,7 +620,7 @@ class ProcessTable:
         self.process.check()
         task = asyncio.current_task()
         if task is not None:
-            self.process.live_read[task] = (self._table.clock.now, frozenset(found))
+            self.process.live_read.setdefault(task, {})[kind] = (self._table.clock.now, frozenset(found))
         return found
 
 
@@ -632,7 +633,8 @@ class FakeKiller:
     """Reaches an actor as the Ray killer does: through the record's handle bytes if they
     rebuild a handle to exactly the recorded id, else by the record's name and namespace if
     the actor of that name has the recorded id; otherwise the actor cannot be reached
-    (False). Kills take effect at once, unless the actor is ``undying`` or ``unreachable``.
+    (False). A placement group is removed by its id alone; a record whose kind is not its
+    id's reaches nothing. Kills take effect at once, unless the actor is ``undying`` or ``unreachable``.
     ``check`` asserts at the moment of a kill; ``on_kill(record, was_alive)`` observes
     each kill sent; ``latency`` delays a kill before it is sent (rebuilding the handle,
     the by-name lookup)."""
@@ -661,8 +663,10 @@ class FakeKiller:
 
 
     def _reaches(self, record: Record) -> bool:
+        if self.table.kinds.get(record.actor_id, KIND_ACTOR) != record.kind:
+            return False  # an actor's kill never reaches a placement group (not even by name), nor the reverse
         if record.kind != KIND_ACTOR:  # a placement group is removed by its id alone
-            return self.table.kinds.get(record.actor_id) == record.kind
+            return True
         if record.handle == handle_of(record.actor_id):
             return True
         if not record.name:
@@ -707,6 +711,9 @@ class FakeServe:
 
     def is_own_actor(self, name: str, namespace: str) -> bool:
         return is_system(name, namespace)
+
+    def is_own_placement_group(self, name: str, creator: str) -> bool:
+        return creator == self.controller_id or name.startswith("SERVE_REPLICA")
 
 
 class ProcessFaults:

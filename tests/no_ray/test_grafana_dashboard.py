@@ -67,17 +67,29 @@ def exprs() -> list[str]:
 
 def test_metrics_py_is_read():
     metrics = defined_metrics()
-    assert "serve_cleanup_records" in metrics and metrics["serve_cleanup_records"] == {"scope"}
-    assert metrics["serve_cleanup_actors"] == set()
+    assert "serve_cleanup_records" in metrics and metrics["serve_cleanup_records"] == {"scope", "kind"}
+    assert metrics["serve_cleanup_actors"] == {"kind"}
     assert len(metrics) == 7, metrics
 
 
 def test_actors_and_pairs_are_both_shown():
     """Owner sets (0.2.0): an actor shared by two apps is one actor and two pairs."""
     by_title = {p["title"]: [t["expr"] for t in p["targets"]] for p in panels()}
-    assert any("ray_serve_cleanup_actors" in e for e in by_title["Registered actors"])
-    assert any("ray_serve_cleanup_records" in e for e in by_title["(Actor, owner) pairs"])
-    assert any("by (scope)" in e for e in by_title["(Actor, owner) pairs by scope"])
+    assert any("ray_serve_cleanup_actors" in e for e in by_title["Registered actors and placement groups"])
+    assert any("ray_serve_cleanup_records" in e for e in by_title["(Actor or placement group, owner) pairs"])
+    assert any("by (scope, kind)" in e for e in by_title["Pairs by scope and kind"])
+
+
+def test_every_tagged_metric_is_kept_apart_by_kind():
+    """Placement groups (0.3.0): every metric with a ``kind`` tag is grouped by it before
+    a ``max`` or a sum across clusters, so an actor count never hides a placement group
+    count (``max by (ray_io_cluster)`` over two kinds would take the larger)."""
+    tagged = {name for name, tags in defined_metrics().items() if "kind" in tags}
+    assert tagged >= {"serve_cleanup_actors", "serve_cleanup_records", "serve_cleanup_kills_total"}
+    for expr in exprs():
+        names = {n[len(RAY_PREFIX):] for n in NAME.findall(expr)}
+        if names & tagged and "max by" in expr:
+            assert all("kind" in g for g in re.findall(r"\bmax by\s*\(([^)]*)\)", expr)), expr
     top = sorted((p["gridPos"]["x"], p["gridPos"]["w"]) for p in panels() if p["gridPos"]["y"] == 0)
     assert sum(w for _, w in top) == 24 and all(a[0] + a[1] == b[0] for a, b in zip(top, top[1:])), top
 

@@ -75,7 +75,7 @@ async def test_async_calls_check_arguments_like_the_blocking_ones():
             await register_async(bad)
         with pytest.raises(TypeError, match="expected a Ray ActorHandle"):
             register(bad)
-        with pytest.raises(TypeError, match="expected a Ray ActorHandle or an actor id"):
+        with pytest.raises(TypeError, match="expected a Ray ActorHandle, a PlacementGroup or an id"):
             await unregister_async(bad)
 
 
@@ -94,12 +94,13 @@ def test_crash_points_are_off_by_default_and_never_fatal(monkeypatch, caplog):
 
 def test_unregister_without_an_owner_sends_the_actor_id_alone():
     """The call shape every controller release takes (0.1.x's takes only this one)."""
-    assert unregister_args("00FF") == ("00ff",)
+    assert unregister_args("00FF") == (("00ff",), {})
+    assert unregister_args("pg:00FF") == (("00ff",), {"kind": "pg"})
 
 
 def test_unregister_with_an_owner_sends_it():
-    assert unregister_args("00ff", "app", "a") == ("00ff", "app", "a", "")
-    assert unregister_args("00ff", "deployment", "a", "d") == ("00ff", "deployment", "a", "d")
+    assert unregister_args("00ff", "app", "a") == (("00ff", "app", "a", ""), {})
+    assert unregister_args("00ff", "deployment", "a", "d") == (("00ff", "deployment", "a", "d"), {})
 
 
 @pytest.mark.parametrize(
@@ -123,12 +124,12 @@ def test_unregister_owner_arguments_are_checked_in_the_caller(scope, app, deploy
 async def test_blocking_and_async_unregister_send_the_same_call(monkeypatch):
     sent = []
 
-    def blocking(method, *args, timeout_s, api=None):
-        sent.append((method, args))
+    def blocking(method, *args, timeout_s, api=None, kwargs=None):
+        sent.append((method, args, kwargs))
         return True
 
-    async def awaitable(method, *args, timeout_s):
-        sent.append((method, args))
+    async def awaitable(method, *args, timeout_s, kwargs=None):
+        sent.append((method, args, kwargs))
         return True
 
     monkeypatch.setattr(calls, "_call_controller", blocking)
@@ -136,8 +137,10 @@ async def test_blocking_and_async_unregister_send_the_same_call(monkeypatch):
     assert calls.unregister("00ff", scope="deployment", app="a", deployment="d")
     assert await unregister_async("00ff", scope="deployment", app="a", deployment="d")
     assert calls.unregister("00ff") and await unregister_async("00ff")
-    assert sent == [("serve_cleanup_unregister", ("00ff", "deployment", "a", "d"))] * 2 + [
-        ("serve_cleanup_unregister", ("00ff",))] * 2
+    assert calls.unregister("pg:00ff") and await unregister_async("pg:00ff")
+    assert sent == [("serve_cleanup_unregister", ("00ff", "deployment", "a", "d"), {})] * 2 + [
+        ("serve_cleanup_unregister", ("00ff",), {})] * 2 + [
+        ("serve_cleanup_unregister", ("00ff",), {"kind": "pg"})] * 2
 
 
 def test_the_list_order_reads_the_pairs_directly():

@@ -94,13 +94,14 @@ def json_option(f: Any) -> Any:
     return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")(f)
 
 
-def parse_actor_id(value: str) -> str:
-    """An actor id as typed on the command line, in the form records use (a usage error
-    otherwise)."""
-    from serve_cleanup.core.records import normalize_actor_id
+def parse_actor_id(value: str, with_kind: bool = False) -> Any:
+    """An id as typed on the command line, in the form records use (a usage error
+    otherwise). ``with_kind``: ``(kind, id)``, where ``pg:<hex>`` names a placement group
+    and a bare id (or ``actor:<hex>``) an actor (``records.parse_target``)."""
+    from serve_cleanup.core.records import normalize_actor_id, parse_target
 
     try:
-        return normalize_actor_id(value)
+        return parse_target(value) if with_kind else normalize_actor_id(value)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
 

@@ -28,7 +28,7 @@ def list_(address: str, as_json: bool) -> None:
     gc.disable()
     reader = cluster_reader(address)
     records, _ = reader.records()
-    states = reader.states([r.actor_id for r in records])
+    states = reader.states([r.actor_id for r in records], [r.actor_id for r in records if r.kind != "actor"])
     # Record.to_dict()'s keys and order, plus the state.
     rows = [r.to_dict() for r in records]  # one row per actor, its owners listed
     for row in rows:
@@ -42,7 +42,9 @@ def list_(address: str, as_json: bool) -> None:
     click.echo(table.records_table(rows, states))
 
 
-@click.command(help="Kill registrations whose owner (app or deployment) is gone or whose actor is dead.")
+@click.command(help=(
+    "Kill registrations whose owner (app or deployment) is gone or whose actor is dead "
+    "(remove such placement groups)."))
 @address_option
 @click.option("--dry-run", is_flag=True, help="Only show what would be killed.")
 @json_option
@@ -64,7 +66,7 @@ def gc(address: str, dry_run: bool, as_json: bool) -> None:
     if not found:
         click.echo("Nothing to collect.")
         return
-    states = actor_states([d["actor_id"] for d in found])
+    states = actor_states([d["actor_id"] for d in found], pg_ids=[d["actor_id"] for d in found if d.get("kind", "actor") != "actor"])
     extra = ("why",) if dry_run else ("why", "outcome")
     click.echo(table.records_table(found, states, extra))
     if dry_run:
@@ -80,8 +82,9 @@ def gc(address: str, dry_run: bool, as_json: bool) -> None:
 
 
 @click.command(help=(
-    "Remove the registration of ACTOR_ID (hex) without killing the actor; with --scope "
-    "app|deployment (and --app, --deployment), remove that owner only."
+    "Remove the registration of ACTOR_ID (hex; pg:<hex> for a placement group) without "
+    "killing the actor (removing the placement group); with --scope app|deployment (and "
+    "--app, --deployment), remove that owner only."
 ))
 @address_option
 @click.argument("actor_id")
@@ -91,25 +94,27 @@ def gc(address: str, dry_run: bool, as_json: bool) -> None:
 @click.option("--deployment", default=None, help="The owner's deployment (with --scope deployment).")
 def unregister(address: str, actor_id: str, scope: Optional[str], app: Optional[str],
                deployment: Optional[str]) -> None:
-    actor_id = parse_actor_id(actor_id)
+    kind, actor_id = parse_actor_id(actor_id, with_kind=True)
     owner = _owner_option(scope, app, deployment)
+    what = "the placement group was not removed" if kind == "pg" else "the actor was not killed"
+    target = actor_id if kind == "actor" else f"{kind}:{actor_id}"
     need_ray("unregister")
     from serve_cleanup.client.calls import unregister as unregister_call
 
     connect(address)
     needs_durable("unregister")
     label = "" if owner is None else f" from {_label(owner)}"
-    with failing_as(Exit.ERROR), waiting(f"the durable controller to unregister {actor_id}{label}"):
+    with failing_as(Exit.ERROR), waiting(f"the durable controller to unregister {target}{label}"):
         how = {} if owner is None else {"scope": owner[0], "app": owner[1], "deployment": owner[2]}
-        removed = unregister_call(actor_id, **how, timeout_s=30)
+        removed = unregister_call(target, **how, timeout_s=30)
     if removed and owner is None:
-        click.echo(f"Unregistered {actor_id}; the actor was not killed.")
+        click.echo(f"Unregistered {target}; {what}.")
     elif removed:
-        click.echo(f"Removed {_label(owner)} from the owners of {actor_id}; the actor was not killed.")
+        click.echo(f"Removed {_label(owner)} from the owners of {target}; {what}.")
     elif owner is None:
-        click.echo(f"{actor_id} was not registered; nothing to do.")
+        click.echo(f"{target} was not registered; nothing to do.")
     else:
-        click.echo(f"{actor_id} is not registered with {_label(owner)}; nothing to do.")
+        click.echo(f"{target} is not registered with {_label(owner)}; nothing to do.")
 
 
 def _owner_option(scope: Optional[str], app: Optional[str], deployment: Optional[str]) -> Optional[tuple[str, str, str]]:
@@ -140,8 +145,9 @@ def _entries(n: int) -> str:
 
 
 @click.command(help=(
-    "Delete records straight from the GCS KV while Serve is down: those of ACTOR_IDS, "
-    "the set-aside (unreadable) entries, or all. Refuses while a Serve controller runs."
+    "Delete records straight from the GCS KV while Serve is down: those of ACTOR_IDS (hex; "
+    "pg:<hex> for a placement group), the set-aside (unreadable) entries, or all. Refuses "
+    "while a Serve controller runs."
 ))
 @address_option
 @click.argument("actor_ids", nargs=-1)
@@ -152,7 +158,7 @@ def _entries(n: int) -> str:
 def purge(address: str, actor_ids: tuple, set_aside: bool, everything: bool, dry_run: bool, yes: bool) -> None:
     if not (actor_ids or set_aside or everything):
         raise click.UsageError("name ACTOR_IDS, --set-aside or --all.")
-    ids = [parse_actor_id(a) for a in actor_ids]
+    targets = [parse_actor_id(a, with_kind=True) for a in actor_ids]
     need_ray("purge")
     from serve_cleanup.cli import table
     from serve_cleanup.client.controller import controller_kind
@@ -163,9 +169,11 @@ def purge(address: str, actor_ids: tuple, set_aside: bool, everything: bool, dry
     kind = controller_kind()
     if kind != "none" and not dry_run:
         raise Failure(Exit.ERROR, str(ControllerRunningError.for_kind(kind)))
-    plan = purge_plan(ids, set_aside=set_aside, everything=everything)
-    for missing in sorted(set(ids) - {p.actor_id for p in plan}):
-        click.echo(f"{missing}: no record; nothing to delete.", err=True)
+    plan = purge_plan(targets, set_aside=set_aside, everything=everything)
+    from serve_cleanup.core.records import target_text
+
+    for kind, missing in sorted(set(targets) - {(p.kind, p.actor_id) for p in plan}):
+        click.echo(f"{target_text(kind, missing)}: no record; nothing to delete.", err=True)
     if not plan:
         click.echo("Nothing to delete.")
         return
@@ -176,7 +184,8 @@ def purge(address: str, actor_ids: tuple, set_aside: bool, everything: bool, dry
             click.echo(f"Note: {ControllerRunningError.for_kind(kind)}", err=True)
         return
     if not yes:
-        click.confirm(f"Delete {_entries(len(plan))}? The actors are not killed.", abort=True)
+        click.confirm(f"Delete {_entries(len(plan))}? The actors are not killed (nor placement groups "
+                      "removed).", abort=True)
     with failing_as(Exit.ERROR, ControllerRunningError):
         deleted = purge_entries(plan)  # checks again: Serve may have started meanwhile
-    click.echo(f"Deleted {_entries(deleted)}; no actor was killed.")
+    click.echo(f"Deleted {_entries(deleted)}; no actor was killed, no placement group removed.")

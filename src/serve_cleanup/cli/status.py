@@ -81,6 +81,8 @@ def probe(address: str, detail: bool) -> tuple[dict[str, Any], Exit]:
 def _detail(reader: Any, kind: str) -> dict[str, Any]:
     """``--detail``: every record read (counted by scope), the set-aside entries, and the
     durable controller's view."""
+    from collections import Counter
+
     from serve_cleanup.core.records import records_by_scope
 
     records, set_aside = reader.records()
@@ -88,6 +90,7 @@ def _detail(reader: Any, kind: str) -> dict[str, Any]:
         "records": len(records),
         "pairs": sum(len(r.pairs) for r in records),
         "records_by_scope": records_by_scope((o[0], 1) for r in records for o, _ in r.pairs),
+        "records_by_kind": dict(sorted(Counter(r.kind for r in records).items())),
         "set_aside": [s.to_dict() for s in set_aside],
         "controller_status": _controller_view(reader.address) if kind == "durable" else None,
     }
@@ -144,6 +147,9 @@ def _print_cluster(out: dict[str, Any]) -> None:
     scopes = out.get("records_by_scope")
     suffix = "" if scopes is None else " (" + (", ".join(f"{k}={v}" for k, v in sorted(scopes.items())) or "-") + ")"
     _field("records", f"{out['records']}{suffix}")
+    kinds = out.get("records_by_kind")
+    if kinds:
+        _field("kinds", ", ".join(f"{k}={v}" for k, v in kinds.items()))
 
 
 def _print_controller_view(view: Optional[dict[str, Any]]) -> None:

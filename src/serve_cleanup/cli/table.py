@@ -18,17 +18,21 @@ def timestamp(unix: float) -> str:
     return _dt.datetime.fromtimestamp(unix).strftime("%Y-%m-%d %H:%M:%S")
 
 
-RECORD_HEADERS = ("SCOPE", "APP", "DEPLOYMENT", "NAMESPACE", "NAME", "ACTOR ID", "STATE", "REGISTERED AT")
+RECORD_HEADERS = ("KIND", "SCOPE", "APP", "DEPLOYMENT", "NAMESPACE", "NAME", "ID", "STATE", "REGISTERED AT")
 
 
 def records_table(items: Sequence[dict], states: dict[str, str], extra: Sequence[str] = ()) -> str:
     """The `serve-cleanup list` table: records as dicts (``Record.to_dict()``), the actor
-    state per id, and optional extra columns taken from each dict."""
+    (placement group) state per id, and optional extra columns taken from each dict. A
+    placement group's id is shown as ``pg:<id>``, the form the commands take."""
     rows = [
         (
+            d.get("kind", "actor"),
             d["scope"] + (f" (+{len(d['owners']) - 1} more)" if len(d.get("owners") or ()) > 1 else ""),
             d["app"] or "-", d["deployment"] or "-", d["namespace"] or "-",
-            d["name"] or "(anonymous)", d["actor_id"], states.get(d["actor_id"], "?"),
+            d["name"] or "(anonymous)",
+            d["actor_id"] if d.get("kind", "actor") == "actor" else f"{d['kind']}:{d['actor_id']}",
+            states.get(d["actor_id"], "?"),
             timestamp(d["registered_at"]), *(d.get(k, "") for k in extra),
         )
         for d in items

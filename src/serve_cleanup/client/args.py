@@ -30,8 +30,14 @@ def check_timeout(timeout_s: object) -> float:
 
 def register_args(
     actor: object, scope: object, app: object, deployment: object
-) -> tuple[ActorHandle, str, str, str]:
-    _ray.require_actor_handle(actor)
+) -> tuple[object, str, str, str]:
+    """``actor`` is an actor handle or a ``PlacementGroup``."""
+    if not _ray.is_placement_group(actor) and not isinstance(actor, ActorHandle):
+        raise TypeError(
+            f"expected a Ray ActorHandle or PlacementGroup, got {type(actor).__name__}; pass the "
+            "handle returned by MyActor.remote() or ray.get_actor(), or the placement group "
+            "returned by ray.util.placement_group()."
+        )
     for label, value in (("app", app), ("deployment", deployment)):
         if value is not None and not isinstance(value, str):
             raise TypeError(f"{label} must be a str, got {type(value).__name__}")
@@ -65,17 +71,21 @@ def resolve_owner(scope: str, app: Optional[str], deployment: Optional[str]) -> 
 
 def unregister_args(
     actor: object, scope: object = None, app: object = None, deployment: object = None
-) -> tuple[str, ...]:
-    """The arguments of ``serve_cleanup_unregister``: the actor id alone without an owner
-    (remove the registration; the one shape every controller release accepts), else the
-    id and the owner ``(scope, app, deployment)`` to remove (``app`` or ``deployment``,
-    filled in from the replica like ``register``'s)."""
+) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The arguments of ``serve_cleanup_unregister`` and its keyword arguments: the id
+    alone without an owner (remove the registration; the one shape every controller
+    release accepts), else the id and the owner ``(scope, app, deployment)`` to remove
+    (``app`` or ``deployment``, filled in from the replica like ``register``'s). A
+    placement group (a ``PlacementGroup`` or ``"pg:<id>"``) adds ``kind="pg"``."""
     if isinstance(actor, ActorHandle):
-        actor_id = _ray.actor_id_hex(actor)
+        kind, actor_id = records.KIND_ACTOR, _ray.actor_id_hex(actor)
+    elif _ray.is_placement_group(actor):
+        kind, actor_id = records.KIND_PLACEMENT_GROUP, _ray.placement_group_id_hex(actor)
     elif isinstance(actor, str):
-        actor_id = records.normalize_actor_id(actor)
+        kind, actor_id = records.parse_target(actor)
     else:
-        raise TypeError(f"expected a Ray ActorHandle or an actor id, got {type(actor).__name__}")
+        raise TypeError(f"expected a Ray ActorHandle, a PlacementGroup or an id, got {type(actor).__name__}")
+    kwargs = {} if kind == records.KIND_ACTOR else {"kind": kind}
     for label, value in (("app", app), ("deployment", deployment)):
         if value is not None and not isinstance(value, str):
             raise TypeError(f"{label} must be a str, got {type(value).__name__}")
@@ -85,10 +95,10 @@ def unregister_args(
                 "app=/deployment= name an owner: pass scope='app' or scope='deployment' with them "
                 "(without an owner, unregister removes the whole registration)."
             )
-        return (actor_id,)
+        return (actor_id,), kwargs
     check_unregister_scope(scope)
     owner_app, owner_deployment = resolve_owner(scope, app, deployment)  # type: ignore[arg-type]
-    return actor_id, scope, owner_app, owner_deployment  # type: ignore[return-value]
+    return (actor_id, scope, owner_app, owner_deployment), kwargs  # type: ignore[return-value]
 
 
 def check_unregister_scope(scope: object) -> None:

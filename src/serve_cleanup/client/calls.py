@@ -18,6 +18,7 @@ from typing import Any, Callable, Generator, Optional, Union
 
 import ray
 from ray.actor import ActorHandle
+from ray.util.placement_group import PlacementGroup
 
 from serve_cleanup.client.args import Scope, check_timeout, register_args, unregister_args
 from serve_cleanup.client.controller import connect, controller_kind, find_controller
@@ -32,7 +33,7 @@ DEFAULT_TIMEOUT_S = 60.0
 
 
 def register(
-    actor: ActorHandle,
+    actor: Union[ActorHandle, PlacementGroup],
     *,
     scope: Scope = "serve",
     app: Optional[str] = None,
@@ -40,6 +41,9 @@ def register(
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> Record:
     """Register ``actor`` for cleanup. Durable when it returns.
+
+    ``actor`` is an actor handle, or a ``PlacementGroup`` (it is then *removed*, by its id,
+    where an actor is killed; Serve's own placement groups and a removed one are refused).
 
     ``scope`` says when the actor is killed:
 
@@ -67,7 +71,7 @@ def register(
 
 
 async def register_async(
-    actor: ActorHandle,
+    actor: Union[ActorHandle, PlacementGroup],
     *,
     scope: Scope = "serve",
     app: Optional[str] = None,
@@ -83,7 +87,7 @@ async def register_async(
 
 
 def unregister(
-    actor: Union[ActorHandle, str],
+    actor: Union[ActorHandle, PlacementGroup, str],
     *,
     scope: Optional[Scope] = None,
     app: Optional[str] = None,
@@ -92,7 +96,8 @@ def unregister(
 ) -> bool:
     """Remove ``actor``'s registration, or one of its owners (durably), without killing it.
 
-    Accepts an actor handle or an actor id (hex). Without ``scope``, removes the whole
+    Accepts an actor handle, a ``PlacementGroup``, an actor id (hex) or ``"pg:<id>"`` (a
+    placement group's id; the prefix says the kind). Without ``scope``, removes the whole
     registration. With ``scope="app"`` or ``"deployment"`` (and ``app``/``deployment`` as
     for :func:`register`, defaulting to the replica's own), removes that owner only: the
     actor is still killed when its last remaining owner is deleted, and when none is left
@@ -100,12 +105,13 @@ def unregister(
     Removing one owner needs a 0.2.0 controller or later (``ControllerVersionError``).
     Blocks while it waits; in ``async`` code use :func:`unregister_async`.
     """
-    args = unregister_args(actor, scope, app, deployment)
-    return _call_controller("serve_cleanup_unregister", *args, timeout_s=timeout_s, api="unregister")
+    args, kwargs = unregister_args(actor, scope, app, deployment)
+    return _call_controller("serve_cleanup_unregister", *args, timeout_s=timeout_s, api="unregister",
+                            kwargs=kwargs)
 
 
 async def unregister_async(
-    actor: Union[ActorHandle, str],
+    actor: Union[ActorHandle, PlacementGroup, str],
     *,
     scope: Optional[Scope] = None,
     app: Optional[str] = None,
@@ -113,8 +119,8 @@ async def unregister_async(
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> bool:
     """:func:`unregister` for ``async`` code (same arguments, result and errors)."""
-    args = unregister_args(actor, scope, app, deployment)
-    return await _call_controller_async("serve_cleanup_unregister", *args, timeout_s=timeout_s)
+    args, kwargs = unregister_args(actor, scope, app, deployment)
+    return await _call_controller_async("serve_cleanup_unregister", *args, timeout_s=timeout_s, kwargs=kwargs)
 
 
 def collect(*, dry_run: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S) -> list[dict[str, Any]]:

@@ -21,12 +21,12 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, Collection, Optional, TypeVar
 
 from serve_cleanup._startup import is_durable_controller_module
 from serve_cleanup.serve_adapter import _ray
 from serve_cleanup.serve_adapter.kv import KvStore
-from serve_cleanup.serve_adapter.ports import live_actors
+from serve_cleanup.serve_adapter.ports import live_actors, live_placement_groups
 from serve_cleanup.client.controller import ControllerKind, connect
 from serve_cleanup.core import records as rec
 from serve_cleanup.core.records import Record
@@ -67,15 +67,19 @@ def _oldest_first(r: Record) -> tuple[float, str]:
     return (pairs[0][1] if len(pairs) == 1 else r.registered_at), r.actor_id
 
 
-def actor_states(actor_ids: list[str], accessor: Any = None) -> dict[str, str]:
-    """Actor table state per id: ALIVE, RESTARTING, ..., DEAD (or not known to the
-    table), or UNKNOWN when the table cannot be read. One bulk read of the live set,
+def actor_states(actor_ids: list[str], accessor: Any = None, pg_ids: Collection[str] = ()) -> dict[str, str]:
+    """Table state per id: ALIVE, RESTARTING, ..., DEAD (or not known to the table) for
+    an actor; CREATED, PENDING, ..., REMOVED for the placement groups of ``pg_ids``; or
+    UNKNOWN when the table cannot be read. One bulk read of the live set per kind,
     however many ids (never a scan per id). ``accessor``: this process's own if None."""
+    pgs = frozenset(pg_ids)
     try:
-        live = live_actors(frozenset(actor_ids), accessor)
+        live = live_actors(frozenset(actor_ids) - pgs, accessor)
+        if pgs:
+            live.update(live_placement_groups(pgs, accessor))
     except Exception:
         return {a: "UNKNOWN" for a in actor_ids}
-    return {a: live[a].state if a in live else "DEAD" for a in actor_ids}
+    return {a: live[a].state if a in live else ("REMOVED" if a in pgs else "DEAD") for a in actor_ids}
 
 
 def kind_of_entry(facts: Optional[dict[str, Any]]) -> ControllerKind:
@@ -160,5 +164,5 @@ class ClusterReader:
         """Every record (without its handle bytes) and every set-aside entry."""
         return self._bounded(lambda: read_kv(self._gcs, slim=True), "reading the records")
 
-    def states(self, actor_ids: list[str]) -> dict[str, str]:
-        return actor_states(actor_ids, self._accessor)
+    def states(self, actor_ids: list[str], pg_ids: Collection[str] = ()) -> dict[str, str]:
+        return actor_states(actor_ids, self._accessor, pg_ids)

@@ -15,7 +15,7 @@ from typing import Iterable
 
 from serve_cleanup.serve_adapter import _ray
 from serve_cleanup.serve_adapter.kv import KvStore
-from serve_cleanup.core.records import normalize_actor_id
+from serve_cleanup.core.records import KIND_ACTOR, parse_target
 from serve_cleanup.errors import ControllerRunningError
 
 
@@ -25,21 +25,25 @@ class PurgeItem:
     raw_key: bytes
     what: str  # "record" or "set aside"
     actor_id: str = ""
+    kind: str = KIND_ACTOR
 
 
-def purge_plan(actor_ids: Iterable[str] = (), *, set_aside: bool = False, everything: bool = False) -> list[PurgeItem]:
-    """What ``purge`` would delete: the records of ``actor_ids`` (hex), the set-aside
-    entries if ``set_aside``, or every entry under the prefix if ``everything``."""
+def purge_plan(targets: Iterable["str | tuple[str, str]"] = (), *, set_aside: bool = False,
+               everything: bool = False) -> list[PurgeItem]:
+    """What ``purge`` would delete: the records of ``targets`` (ids as ``parse_target``
+    reads them, or ``(kind, id)`` pairs), the set-aside entries if ``set_aside``, or
+    every entry under the prefix if ``everything``. A record is purged only if it is of
+    the kind named."""
     import asyncio
 
     from serve_cleanup.core.registry import read_keys
 
-    wanted = {normalize_actor_id(a) for a in actor_ids}
+    wanted = {t if isinstance(t, tuple) else parse_target(t) for t in targets}
     loaded = asyncio.run(read_keys(KvStore(_ray.driver_gcs_client()).aio))
     plan = [  # every key of the actor: one per owner, a v1 key, keys a crash left (exact keys)
-        PurgeItem(key.decode("utf-8", "backslashreplace"), key, "record", r.actor_id)
+        PurgeItem(key.decode("utf-8", "backslashreplace"), key, "record", r.actor_id, r.kind)
         for r in sorted(loaded.records.values(), key=lambda r: (r.registered_at, r.actor_id))
-        if everything or r.actor_id in wanted
+        if everything or (r.kind, r.actor_id) in wanted
         for key in loaded.keys_of(r)
     ]
     if set_aside or everything:

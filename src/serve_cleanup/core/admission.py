@@ -58,7 +58,8 @@ def check_request(reg: Registration, serve: Serve) -> None:
         raise ValueError("a placement group is registered through serve_cleanup.register only")
     if reg.actor_id == serve.controller_id:
         raise SystemActorError("the Serve controller cannot be registered for cleanup.")
-    refuse_own(reg.actor_id, reg.name, reg.namespace, serve)
+    if reg.kind == rec.KIND_ACTOR:  # a placement group's name and creator come with its lookup
+        refuse_own(reg.actor_id, reg.name, reg.namespace, serve)
 
 
 def check_owner_exists(reg: Registration, serve: Serve) -> None:
@@ -82,8 +83,17 @@ def check_owner_exists(reg: Registration, serve: Serve) -> None:
         )
 
 
-def refuse_own(actor_id: str, name: str, namespace: str, serve: Serve, kind: str = rec.KIND_ACTOR) -> None:
-    if not serve.is_own_actor(name, namespace):
+def is_own(serve: Serve, kind: str, name: str, namespace: str, creator: str = "") -> bool:
+    """Whether the actor (placement group) is one of Serve's own: never registered, never
+    killed (removed)."""
+    if kind == rec.KIND_PLACEMENT_GROUP:
+        return serve.is_own_placement_group(name, creator)
+    return serve.is_own_actor(name, namespace)
+
+
+def refuse_own(actor_id: str, name: str, namespace: str, serve: Serve, kind: str = rec.KIND_ACTOR,
+               creator: str = "") -> None:
+    if not is_own(serve, kind, name, namespace, creator):
         return
     if kind == rec.KIND_PLACEMENT_GROUP:
         raise SystemActorError(
@@ -113,7 +123,7 @@ def refusal(actor_id: str, label: str, info: Any, serve: Serve, kind: str = rec.
             f"{what} {actor_id} ({label}) is {state}; nothing was registered. Register a live {what}."
         )
     try:
-        refuse_own(actor_id, info.name, info.namespace, serve, kind)
+        refuse_own(actor_id, info.name, info.namespace, serve, kind, info.creator)
     except SystemActorError as e:
         return e
     return None

@@ -52,6 +52,7 @@ class ActorInfo:
     namespace: str
     state: str  # DEPENDENCIES_UNREADY, PENDING_CREATION, ALIVE, RESTARTING, DEAD; a
     # placement group's PENDING, PREPARED, CREATED, RESCHEDULING, REMOVED
+    creator: str = ""  # a placement group's: the id of the actor that created it ("" if none)
 
     @property
     def dead(self) -> bool:
@@ -121,6 +122,10 @@ class Serve(Protocol):
     def is_own_actor(self, name: str, namespace: str) -> bool:
         """Whether an actor of that name is one of Serve's own (controller, proxy,
         replica, controller-managed deployment actor): never registered, never killed."""
+
+    def is_own_placement_group(self, name: str, creator: str) -> bool:
+        """Whether a placement group of that name, created by the actor ``creator``, is
+        one of Serve's own (a replica's, a gang's): never registered, never removed."""
 
 
 class Clock(Protocol):

@@ -33,6 +33,7 @@ import logging
 from dataclasses import dataclass
 from typing import Optional
 
+from serve_cleanup.core.admission import is_own
 from serve_cleanup.core.config import Config
 from serve_cleanup.core.locks import KeyedLocks
 from serve_cleanup.core.ports import ActorInfo, ActorTable, Clock, Faults, Killer, Metrics, Serve
@@ -151,12 +152,12 @@ class Reaper:
         return current
 
     def _own(self, record: Record, info: ActorInfo) -> bool:
-        if not self._serve.is_own_actor(info.name, info.namespace):
+        if not is_own(self._serve, record.kind, info.name, info.namespace, info.creator):
             return False
         self._log.error(
-            f"serve_cleanup: record of actor {record.actor_id} names one of Serve's own "
-            f"actors ({info.namespace}/{info.name}); it is never killed. Dropping the "
-            "record (a refused registration whose take-back was lost in a crash)."
+            f"serve_cleanup: record of {record.kind_name} {record.actor_id} names one of "
+            f"Serve's own ({info.namespace}/{info.name}); it is never killed or removed. "
+            "Dropping the record (a refused registration whose take-back was lost in a crash)."
         )
         return True
 

@@ -630,7 +630,7 @@ def normalize_actor_id(value: object) -> str:
     actor_id = value.strip().lower()
     if not _valid_id(actor_id):
         raise ValueError(
-            f"{value!r} is not an actor id: expected hex digits, such as the ACTOR ID "
+            f"{value!r} is not an actor id: expected hex digits, such as the ID "
             "column of `serve-cleanup list`."
         )
     return actor_id

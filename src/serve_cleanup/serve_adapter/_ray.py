@@ -270,6 +270,78 @@ def actors_in_state(state: str, wanted: "set[str] | frozenset[str]", accessor: A
     return out
 
 
+# --- placement groups -------------------------------------------------------------------
+#
+# A placement group is registered by its id and removed by its id: GCS's
+# RemovePlacementGroup, which ``ray.util.remove_placement_group`` sends from any connected
+# worker (it also kills the actors scheduled in it). Its table is read like the actor
+# table: ``GlobalStateAccessor.get_placement_group_info(id)`` is a lookup by id,
+# ``get_placement_group_table()`` one read of every placement group GCS keeps (removed ones
+# included, up to GCS's cache of them).
+
+
+def is_placement_group(obj: Any) -> bool:
+    from ray.util.placement_group import PlacementGroup
+
+    return isinstance(obj, PlacementGroup)
+
+
+def placement_group_id_hex(pg: Any) -> str:
+    return pg.id.hex()
+
+
+def _pg_info_of(entry: Any) -> ActorInfo:
+    return ActorInfo(
+        actor_id=entry.placement_group_id.hex(),
+        name=entry.name,
+        namespace=entry.ray_namespace,
+        state=gcs_pb2.PlacementGroupTableData.PlacementGroupState.Name(entry.state),
+        creator=entry.creator_actor_id.hex() if entry.creator_actor_id else "",
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _serve_pg_prefixes() -> tuple[str, ...]:
+    from ray.serve._private import constants
+    from ray.serve._private.common import REPLICA_ID_FULL_ID_STR_PREFIX
+
+    gang = getattr(constants, "GANG_PG_NAME_PREFIX", None)
+    return (REPLICA_ID_FULL_ID_STR_PREFIX,) + ((gang,) if gang else ())
+
+
+def is_serve_placement_group_name(name: str) -> bool:
+    """Named as Serve names its placement groups: a replica's own (its full replica id,
+    ``SERVE_REPLICA::...``), a gang's (``GANG_PG_NAME_PREFIX``, where Serve has gangs)."""
+    return bool(name) and name.startswith(_serve_pg_prefixes())
+
+
+def placement_group_info(pg_id: str, accessor: Any = None) -> Optional[ActorInfo]:
+    """What GCS says of the placement group ``pg_id`` (None if it does not know it): a
+    lookup by id. Blocking."""
+    data = (accessor or state_accessor()).get_placement_group_info(ray.PlacementGroupID(bytes.fromhex(pg_id)))
+    return None if data is None else _pg_info_of(gcs_pb2.PlacementGroupTableData.FromString(data))
+
+
+def placement_groups_in(wanted: "set[str] | frozenset[str]", accessor: Any = None) -> dict[str, ActorInfo]:
+    """The entries of the placement groups of ``wanted`` GCS knows, from one read of its
+    placement group table. Blocking."""
+    out: dict[str, ActorInfo] = {}
+    for data in (accessor or state_accessor()).get_placement_group_table():
+        entry = gcs_pb2.PlacementGroupTableData.FromString(data)
+        pg_id = entry.placement_group_id.hex()
+        if pg_id in wanted:
+            out[pg_id] = _pg_info_of(entry)
+    return out
+
+
+def remove_placement_group(pg_id: str) -> None:
+    """Remove exactly the placement group ``pg_id`` (GCS's RemovePlacementGroup, as
+    ``ray.util.remove_placement_group`` sends it). Blocking: one GCS round trip."""
+    from ray.util.placement_group import PlacementGroup, remove_placement_group as remove
+
+    remove(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
+
+
 # --- what the controller knows about apps and deployments ------------------------------
 
 

@@ -43,7 +43,7 @@ from serve_cleanup.serve_adapter import _ray
 from serve_cleanup.serve_adapter.kv import KvStore
 from serve_cleanup.serve_adapter.ports import GcsActorTable, RayKiller, ServeFacts
 from serve_cleanup.core import CleanupCore, Config, Registration
-from serve_cleanup.core.records import SCOPE_SERVE, Record, V1Reply, normalize_actor_id
+from serve_cleanup.core.records import KIND_ACTOR, KIND_PLACEMENT_GROUP, KINDS, SCOPE_SERVE, Record, V1Reply, normalize_actor_id
 from serve_cleanup.errors import PersistenceError
 from serve_cleanup.serve_adapter.faults import CrashPoints
 from serve_cleanup.serve_adapter.metrics import ControllerMetrics
@@ -133,7 +133,12 @@ async def _register_upstream(core: CleanupCore, actor: Any) -> None:
 
 
 async def _register(core: CleanupCore, actor: Any, **how: Any) -> Record:
-    """The handle to a ``Registration``; serialized only when the core needs to write."""
+    """The handle to a ``Registration``; serialized only when the core needs to write. A
+    ``PlacementGroup`` is registered by its id (its name comes from its table entry)."""
+    if _ray.is_placement_group(actor):
+        return await core.registrar.register(Registration(
+            actor_id=_ray.placement_group_id_hex(actor), name="", namespace="", handle=b"",
+            kind=KIND_PLACEMENT_GROUP, **how))
     _ray.require_actor_handle(actor)
     reg = Registration(actor_id=_ray.actor_id_hex(actor), name="", namespace="", handle=b"", **how)
     done = core.registrar.settled(reg)  # the common repeat (every router re-registers its actor)
@@ -220,13 +225,22 @@ class ServeController(_ray.ServeController):
 
     async def serve_cleanup_unregister(
         self, actor_id: str, scope: Optional[str] = None, app: str = "", deployment: str = "",
+        kind: Optional[str] = None,
     ) -> bool:
         """Without ``scope``: remove the registration without killing the actor. With an
         app or deployment owner: remove that owner (the last one leaves the actor
         registered for shutdown). False if there was nothing to remove. The call shape of
-        0.1.0's client (the actor id alone) is the first."""
+        0.1.0's client (the actor id alone) is the first. ``kind`` (since 0.3.0; a client
+        sends it for a placement group only, so None is an actor): a registration of
+        another kind under that id is left alone (False)."""
         owner = None if scope is None else (scope, app, deployment)
-        return await self._sc_core.unregister(normalize_actor_id(actor_id), owner)
+        actor_id = normalize_actor_id(actor_id)
+        kind = KIND_ACTOR if kind is None else kind
+        if kind not in KINDS:
+            raise ValueError(f"unknown kind {kind!r}; use one of {KINDS}.")
+        if actor_id in self._sc_core.registry and self._sc_core.registry.kind_of(actor_id) != kind:
+            return False
+        return await self._sc_core.unregister(actor_id, owner)
 
     async def serve_cleanup_gc(self, dry_run: bool = False) -> list[dict[str, Any]]:
         """Registrations whose owner is gone or whose actor is dead; killed unless dry_run."""

@@ -6,19 +6,20 @@ agent on each node). Names are prefixed ``serve_cleanup_``; Ray adds ``ray_``.
 ==============================================  =======  ===================================
 name                                            kind     tags
 ==============================================  =======  ===================================
-serve_cleanup_actors                            gauge
-serve_cleanup_records                           gauge    scope
+serve_cleanup_actors                            gauge    kind
+serve_cleanup_records                           gauge    scope, kind
 serve_cleanup_set_aside_records                 gauge
-serve_cleanup_registrations_total               counter  scope
-serve_cleanup_kills_total                       counter  reason (shutdown, owner_deleted, gc)
-serve_cleanup_kill_failures_total               counter  reason
+serve_cleanup_registrations_total               counter  scope, kind
+serve_cleanup_kills_total                       counter  reason (shutdown, owner_deleted, gc), kind
+serve_cleanup_kill_failures_total               counter  reason, kind
 serve_cleanup_reconcile_duration_s              gauge
 ==============================================  =======  ===================================
 
-``serve_cleanup_actors`` counts registered actors, each once; ``serve_cleanup_records``
-counts (actor, owner) pairs per scope (an actor shared by two apps counts twice, as
-``app``; an actor without owners once, as ``serve``), as in 0.1.x, where every actor had
-one owner, so the two were equal.
+``kind`` is ``actor`` or ``pg`` (a placement group; its "kill" is its removal).
+``serve_cleanup_actors`` counts registrations, each once, per kind (the name is 0.1.x's:
+sum over ``kind`` for what it counted then plus placement groups); ``serve_cleanup_records``
+counts (actor or placement group, owner) pairs per scope and kind (one shared by two apps
+counts twice, as ``app``; one without owners once, as ``serve``).
 
 A failed kill is retried with per-record backoff, so ``kill_failures_total`` grows by a
 few a minute per stuck actor, not by two a second.
@@ -40,49 +41,54 @@ class ControllerMetrics:
     """
 
     def __init__(self) -> None:
-        self._registered: collections.Counter[str] = collections.Counter()
+        self._registered: collections.Counter[tuple[str, str]] = collections.Counter()
         self.actors_gauge = ray_metrics.Gauge(
-            "serve_cleanup_actors", "Registered actors, each counted once whatever its owners."
+            "serve_cleanup_actors",
+            "Registered actors and placement groups (kind), each counted once whatever its owners.",
+            tag_keys=("kind",),
         )
         self.records_gauge = ray_metrics.Gauge(
-            "serve_cleanup_records", "Durable cleanup registrations as (actor, owner) pairs, by scope.",
-            tag_keys=("scope",),
+            "serve_cleanup_records",
+            "Durable cleanup registrations as (actor or placement group, owner) pairs, by scope and kind.",
+            tag_keys=("scope", "kind"),
         )
         self.set_aside = ray_metrics.Gauge(
             "serve_cleanup_set_aside_records", "Unreadable records left in the KV."
         )
         self.registrations = ray_metrics.Counter(
-            "serve_cleanup_registrations_total", "Accepted new registrations.", tag_keys=("scope",)
+            "serve_cleanup_registrations_total", "Accepted new registrations.", tag_keys=("scope", "kind")
         )
         self.kills = ray_metrics.Counter(
-            "serve_cleanup_kills_total", "Registered actors killed.", tag_keys=("reason",)
+            "serve_cleanup_kills_total", "Registered actors killed and placement groups removed.",
+            tag_keys=("reason", "kind"),
         )
         self.kill_failures = ray_metrics.Counter(
             "serve_cleanup_kill_failures_total",
-            "Kill or record-delete attempts that failed and will be retried.",
-            tag_keys=("reason",),
+            "Kill (removal) or record-delete attempts that failed and will be retried.",
+            tag_keys=("reason", "kind"),
         )
         self.reconcile_gauge = ray_metrics.Gauge(
             "serve_cleanup_reconcile_duration_s", "Time of the last owner reconcile pass."
         )
 
-    def registered(self, scope: str) -> None:
-        self._registered[scope] += 1
+    def registered(self, scope: str, kind: str = "actor") -> None:
+        self._registered[(scope, kind)] += 1
 
-    def killed(self, reason: str) -> None:
-        self.kills.inc(tags={"reason": reason})
+    def killed(self, reason: str, kind: str = "actor") -> None:
+        self.kills.inc(tags={"reason": reason, "kind": kind})
 
-    def kill_failed(self, reason: str) -> None:
-        self.kill_failures.inc(tags={"reason": reason})
+    def kill_failed(self, reason: str, kind: str = "actor") -> None:
+        self.kill_failures.inc(tags={"reason": reason, "kind": kind})
 
-    def records(self, counts: dict[str, int], set_aside: int, actors: int) -> None:
+    def records(self, counts: dict[tuple[str, str], int], set_aside: int, by_kind: dict[str, int]) -> None:
         if self._registered:
-            for scope, n in self._registered.items():
-                self.registrations.inc(n, tags={"scope": scope})
+            for (scope, kind), n in self._registered.items():
+                self.registrations.inc(n, tags={"scope": scope, "kind": kind})
             self._registered.clear()
-        for scope, n in counts.items():
-            self.records_gauge.set(n, tags={"scope": scope})
-        self.actors_gauge.set(actors)
+        for (kind, scope), n in counts.items():
+            self.records_gauge.set(n, tags={"scope": scope, "kind": kind})
+        for kind, n in by_kind.items():
+            self.actors_gauge.set(n, tags={"kind": kind})
         self.set_aside.set(set_aside)
 
     def reconcile_duration(self, seconds: float) -> None:

@@ -20,10 +20,11 @@ from typing import Any, Collection, Optional
 import ray
 
 from serve_cleanup.serve_adapter import _ray
-from serve_cleanup.core.ports import LIVE_STATES, ActorInfo, ServeState
-from serve_cleanup.core.records import Record
+from serve_cleanup.core.ports import LIVE_STATES, PG_LIVE_STATES, ActorInfo, ServeState
+from serve_cleanup.core.records import KIND_ACTOR, KIND_PLACEMENT_GROUP, Record
 
 BY_ID_MAX = 16  # ids missing from the ALIVE set looked up one by one; more: bulk reads
+REMOVALS_IN_FLIGHT = 8  # placement group removals sent at once (each a blocking GCS call)
 
 
 def live_actors(actor_ids: "set[str] | frozenset[str]", accessor: Any = None) -> dict[str, ActorInfo]:
@@ -47,6 +48,17 @@ def live_actors(actor_ids: "set[str] | frozenset[str]", accessor: Any = None) ->
     return found
 
 
+def live_placement_groups(pg_ids: "set[str] | frozenset[str]", accessor: Any = None) -> dict[str, ActorInfo]:
+    """Of ``pg_ids``, those not removed, with their entries: a lookup by id each for a
+    few, one read of the placement group table for more. Blocking."""
+    accessor = accessor or _ray.state_accessor()
+    if len(pg_ids) <= BY_ID_MAX:
+        infos = {pg_id: _ray.placement_group_info(pg_id, accessor) for pg_id in pg_ids}
+    else:
+        infos = dict(_ray.placement_groups_in(pg_ids, accessor))
+    return {pg_id: info for pg_id, info in infos.items() if info is not None and info.state in PG_LIVE_STATES}
+
+
 class GcsActorTable:
     """``ActorTable`` over the state accessor, in one worker thread of its own (the
     accessor is a blocking client; one thread keeps its calls in order)."""
@@ -60,16 +72,18 @@ class GcsActorTable:
             self._accessor = _ray.state_accessor()
         return self._accessor
 
-    async def lookup(self, actor_id: str) -> Optional[ActorInfo]:
+    async def lookup(self, actor_id: str, kind: str = KIND_ACTOR) -> Optional[ActorInfo]:
+        find = _ray.actor_info if kind == KIND_ACTOR else _ray.placement_group_info
         return await asyncio.get_running_loop().run_in_executor(
-            self._thread, lambda: _ray.actor_info(actor_id, self._get_accessor()))
+            self._thread, lambda: find(actor_id, self._get_accessor()))
 
-    async def live(self, actor_ids: Collection[str]) -> dict[str, ActorInfo]:
+    async def live(self, actor_ids: Collection[str], kind: str = KIND_ACTOR) -> dict[str, ActorInfo]:
         wanted = frozenset(actor_ids)
         if not wanted:
             return {}
+        read = live_actors if kind == KIND_ACTOR else live_placement_groups
         return await asyncio.get_running_loop().run_in_executor(
-            self._thread, lambda: live_actors(wanted, self._get_accessor()))
+            self._thread, lambda: read(wanted, self._get_accessor()))
 
 
 class RayKiller:
@@ -82,8 +96,11 @@ class RayKiller:
     def __init__(self, logger: logging.Logger, gcs_address: Optional[str] = None) -> None:
         self._log = logger
         self._gcs_address = gcs_address
+        self._removals: Optional[concurrent.futures.ThreadPoolExecutor] = None
 
     async def kill(self, record: Record) -> bool:
+        if record.kind == KIND_PLACEMENT_GROUP:
+            return self._remove(record.actor_id)
         handle = await self._handle_for(record)
         if handle is not None:
             ray.kill(handle, no_restart=True)
@@ -93,6 +110,22 @@ class RayKiller:
         if sent:
             self._log.info(f"serve_cleanup: killed actor {record.actor_id} by its id (no usable handle).")
         return sent
+
+    def _remove(self, pg_id: str) -> bool:
+        """Send the removal of placement group ``pg_id`` and return at once, as
+        ``ray.kill`` does for an actor: the reaper confirms it in the placement group
+        table (REMOVED) and retries one that is not. Up to ``REMOVALS_IN_FLIGHT`` removals
+        run at once, off the event loop (each is a blocking GCS call)."""
+        if self._removals is None:
+            self._removals = concurrent.futures.ThreadPoolExecutor(
+                REMOVALS_IN_FLIGHT, thread_name_prefix="serve_cleanup_pg")
+        future = self._removals.submit(_ray.remove_placement_group, pg_id)
+
+        def done(f: "concurrent.futures.Future[None]") -> None:
+            if f.exception() is not None:
+                self._log.warning(f"serve_cleanup: removing placement group {pg_id} failed: {f.exception()!r}")
+        future.add_done_callback(done)
+        return True
 
     async def _handle_for(self, record: Record) -> Optional[Any]:
         if record.handle:
@@ -130,3 +163,9 @@ class ServeFacts:
 
     def is_own_actor(self, name: str, namespace: str) -> bool:
         return _ray.is_serve_system_actor(name, namespace)
+
+    def is_own_placement_group(self, name: str, creator: str) -> bool:
+        """Created by this controller (a restarted controller keeps its actor id), or
+        named as Serve names a replica's or a gang's placement group. (Its namespace is
+        the job's that started Serve, not ``serve``: not a sign.)"""
+        return creator == self.controller_id or _ray.is_serve_placement_group_name(name)
