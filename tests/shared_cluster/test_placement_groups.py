@@ -10,8 +10,9 @@ Two Serve lifecycles:
 * refusals and the commands: one of Serve's own replica placement groups and a removed
   placement group are refused with a one-line error and leave no key; ``unregister
   pg:<id>`` (CLI) and ``unregister(pg)`` leave the placement group alone; an actor id
-  given without ``pg:`` does not touch a placement group's record; ``purge pg:<id>``
-  deletes its keys while Serve is down.
+  given without ``pg:`` does not touch a placement group's record; an unregistered one
+  outlives ``serve.shutdown()``; ``purge`` plans ``pg:<id>`` and refuses an unknown kind
+  with a one-line usage error.
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ def _pg_of(pg_id: str) -> PlacementGroup:
     return PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id)))
 
 
+@pytest.mark.smoke  # the placement group table and removal by id, on every supported Ray
 def test_a_replicas_placement_groups_are_removed_by_app_delete_and_shutdown_after_a_controller_kill(
         durable_serve, unique):
     a, b = f"gang-{unique}", f"other-{unique}"
