@@ -644,6 +644,8 @@ class FakeKiller:
         self.kills: list[str] = []
         self.undying: set[str] = set()
         self.unreachable: set[str] = set()
+        self.hanging: set[str] = set()  # a graceful exit never ends (its __ray_shutdown__ hangs)
+        self.graceful: list[str] = []  # actors that ran their graceful exit to its end
         self.check: Optional[Callable[[Record], None]] = None  # asserts at the moment of a kill
         self.on_kill: Optional[Callable[[Record, bool], None]] = None
         self.latency: Optional[Latency] = None
@@ -661,6 +663,19 @@ class FakeKiller:
             self.on_kill(record, was_alive)
         return True
 
+
+    async def terminate(self, record: Record) -> bool:
+        """The graceful exit: ends the actor at once (its hook ran: ``graceful``), unless it
+        is ``hanging`` or ``undying``."""
+        if self.check is not None:
+            self.check(record)
+        if record.actor_id in self.unreachable or not self._reaches(record):
+            return False
+        if (record.actor_id not in self.hanging and record.actor_id not in self.undying
+                and self.table.alive(record.actor_id)):
+            self.graceful.append(record.actor_id)
+            self.table.die(record.actor_id)
+        return True
 
     def _reaches(self, record: Record) -> bool:
         if self.table.kinds.get(record.actor_id, KIND_ACTOR) != record.kind:
@@ -688,6 +703,12 @@ class ProcessKiller:
         await _travel(self._killer.latency, "kill", record.actor_id)
         self.process.check()
         return await self._killer.kill(record)
+
+    async def terminate(self, record: Record) -> bool:
+        self.process.check()
+        await _travel(self._killer.latency, "kill", record.actor_id)
+        self.process.check()
+        return await self._killer.terminate(record)
 
 
 class FakeServe:

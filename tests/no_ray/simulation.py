@@ -338,7 +338,7 @@ class SimMetrics:
 
     def registered(self, scope: str, kind: str = "actor") -> None: ...
 
-    def killed(self, reason: str, kind: str = "actor") -> None:
+    def killed(self, reason: str, kind: str = "actor", how: str = "forced") -> None:
         self.killed_n += 1
 
     def kill_failed(self, reason: str, kind: str = "actor") -> None: ...

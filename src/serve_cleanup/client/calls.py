@@ -23,7 +23,8 @@ from ray.util.placement_group import PlacementGroup
 from serve_cleanup.client.args import Scope, check_timeout, register_args, unregister_args
 from serve_cleanup.client.controller import connect, controller_kind, find_controller
 from serve_cleanup.client.protocol import PROTOCOL, older_controller
-from serve_cleanup.core.records import Record
+from serve_cleanup.core.records import KIND_ACTOR, KIND_PLACEMENT_GROUP, Record, check_grace
+from serve_cleanup.serve_adapter import _ray
 from serve_cleanup.errors import ControllerUnavailableError, NotDurableControllerError
 
 DEFAULT_TIMEOUT_S = 60.0
@@ -38,6 +39,7 @@ def register(
     scope: Scope = "serve",
     app: Optional[str] = None,
     deployment: Optional[str] = None,
+    grace_s: float = 0.0,
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> Record:
     """Register ``actor`` for cleanup. Durable when it returns.
@@ -59,14 +61,20 @@ def register(
     deployment owner it adds that owner (the actor is killed when the last of its owners
     is deleted). ``scope="serve"`` leaves a registered actor's owners as they are.
 
-    Needs a 0.2.0 controller or later: an older one refuses the call before registering
-    anything (``ControllerVersionError``).
+    ``grace_s`` (0 to ``MAX_GRACE_S``, 10 s): when the actor's time comes it is first asked
+    to exit gracefully (``__ray_terminate__``: its queued calls, then its
+    ``__ray_shutdown__`` hook) and killed only if it is still alive ``grace_s`` later. 0
+    (the default) kills at once, as upstream. An actor registered more than once gets the
+    largest; a repeat of an owner keeps the grace it was registered with.
+
+    Needs a 0.2.0 controller or later (0.3.0 for a placement group or ``grace_s``): an
+    older one refuses the call before registering anything (``ControllerVersionError``).
 
     Blocks while it waits. In ``async`` code use :func:`register_async`.
     """
     args = register_args(actor, scope, app, deployment)
     return _call_controller(
-        "serve_cleanup_register", *args, timeout_s=timeout_s, api="register", kwargs=_REGISTER_KWARGS
+        "serve_cleanup_register", *args, timeout_s=timeout_s, api="register", kwargs=_register_kwargs(actor, grace_s)
     )
 
 
@@ -76,13 +84,14 @@ async def register_async(
     scope: Scope = "serve",
     app: Optional[str] = None,
     deployment: Optional[str] = None,
+    grace_s: float = 0.0,
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> Record:
     """:func:`register` for ``async`` code: the same arguments, result and errors, but
     waiting (also between retries while the controller restarts) never blocks the loop."""
     args = register_args(actor, scope, app, deployment)
     return await _call_controller_async(
-        "serve_cleanup_register", *args, timeout_s=timeout_s, kwargs=_REGISTER_KWARGS
+        "serve_cleanup_register", *args, timeout_s=timeout_s, kwargs=_register_kwargs(actor, grace_s)
     )
 
 
@@ -142,6 +151,13 @@ async def collect_async(
 # What serve_cleanup_register is sent beside its arguments: the call shape, which a 0.1.x
 # controller refuses (client/protocol.py).
 _REGISTER_KWARGS = {"protocol": PROTOCOL}
+
+
+def _register_kwargs(actor: object, grace_s: object) -> dict[str, Any]:
+    """``_REGISTER_KWARGS``, and ``grace_s`` when it is not 0 (a 0.2.0 controller, which
+    has no ``grace_s``, then refuses the call: ``ControllerVersionError``)."""
+    grace = check_grace(grace_s, KIND_PLACEMENT_GROUP if _ray.is_placement_group(actor) else KIND_ACTOR)
+    return {**_REGISTER_KWARGS, "grace_s": grace} if grace else _REGISTER_KWARGS
 
 
 def controller_status(timeout_s: float = 10.0) -> dict[str, Any]:

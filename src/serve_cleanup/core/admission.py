@@ -36,6 +36,7 @@ class Registration:
     ensure_only: bool = False  # keep any existing registration and its owners (upstream)
     check_actor: bool = True  # refuse a dead or unknown actor (one actor-table lookup)
     kind: str = rec.KIND_ACTOR  # or rec.KIND_PLACEMENT_GROUP (always checked in its table)
+    grace_s: float = 0.0  # graceful exit before the forced kill (records.check_grace)
 
     @property
     def owner(self) -> rec.Owner:
@@ -56,6 +57,7 @@ def check_request(reg: Registration, serve: Serve) -> None:
         raise ValueError(f"unknown kind {reg.kind!r}; use one of {rec.KINDS}.")
     if reg.kind != rec.KIND_ACTOR and (reg.ensure_only or not reg.check_actor):
         raise ValueError("a placement group is registered through serve_cleanup.register only")
+    rec.check_grace(reg.grace_s, reg.kind)
     if reg.actor_id == serve.controller_id:
         raise SystemActorError("the Serve controller cannot be registered for cleanup.")
     if reg.kind == rec.KIND_ACTOR:  # a placement group's name and creator come with its lookup

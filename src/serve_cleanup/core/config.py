@@ -13,6 +13,7 @@ CRASH_POINTS = (
     "after_lookup_before_drop",  # the sweep found records' actors gone; records not deleted yet
     "after_kill_before_delete",  # registered actors were killed; their records not deleted yet
     "mid_rehydrate",  # the controller is starting and has read some records
+    "mid_graceful_exit",  # graceful exits asked for (deadlines stored), none forced yet
 )
 
 

@@ -104,6 +104,12 @@ class Killer(Protocol):
         that id. Returns once sent (the table says when it is done); must not block the
         event loop."""
 
+    async def terminate(self, record: Record) -> bool:
+        """Ask the actor with exactly ``record.actor_id`` to exit gracefully (Ray's
+        ``__ray_terminate__``: its queued calls, then its ``__ray_shutdown__`` hook),
+        through ``record.handle`` or its name. False when it cannot be reached that way
+        (the caller kills it instead). Returns once sent; must not block the event loop."""
+
 
 class ServeState(enum.Enum):
     RECOVERING = "recovering"  # Serve has not recovered its apps yet: owners unknown
@@ -139,7 +145,7 @@ class Clock(Protocol):
 class Metrics(Protocol):
     def registered(self, scope: str, kind: str = KIND_ACTOR) -> None: ...
 
-    def killed(self, reason: str, kind: str = KIND_ACTOR) -> None: ...
+    def killed(self, reason: str, kind: str = KIND_ACTOR, how: str = "forced") -> None: ...
 
     def kill_failed(self, reason: str, kind: str = KIND_ACTOR) -> None: ...
 
@@ -170,7 +176,7 @@ class SystemClock:
 class NoMetrics:
     def registered(self, scope: str, kind: str = KIND_ACTOR) -> None: ...
 
-    def killed(self, reason: str, kind: str = KIND_ACTOR) -> None: ...
+    def killed(self, reason: str, kind: str = KIND_ACTOR, how: str = "forced") -> None: ...
 
     def kill_failed(self, reason: str, kind: str = KIND_ACTOR) -> None: ...
 

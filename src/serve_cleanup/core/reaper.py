@@ -105,6 +105,7 @@ class Reaper:
         self._faults = faults
         self._config = config
         self._failures: dict[str, _Failures] = {}
+        self._how: dict[str, str] = {}  # "graceful": died of its graceful exit (metrics)
 
     # --- backoff ----------------------------------------------------------------------
 
@@ -234,14 +235,16 @@ class Reaper:
             for r in unknown:
                 outcomes[r.actor_id] = self._failed(r, reason, "the actor table does not know it yet")
             if to_kill:
-                killed = await self._kill(to_kill, reason, outcomes)
+                killed, exiting = await self._kill(to_kill, reason, outcomes)
                 if killed:
                     self._faults.reached("after_kill_before_delete")
-                    dead = await self._confirm_dead(killed)
+                    if exiting:
+                        self._faults.reached("mid_graceful_exit")
+                    dead = await self._confirm_dead(killed, exiting, reason, outcomes)
                     for r in killed:
                         if r.actor_id in dead:
                             to_drop[r.actor_id] = (r, Outcome.KILLED)
-                        else:
+                        elif r.actor_id not in outcomes:
                             outcomes[r.actor_id] = self._failed(
                                 r, reason, f"not dead {self._config.confirm_death_s:.0f}s after the kill")
             if to_drop:
@@ -269,15 +272,22 @@ class Reaper:
             )
         return {r.actor_id for r in live}, dropped
 
-    async def _kill(self, records: list[Record], reason: Reason, outcomes: dict[str, Outcome]) -> list[Record]:
-        """Send the kills; returns the records whose kill was sent."""
+    async def _kill(self, records: list[Record], reason: Reason, outcomes: dict[str, Outcome]
+                    ) -> tuple[list[Record], dict[str, tuple[float, Record]]]:
+        """Send the kills, or for an actor with a grace period its graceful exit (a
+        deadline stored first, or the one a crashed controller stored honoured: past it,
+        the kill at once). Returns the records whose kill or exit was sent, and per actor
+        asked to exit gracefully its deadline (wall time) and what to force-kill then."""
         try:
-            full = await self._registry.full(records)  # the handle bytes, in one read
+            full = await self._registry.full(records)  # the handle bytes and grace, in one read
         except Exception as e:
             for r in records:
                 outcomes[r.actor_id] = self._failed(r, reason, f"reading its stored handle failed ({e!r})")
-            return []
+            return [], {}
+        graceful = [f for f in full.values() if f.grace_s > 0 and f.kind == KIND_ACTOR]
+        deadlines = await self._deadlines(graceful) if graceful else {}
         killed: list[Record] = []
+        exiting: dict[str, tuple[float, Record]] = {}
         for i, r in enumerate(records):
             if i and i % _YIELD_EVERY == 0:
                 await self._clock.sleep(0)
@@ -285,8 +295,16 @@ class Reaper:
                 if self._registry.get(r.actor_id) is not r:
                     outcomes[r.actor_id] = Outcome.SUPERSEDED
                     continue
+                target = full.get(r.actor_id, r)
+                deadline = deadlines.get(r.actor_id)
                 try:
-                    sent = await self._killer.kill(full.get(r.actor_id, r))
+                    sent = False
+                    if deadline is not None and self._clock.time() < deadline:
+                        sent = await self._killer.terminate(target)
+                        if sent:
+                            exiting[r.actor_id] = (deadline, target)
+                    if not sent:
+                        sent = await self._killer.kill(target)
                 except Exception as e:
                     outcomes[r.actor_id] = self._failed(r, reason, f"the kill failed ({e!r})")
                     continue
@@ -303,27 +321,91 @@ class Reaper:
         if killed:
             self._log.info(
                 f"serve_cleanup: killing {len(killed)} registered actor(s) or placement group(s) "
-                f"(reason: {reason.value}): "
+                f"(reason: {reason.value}"
+                + (f"; {len(exiting)} asked to exit gracefully first" if exiting else "") + "): "
                 + ", ".join(f"{r.display_name} ({r.actor_id})" for r in killed[:10])
                 + (", ..." if len(killed) > 10 else "") + "."
             )
-        return killed
+        return killed, exiting
 
-    async def _confirm_dead(self, records: list[Record]) -> set[str]:
+    async def _deadlines(self, records: list[Record]) -> dict[str, float]:
+        """The deadline of each record's graceful exit: the one stored by an earlier pass
+        or controller (honoured, not restarted), else now + its grace, stored before the
+        exit is asked for. One listing of the stored deadlines; new ones put
+        ``deletes_in_flight`` at a time. A deadline that cannot be stored still holds for
+        this process (a crash then restarts it)."""
+        now = self._clock.time()
+        try:
+            stored = await self._registry.read_deadlines({r.actor_id for r in records})
+        except Exception as e:
+            self._log.warning(f"serve_cleanup: could not read the graceful exits' deadlines ({e!r}).")
+            stored = {}
+        new = {r.actor_id: now + r.grace_s for r in records if r.actor_id not in stored}
+        items = list(new.items())
+        step = self._config.deletes_in_flight
+        for i in range(0, len(items), step):
+            results = await asyncio.gather(*(self._registry.put_deadline(a, t) for a, t in items[i:i + step]),
+                                           return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException) and not isinstance(result, Exception):
+                    raise result
+                if isinstance(result, Exception):
+                    self._log.warning(f"serve_cleanup: could not store a graceful exit's deadline ({result!r}).")
+        return {**new, **stored}
+
+    async def _confirm_dead(self, records: list[Record], exiting: dict[str, tuple[float, Record]],
+                            reason: Reason, outcomes: dict[str, Outcome]) -> set[str]:
         """The ids of those of ``records`` the live set no longer holds within
-        ``confirm_death_s`` (``ray.kill`` returns before the actor is dead)."""
-        deadline = self._clock.monotonic() + self._config.confirm_death_s
+        ``confirm_death_s`` (``ray.kill`` returns before the actor is dead); an actor
+        asked to exit gracefully has until its deadline, then is killed (and has
+        ``confirm_death_s`` more). Which died how is kept for the metrics (``_how``)."""
+        now_wall, now = self._clock.time(), self._clock.monotonic()
+        last = max((d for d, _ in exiting.values()), default=now_wall)
+        end = now + self._config.confirm_death_s + max(0.0, last - now_wall)
         by_id = {r.actor_id: r for r in records}
         waiting = set(by_id)
+        exiting = dict(exiting)
         delay = 0.01
-        while waiting and self._clock.monotonic() < deadline:
+        while waiting and self._clock.monotonic() < end:
             await self._clock.sleep(delay)
             try:
                 waiting &= set(await self._live_by_kind([by_id[a] for a in waiting]))
             except Exception as e:
                 self._log.debug(f"serve_cleanup: reading the actor table failed ({e!r}); retrying.")
+            for actor_id in [a for a in exiting if a not in waiting]:
+                self._how[actor_id] = "graceful"
+                del exiting[actor_id]
+            now_wall = self._clock.time()
+            due = [a for a, (d, _) in exiting.items() if now_wall >= d]
+            for actor_id in due:
+                _, target = exiting.pop(actor_id)
+                if await self._force(target, by_id[actor_id], reason, outcomes):
+                    end = max(end, self._clock.monotonic() + self._config.confirm_death_s)
+                else:
+                    waiting.discard(actor_id)  # its outcome is set: not dead, and not dropped
+                    by_id.pop(actor_id)
             delay = min(delay * 2, 0.25)
         return set(by_id) - waiting
+
+    async def _force(self, target: Record, record: Record, reason: Reason, outcomes: dict[str, Outcome]) -> bool:
+        """The forced kill of an actor whose graceful exit ran out of time. False (and its
+        outcome set) if it could not be sent or the record changed meanwhile."""
+        async with self._locks.hold(record.actor_id):
+            if self._registry.get(record.actor_id) is not record:
+                outcomes[record.actor_id] = Outcome.SUPERSEDED
+                return False
+            try:
+                sent = await self._killer.kill(target)
+            except Exception as e:
+                outcomes[record.actor_id] = self._failed(record, reason, f"the kill after its grace failed ({e!r})")
+                return False
+        if not sent:
+            outcomes[record.actor_id] = self._failed(record, reason, "no kill could be sent after its grace")
+            return False
+        self._log.warning(
+            f"serve_cleanup: {record.display_name} ({record.actor_id}) did not exit within its grace "
+            f"period ({target.grace_s:g}s); killed.")
+        return True
 
     async def _drop_all(self, to_drop: dict[str, tuple[Record, Outcome]], reason: Reason,
                         outcomes: dict[str, Outcome]) -> None:
@@ -353,13 +435,19 @@ class Reaper:
                 outcomes[actor_id] = outcome
                 self.forget(actor_id)
                 if outcome is Outcome.KILLED:
-                    self._metrics.killed(reason.value, r.kind)
+                    self._metrics.killed(reason.value, r.kind, self._how.pop(actor_id, "forced"))
             elif self._registry.get(actor_id) is r and error is not None:
                 outcomes[actor_id] = self._failed(r, reason, f"deleting its record failed ({error!r})")
             elif self._registry.get(actor_id) is r:
                 outcomes[actor_id] = Outcome.PENDING  # a call for it is under way
             else:
                 outcomes[actor_id] = Outcome.SUPERSEDED
+        finished = [a for a in dropped if self._registry.has_deadline(a)]
+        if finished:  # their graceful exits are over: a leftover key is deleted next time
+            try:
+                await self._registry.delete_deadlines(finished)
+            except Exception as e:
+                self._log.debug(f"serve_cleanup: could not delete graceful-exit deadlines ({e!r}).")
 
     async def _drop_one(self, record: Record) -> bool:
         if self._locks.busy(record.actor_id):

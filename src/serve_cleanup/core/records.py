@@ -83,6 +83,16 @@ Version history
    key aside (an unknown kind) and never deletes it, so a rollback leaks nothing it
    cannot report.
 
+Grace periods
+-------------
+``grace_s`` (optional in the value, 0 when absent; since 0.3.0): the pair's registration
+asked for a graceful exit of up to that many seconds (``MAX_GRACE_S`` at most) before the
+forced kill. It lives in the values only, so a record loaded from its keys has 0 until a
+kill reads its values; the kill reads every key's value of the actor and uses the largest
+grace among them. A running graceful exit's deadline is kept under its own key,
+``DEADLINE_PREFIX + id`` (not below ``KEY_PREFIX``), so a restarted controller honours
+it instead of starting a new one. A 0.2.0 reader ignores the field (and kills at once).
+
 Between releases (the call's answer)
 ------------------------------------
 0.1.x's client unpickles ``serve_cleanup_register``'s answer into its own ``Record``, a
@@ -129,6 +139,13 @@ KIND_PLACEMENT_GROUP = "pg"
 KINDS = (KIND_ACTOR, KIND_PLACEMENT_GROUP)
 KIND_NAMES = {KIND_ACTOR: "actor", KIND_PLACEMENT_GROUP: "placement group"}
 
+# The longest grace period a registration may ask for. Serve's ``serve.shutdown()`` waits
+# 30 s for the controller by default, and the controller gives up on what is left after
+# ``Config.shutdown_grace_s`` (20 s): a graceful exit of 10 s, then a forced kill and its
+# confirmation (``Config.confirm_death_s``, 5 s), fit inside both.
+MAX_GRACE_S = 10.0
+DEADLINE_PREFIX = "serve-cleanup-deadline-"  # + id: the running graceful exit's deadline
+
 SCOPE_SERVE = "serve"
 SCOPE_APP = "app"
 SCOPE_DEPLOYMENT = "deployment"
@@ -156,6 +173,7 @@ class _RecordFields(NamedTuple):
     handle: bytes
     stored_pairs: Any  # one pair as is, or a tuple of pairs: see Record.pairs
     kind: str  # KIND_ACTOR or KIND_PLACEMENT_GROUP
+    grace_s: float  # the graceful exit's grace period (0: killed at once); see "Grace periods"
 
 
 def stored_pairs(pairs: Iterable[Pair]) -> Any:
@@ -178,11 +196,11 @@ class Record(_RecordFields):
     def __new__(cls, actor_id: str, name: str, namespace: str, handle: bytes = b"",
                 scope: str = SCOPE_SERVE, app: str = "", deployment: str = "",
                 registered_at: float = 0.0, *, pairs: Optional[tuple[Pair, ...]] = None,
-                kind: str = KIND_ACTOR) -> "Record":
+                kind: str = KIND_ACTOR, grace_s: float = 0.0) -> "Record":
         if pairs is None:
             return tuple.__new__(cls, (actor_id, name, namespace, handle,
-                                       ((scope, app, deployment), float(registered_at)), kind))
-        return tuple.__new__(cls, (actor_id, name, namespace, handle, stored_pairs(pairs), kind))
+                                       ((scope, app, deployment), float(registered_at)), kind, grace_s))
+        return tuple.__new__(cls, (actor_id, name, namespace, handle, stored_pairs(pairs), kind, grace_s))
 
     @property
     def pairs(self) -> tuple[Pair, ...]:
@@ -191,12 +209,14 @@ class Record(_RecordFields):
         return (s,) if s and s[0][0].__class__ is str else s  # one pair: its owner's scope is a str
 
     def __getnewargs_ex__(self) -> tuple[tuple, dict]:  # pickle (Ray returns records)
-        return (self.actor_id, self.name, self.namespace, self.handle), {"pairs": self.pairs, "kind": self.kind}
+        return (self.actor_id, self.name, self.namespace, self.handle), {
+            "pairs": self.pairs, "kind": self.kind, "grace_s": self.grace_s}
 
     def __repr__(self) -> str:
         return (f"Record(actor_id={self.actor_id!r}, name={self.name!r}, "
                 f"namespace={self.namespace!r}, pairs={self.pairs!r}"
-                + (f", kind={self.kind!r})" if self.kind != KIND_ACTOR else ")"))
+                + (f", kind={self.kind!r}" if self.kind != KIND_ACTOR else "")
+                + (f", grace_s={self.grace_s!r})" if self.grace_s else ")"))
 
     def replace(self, **changes: Any) -> "Record":
         """A copy with fields changed (``actor_id``, ``name``, ``namespace``, ``handle``,
@@ -285,7 +305,8 @@ class Record(_RecordFields):
         pairs = self.pairs
         (scope, app, deployment), t = pairs[0]  # (``list`` builds 100,000 of these: no properties)
         return {
-            "actor_id": self.actor_id, "kind": self.kind, "name": self.name, "namespace": self.namespace,
+            "actor_id": self.actor_id, "kind": self.kind, "grace_s": self.grace_s,
+            "name": self.name, "namespace": self.namespace,
             "scope": scope, "app": app, "deployment": deployment,
             "registered_at": t if len(pairs) == 1 else min(p[1] for p in pairs),
             "owners": [{"scope": o[0], "app": o[1], "deployment": o[2], "registered_at": t}
@@ -650,6 +671,26 @@ def check_owner_shape(scope: object, app: str, deployment: str) -> None:
         raise ValueError("scope='deployment' needs app=... and deployment=....")
 
 
+def check_grace(grace_s: object, kind: str = KIND_ACTOR) -> float:
+    """A registration's grace period in seconds: a finite number from 0 to
+    ``MAX_GRACE_S``; a placement group takes none (it is removed at once). Raises
+    ``TypeError``/``ValueError`` with a one-line message."""
+    if isinstance(grace_s, bool) or not isinstance(grace_s, (int, float)):
+        raise TypeError(f"grace_s must be a number of seconds, got {type(grace_s).__name__}")
+    if not (math.isfinite(grace_s) and 0 <= grace_s <= MAX_GRACE_S):
+        raise ValueError(
+            f"grace_s={grace_s!r} is out of range: 0 (killed at once) to {MAX_GRACE_S:g} seconds, "
+            "which keeps serve.shutdown() within its 30 s wait for the controller.")
+    if grace_s and kind != KIND_ACTOR:
+        raise ValueError("a placement group is removed at once: grace_s is for actors.")
+    return float(grace_s)
+
+
+def deadline_key(actor_id: str) -> str:
+    """The key of an actor's running graceful exit: its deadline (Unix time, text)."""
+    return DEADLINE_PREFIX + actor_id
+
+
 def records_by_scope(counts: Iterable[tuple[str, int]]) -> dict[str, int]:
     """How many (actor, owner) pairs each scope holds, as ``status`` shows them (an actor
     without owners counts once, as ``serve``): summed from ``(scope, n)`` pairs, in
@@ -684,6 +725,7 @@ def encode(record: Record, owner: Optional[Owner] = None) -> bytes:
             "app": owner[1],
             "deployment": owner[2],
             "registered_at": float(t),
+            **({"grace_s": float(record.grace_s)} if record.grace_s else {}),
         },
         use_bin_type=True,
     )
@@ -745,6 +787,9 @@ def decode(data: bytes, *, slim: bool = False, shared: Optional[dict] = None) ->
     kind = obj.get("kind") if version >= 2 else KIND_ACTOR
     if kind not in KINDS:
         raise RecordDecodeError(f"record has kind {obj.get('kind')!r}, which this serve_cleanup does not handle")
+    grace = obj.get("grace_s", 0.0)
+    if type(grace) not in (float, int) or not 0 <= grace <= MAX_GRACE_S:
+        raise RecordDecodeError(f"record field 'grace_s' is {grace!r}: expected 0 to {MAX_GRACE_S:g} seconds")
     owner = (obj["scope"], obj["app"], obj["deployment"])
     namespace = obj["namespace"]
     if shared is not None:
@@ -752,7 +797,7 @@ def decode(data: bytes, *, slim: bool = False, shared: Optional[dict] = None) ->
         namespace = shared.setdefault(namespace, namespace)
     record = tuple.__new__(Record, (
         obj["actor_id"], obj["name"], namespace, b"" if slim else obj["handle"],
-        (owner, float(obj["registered_at"])), _KIND_OBJECTS[kind],
+        (owner, float(obj["registered_at"])), _KIND_OBJECTS[kind], float(grace) if grace else 0.0,
     ))
     validate(record)
     return record

@@ -181,13 +181,16 @@ class Registrar:
         t = self.registry.next_time(previous)
         if previous is None:
             record = Record(reg.actor_id, reg.name, reg.namespace if reg.name else "", reg.handle,
-                            pairs=((owner, t),), kind=reg.kind)
+                            pairs=((owner, t),), kind=reg.kind, grace_s=reg.grace_s)
         else:
             # Memory keeps no handle bytes: a take-back gives the previous owners back with
             # this call's handle (it reaches the same actor id), or no kill could reach it.
             previous = previous.replace(handle=reg.handle)
             kept = previous.pairs if previous.owners else ()
-            record = previous.replace(pairs=kept + ((owner, t),))
+            # The new key's value holds the larger grace of the two (memory knows a loaded
+            # record's grace as 0 until a kill reads its values; the kill takes the
+            # largest over every key, so the older keys still count).
+            record = previous.replace(pairs=kept + ((owner, t),), grace_s=max(previous.grace_s, reg.grace_s))
         rec.validate(record)
         # Write and check the actor at once: one GCS round trip of latency, not two.
         lookup = asyncio.ensure_future(self._lookup_known(reg.actor_id, reg.kind)) if reg.check_actor else None

@@ -127,7 +127,7 @@ async def read_keys(store: RecordStore, *, on_record: Optional[Callable[[int], N
         ids = parsed.ids
         found: dict[str, Record] = dict(zip(ids, map(tuple.__new__, repeat(Record), zip(
             ids, parsed.names, parsed.namespaces, repeat(b""), zip(parsed.owners, parsed.times),
-            parsed.kinds))))  # one pair each
+            parsed.kinds, repeat(0.0)))))  # one pair each; the grace is in the values
         loaded = Loaded(found, set_aside, {}, {})
         loaded.owned = parsed.owners.count(SERVE_OWNER) != len(parsed.owners)  # (identity first: fast)
         loaded.mixed = parsed.kinds.count(rec.KIND_ACTOR) != len(parsed.kinds)
@@ -192,7 +192,7 @@ def _merge(loaded: Loaded, parsed: rec.ParsedKeys, v1: list[tuple[bytes, Record]
             newest = max(idx, key=times.__getitem__)
             records[actor_id] = tuple.__new__(Record, (
                 actor_id, parsed.names[newest], parsed.namespaces[newest], b"",
-                rec.stored_pairs([(owners[i], times[i]) for i in idx]), parsed.kinds[newest]))
+                rec.stored_pairs([(owners[i], times[i]) for i in idx]), parsed.kinds[newest], 0.0))
             continue
         groups[actor_id] = [((owners[i], times[i]), parsed.raw[i], parsed.names[i], parsed.namespaces[i],
                              parsed.kinds[i]) for i in idx]
@@ -251,6 +251,7 @@ class Registry:
         self._odd: dict[str, dict[Owner, bytes]] = {}
         self._shared: dict = {SERVE_OWNER: SERVE_OWNER}
         self._others: dict[str, str] = {}  # id -> kind of every record that is not an actor's
+        self._deadlines: dict[str, bytes] = {}  # ids with a stored graceful-exit deadline -> its key
         self.verified: set[str] = set()
         self.gate = WriteGate()
 
@@ -378,29 +379,71 @@ class Registry:
         return {owner[1] for owner in self._by_owner}
 
     async def full(self, records: list[Record]) -> dict[str, Record]:
-        """The records of ``records`` with their handle bytes, read in one request (the
-        value of each record's newest key). A value that does not read is set aside
-        (reported; its key is left alone) and its record comes back without a handle, so
-        the killer finds the actor by the id, name and namespace of its key. An id the
-        store no longer holds is left out."""
+        """The records of ``records`` with their handle bytes and grace period, read in
+        one request (the value of every key of each record: the handle of the newest, the
+        largest grace of all). A value that does not read is set aside (reported; its
+        key is left alone); a record none of whose values reads comes back without a
+        handle, so the killer finds the actor by the id, name and namespace of its key.
+        An id the store no longer holds is left out."""
         wanted: dict[bytes, Record] = {}
         for r in records:
-            owner, t = max(r.pairs, key=lambda p: p[1])
-            wanted[self._key(r, owner, t)] = r
+            for owner, t in sorted(r.pairs, key=lambda p: p[1]):  # the newest last
+                wanted[self._key(r, owner, t)] = r
         values = await self._store.get_many(list(wanted))
         out: dict[str, Record] = {}
-        for raw, r in wanted.items():
+        for raw, r in wanted.items():  # each record's keys oldest first
             if raw not in values:
                 continue
             entry = read_entry(raw, values[raw])
+            before = out.get(r.actor_id)
             if isinstance(entry, SetAside) or entry.actor_id != r.actor_id:
                 if isinstance(entry, SetAside):
                     self._set_aside[entry.key] = entry
                     self._aside_raw.add(raw)
-                out[r.actor_id] = r
+                out.setdefault(r.actor_id, r)
                 continue
-            out[r.actor_id] = r.replace(handle=entry.handle)
+            grace = max(entry.grace_s, before.grace_s if before is not None else 0.0)
+            out[r.actor_id] = r.replace(handle=entry.handle or (before.handle if before is not None else b""),
+                                        grace_s=grace)
         return out
+
+    # --- graceful exits' deadlines (keys of their own, not records) ---------------
+
+    async def read_deadlines(self, ids: set[str]) -> dict[str, float]:
+        """The stored deadlines of ``ids``'s graceful exits (one listing, one read).
+        Stored deadlines of actors this registry holds no record of (their exit ended
+        but the delete was lost) are deleted. Raises if the store does."""
+        keys = [bytes(k) for k in await self._store.keys(rec.DEADLINE_PREFIX)]
+        n = len(rec.DEADLINE_PREFIX)
+        by_id = {k[n:].decode("utf-8", "replace"): k for k in keys}
+        for actor_id, key in by_id.items():
+            if actor_id not in self._records:
+                await self._store.delete(key)
+        wanted = {a: k for a, k in by_id.items() if a in ids}
+        values = await self._store.get_many(list(wanted.values())) if wanted else {}
+        out: dict[str, float] = {}
+        for actor_id, key in wanted.items():
+            self._deadlines[actor_id] = key
+            try:
+                out[actor_id] = float(values[key].decode())
+            except (KeyError, ValueError, UnicodeDecodeError):
+                continue  # unreadable: a new deadline replaces it
+        return out
+
+    async def put_deadline(self, actor_id: str, deadline: float) -> None:
+        key = rec.deadline_key(actor_id)
+        self._deadlines[actor_id] = key.encode()
+        await self._store.put(key, repr(float(deadline)).encode())
+
+    def has_deadline(self, actor_id: str) -> bool:
+        return actor_id in self._deadlines
+
+    async def delete_deadlines(self, ids: list[str]) -> None:
+        for actor_id in ids:
+            key = self._deadlines.get(actor_id)
+            if key is not None:
+                await self._store.delete(key)
+                self._deadlines.pop(actor_id, None)
 
     # --- writing ------------------------------------------------------------------
 
@@ -616,7 +659,7 @@ class Registry:
         share = self._shared.setdefault
         pairs = rec.stored_pairs([(share(o, o), t) for o, t in record.pairs])
         return tuple.__new__(Record, (record.actor_id, record.name, share(record.namespace, record.namespace),
-                                      b"", pairs, record.kind))
+                                      b"", pairs, record.kind, record.grace_s or 0.0))
 
     def _index(self, record: Record) -> None:
         for owner, _ in record.pairs:

@@ -211,7 +211,7 @@ class ServeController(_ray.ServeController):
 
     async def serve_cleanup_register(
         self, actor: Any, scope: str = SCOPE_SERVE, app: str = "", deployment: str = "",
-        ensure_only: bool = False, protocol: int = 1,
+        ensure_only: bool = False, protocol: int = 1, grace_s: float = 0.0,
     ) -> Any:
         """Durably register ``actor``; returns the stored record. Idempotent.
 
@@ -219,7 +219,8 @@ class ServeController(_ray.ServeController):
         0.1.x client sends no ``protocol`` and gets the record as a ``V1Reply``, which it
         unpickles as its own one-owner ``Record`` (``client/protocol.py``)."""
         record = await _register(
-            self._sc_core, actor, scope=scope, app=app, deployment=deployment, ensure_only=ensure_only
+            self._sc_core, actor, scope=scope, app=app, deployment=deployment, ensure_only=ensure_only,
+            grace_s=grace_s,
         )
         return record if protocol >= 2 else V1Reply(record, (scope, app, deployment))
 

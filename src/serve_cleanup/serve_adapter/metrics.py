@@ -10,12 +10,15 @@ serve_cleanup_actors                            gauge    kind
 serve_cleanup_records                           gauge    scope, kind
 serve_cleanup_set_aside_records                 gauge
 serve_cleanup_registrations_total               counter  scope, kind
-serve_cleanup_kills_total                       counter  reason (shutdown, owner_deleted, gc), kind
+serve_cleanup_kills_total                       counter  reason (shutdown, owner_deleted, gc), kind,
+                                                         how (graceful, forced)
 serve_cleanup_kill_failures_total               counter  reason, kind
 serve_cleanup_reconcile_duration_s              gauge
 ==============================================  =======  ===================================
 
-``kind`` is ``actor`` or ``pg`` (a placement group; its "kill" is its removal).
+``kind`` is ``actor`` or ``pg`` (a placement group; its "kill" is its removal). ``how``
+is ``graceful`` for an actor that ended of its graceful exit (``grace_s``) and ``forced``
+for every other kill: immediate ones and those whose grace ran out.
 ``serve_cleanup_actors`` counts registrations, each once, per kind (the name is 0.1.x's:
 sum over ``kind`` for what it counted then plus placement groups); ``serve_cleanup_records``
 counts (actor or placement group, owner) pairs per scope and kind (one shared by two apps
@@ -60,7 +63,7 @@ class ControllerMetrics:
         )
         self.kills = ray_metrics.Counter(
             "serve_cleanup_kills_total", "Registered actors killed and placement groups removed.",
-            tag_keys=("reason", "kind"),
+            tag_keys=("reason", "kind", "how"),
         )
         self.kill_failures = ray_metrics.Counter(
             "serve_cleanup_kill_failures_total",
@@ -74,8 +77,8 @@ class ControllerMetrics:
     def registered(self, scope: str, kind: str = "actor") -> None:
         self._registered[(scope, kind)] += 1
 
-    def killed(self, reason: str, kind: str = "actor") -> None:
-        self.kills.inc(tags={"reason": reason, "kind": kind})
+    def killed(self, reason: str, kind: str = "actor", how: str = "forced") -> None:
+        self.kills.inc(tags={"reason": reason, "kind": kind, "how": how})
 
     def kill_failed(self, reason: str, kind: str = "actor") -> None:
         self.kill_failures.inc(tags={"reason": reason, "kind": kind})

@@ -111,6 +111,16 @@ class RayKiller:
             self._log.info(f"serve_cleanup: killed actor {record.actor_id} by its id (no usable handle).")
         return sent
 
+    async def terminate(self, record: Record) -> bool:
+        """``__ray_terminate__`` through the record's handle (or its name): the actor runs
+        its queued calls, then its ``__ray_shutdown__`` hook, and exits. False without a
+        handle to exactly its id (the reaper kills it then)."""
+        handle = await self._handle_for(record)
+        if handle is None:
+            return False
+        handle.__ray_terminate__.remote()
+        return True
+
     def _remove(self, pg_id: str) -> bool:
         """Send the removal of placement group ``pg_id`` and return at once, as
         ``ray.kill`` does for an actor: the reaper confirms it in the placement group
