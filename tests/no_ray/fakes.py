@@ -33,6 +33,7 @@ from serve_cleanup.core.registry import SetAside, read_entry
 
 SYSTEM_NS = "serve"
 CONTROLLER_ID = "c0ffee" * 5 + "00"
+SERVE_JOB = "01000000"  # the job that started Serve
 
 Key = Union[str, bytes]
 
@@ -711,8 +712,28 @@ class ProcessKiller:
         return await self._killer.terminate(record)
 
 
+class FakeJobs:
+    """GCS's job table: ``running`` jobs; any other id has ended (or is unknown).
+    ``reads`` counts the reads (each one of the whole table in Ray)."""
+
+    def __init__(self) -> None:
+        self.running: set[str] = set()
+        self.reads = 0
+
+    async def ended(self, job_ids) -> set[str]:
+        self.reads += 1
+        await asyncio.sleep(0)
+        return {j for j in job_ids if j not in self.running}
+
+    async def alive(self, job_id: str) -> bool:
+        self.reads += 1
+        await asyncio.sleep(0)
+        return job_id in self.running
+
+
 class FakeServe:
     controller_id = CONTROLLER_ID
+    controller_job = SERVE_JOB
 
     def __init__(self) -> None:
         self.serve_state = ServeState.RUNNING
@@ -757,6 +778,7 @@ class World:
         self.table = FakeActorTable(self.clock)
         self.killer = FakeKiller(self.table)
         self.owners = FakeServe()
+        self.jobs = FakeJobs()
         self.config = config or Config()
         self.crash_at: set[str] = set()  # crash points armed (each fires once)
         self.crashes: list[str] = []
@@ -801,7 +823,7 @@ class World:
             ProcessStore(self.store, process), ProcessTable(self.table, process),
             ProcessKiller(self.killer, process), self.owners,
             clock=self.clock, faults=ProcessFaults(self, process), config=self.config,
-            logger=self.logger, metrics=self.metrics,
+            logger=self.logger, metrics=self.metrics, jobs=self.jobs,
         )
         process.core = self.current = core
         return core

@@ -145,11 +145,15 @@ def test_a_mistyped_actor_id_is_a_usage_error_before_anything_else(cli):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--app", "a"], "add --scope app or --scope deployment"),
+    (["--app", "a"], "add --scope app, deployment or job"),
+    (["--job", "01000000"], "add --scope app, deployment or job"),
+    (["--scope", "job"], "--scope job needs --job"),
+    (["--scope", "job", "--job", "nothex"], "scope='job' needs job=<a Ray job id in hex"),
+    (["--scope", "app", "--app", "a", "--job", "01000000"], "--job goes with --scope job"),
     (["--scope", "app"], "--scope app needs --app"),
     (["--scope", "app", "--app", "a", "--deployment", "d"], "--scope app takes no --deployment"),
     (["--scope", "deployment", "--app", "a"], "--scope deployment needs --deployment"),
-    (["--scope", "serve", "--app", "a"], "'serve' is not one of 'app', 'deployment'"),
+    (["--scope", "serve", "--app", "a"], "'serve' is not one of 'app', 'deployment', 'job'"),
 ])
 def test_unregister_owner_options_are_checked_before_anything_else(cli, args, message):
     out = cli("unregister", "00ff", *args)

@@ -99,7 +99,7 @@ def assert_plain_decode_error(data: Any) -> RecordDecodeError:
 
 
 def make_record(scope: str, *, named: bool = True, **kw: Any) -> Record:
-    app = {"serve": "", "app": "shop", "deployment": "shop"}[scope]
+    app = {"serve": "", "app": "shop", "deployment": "shop", "job": "02000000"}[scope]
     deployment = "Checkout" if scope == "deployment" else ""
     base: dict[str, Any] = dict(
         actor_id=AID,

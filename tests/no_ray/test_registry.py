@@ -66,7 +66,7 @@ async def test_add_of_another_owner_overwrites_the_same_key(store, registry):
     await registry.add(moved)
     assert list(store.data) == [moved.key]
     assert rec.decode(store.data[moved.key]) == moved
-    assert registry.counts_by_scope() == {"serve": 0, "app": 0, "deployment": 1}
+    assert registry.counts_by_scope() == {"serve": 0, "app": 0, "deployment": 1, "job": 0}
     assert registry.orphans({"shop"}, set()) == [slim(moved)]
 
 

@@ -88,14 +88,15 @@ def gc(address: str, dry_run: bool, as_json: bool) -> None:
 ))
 @address_option
 @click.argument("actor_id")
-@click.option("--scope", type=click.Choice(["app", "deployment"]), default=None,
-              help="Remove only this owner: an app (--app) or a deployment (--app, --deployment).")
-@click.option("--app", default=None, help="The owner's app (with --scope).")
+@click.option("--scope", type=click.Choice(["app", "deployment", "job"]), default=None,
+              help="Remove only this owner: an app (--app), a deployment (--app, --deployment) or a job (--job).")
+@click.option("--app", default=None, help="The owner's app (with --scope app|deployment).")
 @click.option("--deployment", default=None, help="The owner's deployment (with --scope deployment).")
+@click.option("--job", default=None, help="The owner's Ray job id, hex (with --scope job).")
 def unregister(address: str, actor_id: str, scope: Optional[str], app: Optional[str],
-               deployment: Optional[str]) -> None:
+               deployment: Optional[str], job: Optional[str]) -> None:
     kind, actor_id = parse_actor_id(actor_id, with_kind=True)
-    owner = _owner_option(scope, app, deployment)
+    owner = _owner_option(scope, app, deployment, job)
     what = "the placement group was not removed" if kind == "pg" else "the actor was not killed"
     target = actor_id if kind == "actor" else f"{kind}:{actor_id}"
     need_ray("unregister")
@@ -105,7 +106,8 @@ def unregister(address: str, actor_id: str, scope: Optional[str], app: Optional[
     needs_durable("unregister")
     label = "" if owner is None else f" from {_label(owner)}"
     with failing_as(Exit.ERROR), waiting(f"the durable controller to unregister {target}{label}"):
-        how = {} if owner is None else {"scope": owner[0], "app": owner[1], "deployment": owner[2]}
+        how = ({} if owner is None else {"scope": owner[0], "job": owner[1]} if owner[0] == "job"
+               else {"scope": owner[0], "app": owner[1], "deployment": owner[2]})
         removed = unregister_call(target, **how, timeout_s=30)
     if removed and owner is None:
         click.echo(f"Unregistered {target}; {what}.")
@@ -117,14 +119,27 @@ def unregister(address: str, actor_id: str, scope: Optional[str], app: Optional[
         click.echo(f"{target} is not registered with {_label(owner)}; nothing to do.")
 
 
-def _owner_option(scope: Optional[str], app: Optional[str], deployment: Optional[str]) -> Optional[tuple[str, str, str]]:
+def _owner_option(scope: Optional[str], app: Optional[str], deployment: Optional[str],
+                  job: Optional[str] = None) -> Optional[tuple[str, str, str]]:
     """The owner ``unregister``'s options name (None: the whole registration); a usage
-    error before anything else. The command line runs in no replica, so the names the
-    scope needs are spelled out."""
+    error before anything else. The command line runs in no replica (and is no owner's
+    driver), so the names the scope needs are spelled out."""
     if scope is None:
-        if app is not None or deployment is not None:
-            raise click.UsageError("--app and --deployment name an owner: add --scope app or --scope deployment.")
+        if app is not None or deployment is not None or job is not None:
+            raise click.UsageError("--app, --deployment and --job name an owner: add --scope app, deployment or job.")
         return None
+    if scope == "job":
+        if app is not None or deployment is not None or not job:
+            raise click.UsageError("--scope job needs --job (a Ray job id in hex) and takes no --app or --deployment.")
+        from serve_cleanup.core.records import check_owner_shape
+
+        try:
+            check_owner_shape("job", job.strip().lower(), "")
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--job") from None
+        return scope, job.strip().lower(), ""
+    if job is not None:
+        raise click.UsageError("--job goes with --scope job.")
     if not app:
         raise click.UsageError(f"--scope {scope} needs --app.")
     if scope == "app" and deployment is not None:

@@ -11,7 +11,7 @@ from ray.actor import ActorHandle
 from serve_cleanup.core import records
 from serve_cleanup.serve_adapter import _ray
 
-Scope = Literal["serve", "app", "deployment"]
+Scope = Literal["serve", "app", "deployment", "job"]
 
 
 def check_timeout(timeout_s: object) -> float:
@@ -29,7 +29,7 @@ def check_timeout(timeout_s: object) -> float:
 
 
 def register_args(
-    actor: object, scope: object, app: object, deployment: object
+    actor: object, scope: object, app: object, deployment: object, job: object = None
 ) -> tuple[object, str, str, str]:
     """``actor`` is an actor handle or a ``PlacementGroup``."""
     if not _ray.is_placement_group(actor) and not isinstance(actor, ActorHandle):
@@ -38,16 +38,33 @@ def register_args(
             "handle returned by MyActor.remote() or ray.get_actor(), or the placement group "
             "returned by ray.util.placement_group()."
         )
-    for label, value in (("app", app), ("deployment", deployment)):
+    for label, value in (("app", app), ("deployment", deployment), ("job", job)):
         if value is not None and not isinstance(value, str):
             raise TypeError(f"{label} must be a str, got {type(value).__name__}")
-    owner_app, owner_deployment = resolve_owner(scope, app, deployment)  # type: ignore[arg-type]
+    owner_app, owner_deployment = resolve_owner(scope, app, deployment, job)  # type: ignore[arg-type]
     return actor, scope, owner_app, owner_deployment  # type: ignore[return-value]
 
 
-def resolve_owner(scope: str, app: Optional[str], deployment: Optional[str]) -> tuple[str, str]:
+def resolve_owner(scope: str, app: Optional[str], deployment: Optional[str],
+                  job: Optional[str] = None) -> tuple[str, str]:
     """Fill in the replica's own app and deployment where the scope needs them and the
-    caller left them out; then the owner rule of ``records.check_owner_shape``."""
+    caller left them out (for ``job``, the driver's own job); then the owner rule of
+    ``records.check_owner_shape``. The owner's two names: ``(app, deployment)``, or
+    ``(job, "")``."""
+    if job is not None and scope != records.SCOPE_JOB:
+        raise ValueError("job=... names a job owner: pass scope='job' with it.")
+    if scope == records.SCOPE_JOB:
+        if app is not None or deployment is not None:
+            raise ValueError("scope='job' takes job=..., no app or deployment.")
+        if job is None:
+            if _ray.replica_owner() is not None:
+                raise ValueError(
+                    "scope='job' inside a Serve replica needs job=...: the replica's own job is the "
+                    "one that started Serve, which owns Serve itself.")
+            job = _ray.current_job_id()
+        job = job.strip().lower()
+        records.check_owner_shape(scope, job, "")
+        return job, ""
     if scope in (records.SCOPE_APP, records.SCOPE_DEPLOYMENT) and (app is None or (
             scope == records.SCOPE_DEPLOYMENT and deployment is None)):
         here = _ray.replica_owner()
@@ -70,7 +87,7 @@ def resolve_owner(scope: str, app: Optional[str], deployment: Optional[str]) -> 
 
 
 def unregister_args(
-    actor: object, scope: object = None, app: object = None, deployment: object = None
+    actor: object, scope: object = None, app: object = None, deployment: object = None, job: object = None
 ) -> tuple[tuple[str, ...], dict[str, str]]:
     """The arguments of ``serve_cleanup_unregister`` and its keyword arguments: the id
     alone without an owner (remove the registration; the one shape every controller
@@ -86,18 +103,18 @@ def unregister_args(
     else:
         raise TypeError(f"expected a Ray ActorHandle, a PlacementGroup or an id, got {type(actor).__name__}")
     kwargs = {} if kind == records.KIND_ACTOR else {"kind": kind}
-    for label, value in (("app", app), ("deployment", deployment)):
+    for label, value in (("app", app), ("deployment", deployment), ("job", job)):
         if value is not None and not isinstance(value, str):
             raise TypeError(f"{label} must be a str, got {type(value).__name__}")
     if scope is None:
-        if app is not None or deployment is not None:
+        if app is not None or deployment is not None or job is not None:
             raise ValueError(
                 "app=/deployment= name an owner: pass scope='app' or scope='deployment' with them "
                 "(without an owner, unregister removes the whole registration)."
             )
         return (actor_id,), kwargs
     check_unregister_scope(scope)
-    owner_app, owner_deployment = resolve_owner(scope, app, deployment)  # type: ignore[arg-type]
+    owner_app, owner_deployment = resolve_owner(scope, app, deployment, job)  # type: ignore[arg-type]
     return (actor_id, scope, owner_app, owner_deployment), kwargs  # type: ignore[return-value]
 
 
@@ -107,5 +124,5 @@ def check_unregister_scope(scope: object) -> None:
         raise ValueError(
             "scope='serve' is not an owner: unregister without scope removes the registration."
         )
-    if scope not in (records.SCOPE_APP, records.SCOPE_DEPLOYMENT):
-        raise ValueError(f"unknown scope {scope!r}; use 'app' or 'deployment' (or no scope).")
+    if scope not in (records.SCOPE_APP, records.SCOPE_DEPLOYMENT, records.SCOPE_JOB):
+        raise ValueError(f"unknown scope {scope!r}; use 'app', 'deployment' or 'job' (or no scope).")

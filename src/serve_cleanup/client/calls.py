@@ -39,6 +39,7 @@ def register(
     scope: Scope = "serve",
     app: Optional[str] = None,
     deployment: Optional[str] = None,
+    job: Optional[str] = None,
     grace_s: float = 0.0,
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> Record:
@@ -52,7 +53,10 @@ def register(
     * ``"serve"`` (default): at ``serve.shutdown()``;
     * ``"app"``: when application ``app`` is deleted (or at shutdown);
     * ``"deployment"``: when deployment ``deployment`` of ``app`` is deleted, including a
-      redeploy of the app without it (or at shutdown).
+      redeploy of the app without it (or at shutdown);
+    * ``"job"``: when Ray job ``job`` (hex id) has ended, while Serve keeps running (or at
+      shutdown). From a driver ``job`` defaults to the driver's own job; inside a replica
+      it must be given (a replica's job is the one that started Serve, which is refused).
 
     Inside a replica, ``app`` and ``deployment`` default to the replica's own. Survives a
     controller restart in flight: retries until the (restarted) controller accepts the
@@ -72,7 +76,7 @@ def register(
 
     Blocks while it waits. In ``async`` code use :func:`register_async`.
     """
-    args = register_args(actor, scope, app, deployment)
+    args = register_args(actor, scope, app, deployment, job)
     return _call_controller(
         "serve_cleanup_register", *args, timeout_s=timeout_s, api="register", kwargs=_register_kwargs(actor, grace_s)
     )
@@ -84,12 +88,13 @@ async def register_async(
     scope: Scope = "serve",
     app: Optional[str] = None,
     deployment: Optional[str] = None,
+    job: Optional[str] = None,
     grace_s: float = 0.0,
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> Record:
     """:func:`register` for ``async`` code: the same arguments, result and errors, but
     waiting (also between retries while the controller restarts) never blocks the loop."""
-    args = register_args(actor, scope, app, deployment)
+    args = register_args(actor, scope, app, deployment, job)
     return await _call_controller_async(
         "serve_cleanup_register", *args, timeout_s=timeout_s, kwargs=_register_kwargs(actor, grace_s)
     )
@@ -101,6 +106,7 @@ def unregister(
     scope: Optional[Scope] = None,
     app: Optional[str] = None,
     deployment: Optional[str] = None,
+    job: Optional[str] = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> bool:
     """Remove ``actor``'s registration, or one of its owners (durably), without killing it.
@@ -114,7 +120,7 @@ def unregister(
     Removing one owner needs a 0.2.0 controller or later (``ControllerVersionError``).
     Blocks while it waits; in ``async`` code use :func:`unregister_async`.
     """
-    args, kwargs = unregister_args(actor, scope, app, deployment)
+    args, kwargs = unregister_args(actor, scope, app, deployment, job)
     return _call_controller("serve_cleanup_unregister", *args, timeout_s=timeout_s, api="unregister",
                             kwargs=kwargs)
 
@@ -125,10 +131,11 @@ async def unregister_async(
     scope: Optional[Scope] = None,
     app: Optional[str] = None,
     deployment: Optional[str] = None,
+    job: Optional[str] = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> bool:
     """:func:`unregister` for ``async`` code (same arguments, result and errors)."""
-    args, kwargs = unregister_args(actor, scope, app, deployment)
+    args, kwargs = unregister_args(actor, scope, app, deployment, job)
     return await _call_controller_async("serve_cleanup_unregister", *args, timeout_s=timeout_s, kwargs=kwargs)
 
 

@@ -72,6 +72,12 @@ def check_owner_exists(reg: Registration, serve: Serve) -> None:
     scope, app, deployment = reg.scope, reg.app, reg.deployment
     if scope == rec.SCOPE_SERVE:
         return
+    if scope == rec.SCOPE_JOB:  # whether it runs: Registrar._check_job (a GCS read)
+        if app == serve.controller_job:
+            raise ValueError(
+                f"job {app} is the job that started Serve: it owns Serve itself, not what "
+                "Serve's code creates; use scope='app', 'deployment' or 'serve'.")
+        return
     live_apps, live_deployments = serve.live_owners({app})
     if app not in live_apps:
         raise OwnerNotFoundError(

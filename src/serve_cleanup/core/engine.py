@@ -30,7 +30,7 @@ from serve_cleanup.core.config import Config
 from serve_cleanup.core.lifecycle import Event, State
 from serve_cleanup.core.locks import KeyedLocks
 from serve_cleanup.core.ports import (
-    ActorTable, Clock, Faults, Killer, Metrics, NoFaults, NoMetrics, RecordStore, Serve,
+    ActorTable, Clock, Faults, JobTable, Killer, Metrics, NoFaults, NoJobs, NoMetrics, RecordStore, Serve,
     ServeState, SystemClock,
 )
 from serve_cleanup.core.reaper import DONE, Outcome, Reaper, Reason, gone
@@ -63,8 +63,10 @@ class CleanupCore:
         metrics: Optional[Metrics] = None,
         faults: Optional[Faults] = None,
         config: Config = Config(),
+        jobs: Optional[JobTable] = None,
     ) -> None:
         self._clock = clock or SystemClock()
+        self._jobs: JobTable = jobs or NoJobs()
         self.config = config
         self.registry = Registry(store, clock=self._clock.time, deletes_in_flight=config.deletes_in_flight)
         self.locks = KeyedLocks()
@@ -79,7 +81,7 @@ class CleanupCore:
         self._state = State.LOADING
         self._loading = asyncio.Lock()
         self.registrar = Registrar(
-            self.registry, self.locks, table, serve, self.reaper, state=lambda: self._state,
+            self.registry, self.locks, table, serve, self.reaper, state=lambda: self._state, jobs=self._jobs,
             clock=self._clock, logger=self._log, metrics=self._metrics, faults=self._faults, config=config,
         )
         self._next_sweep = 0.0
@@ -88,6 +90,8 @@ class CleanupCore:
         self._pass: Optional[asyncio.Task] = None  # the shutdown pass
         self._owner_pass: Optional[asyncio.Task] = None  # the reconcile loop's owner pass
         self._migration: Optional[asyncio.Task] = None  # v1 records rewritten as v2
+        self._ended_jobs: frozenset[str] = frozenset()  # owning jobs the last read found ended
+        self._next_jobs_read = 0.0
         self.stats = _Stats()
 
     # --- lifecycle --------------------------------------------------------------------
@@ -151,11 +155,28 @@ class CleanupCore:
                               self.registry.counts_by_kind())
 
     def orphans(self) -> list[Record]:
+        """Records whose every owner is gone (job owners as the last job-table read says)."""
         apps = self.registry.owner_apps()
-        if not apps:
-            return []  # only Serve-wide records: nothing to look up
-        live_apps, live_deployments = self._serve.live_owners(apps)
-        return self.registry.orphans(live_apps, live_deployments)
+        if not apps and not self._ended_jobs:
+            return []  # only Serve-wide records or running jobs' : nothing to look up
+        live_apps, live_deployments = self._serve.live_owners(apps) if apps else (set(), set())
+        return self.registry.orphans(live_apps, live_deployments, self._ended_jobs)
+
+    async def read_jobs(self, force: bool = False) -> None:
+        """Which owning jobs have ended: one read of the job table, at most once every
+        ``liveness_interval_s``, and only while a job owns a record."""
+        jobs = self.registry.owner_jobs()
+        now = self._clock.monotonic()
+        if not jobs:
+            self._ended_jobs = frozenset()
+            return
+        if not force and now < self._next_jobs_read:
+            return
+        self._next_jobs_read = now + self.config.liveness_interval_s
+        try:
+            self._ended_jobs = frozenset(await self._jobs.ended(jobs))
+        except Exception as e:
+            self._log.warning(f"serve_cleanup: could not read the job table ({e!r}); retrying.")
 
     async def run(self) -> None:
         """The reconcile loop: first right after start, then every interval."""
@@ -181,6 +202,7 @@ class CleanupCore:
             self._migration = asyncio.get_running_loop().create_task(self.registrar.migrate())
         if self._serve.state() is not ServeState.RUNNING:
             return  # before recovery owners are unknown; at shutdown the passes reap
+        await self.read_jobs()
         started = self._clock.monotonic()
         self.publish_counts()
         orphans = [r for r in self.orphans() if self.reaper.due(r.actor_id)]
@@ -233,6 +255,7 @@ class CleanupCore:
 
     async def gc(self, dry_run: bool = False) -> list[dict[str, Any]]:
         """Registrations whose owner is gone or whose actor is dead; reaped unless dry_run."""
+        await self.read_jobs(force=True)
         orphans = {r.actor_id: r for r in self.orphans()}
         rest = [r for r in self.registry.records() if r.actor_id not in orphans]
         table = await self.reaper.read_table(rest) if rest else {}

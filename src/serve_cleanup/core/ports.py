@@ -111,6 +111,28 @@ class Killer(Protocol):
         (the caller kills it instead). Returns once sent; must not block the event loop."""
 
 
+class JobTable(Protocol):
+    """GCS's job table (Ray jobs: drivers). Its RPC reads the whole table even when
+    filtered, so the core reads it at most once a liveness interval, and only while a job
+    owns something."""
+
+    async def ended(self, job_ids: Collection[str]) -> set[str]:
+        """Those of ``job_ids`` that have ended, or that GCS does not know: one read."""
+
+    async def alive(self, job_id: str) -> bool:
+        """Whether the job ``job_id`` runs (for a registration naming it)."""
+
+
+class NoJobs:
+    """A ``JobTable`` for a core without one: every job runs (none ends)."""
+
+    async def ended(self, job_ids: Collection[str]) -> set[str]:
+        return set()
+
+    async def alive(self, job_id: str) -> bool:
+        return True
+
+
 class ServeState(enum.Enum):
     RECOVERING = "recovering"  # Serve has not recovered its apps yet: owners unknown
     RUNNING = "running"
@@ -119,6 +141,7 @@ class ServeState(enum.Enum):
 
 class Serve(Protocol):
     controller_id: str  # the controller's own actor id: never registered
+    controller_job: str  # the job that started Serve (its controller's): never an owner
 
     def state(self) -> ServeState: ...
 

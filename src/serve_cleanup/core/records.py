@@ -17,8 +17,8 @@ Key grammar (v2): one key per (actor, owner) pair
     actor-id = 2*256 lower-case hex digits, an even number of them
               ;  an actor's id, or a placement group's (kind "pg")
     kind    = "actor" | "pg"              ; "pg": a placement group (since 0.3.0)
-    scope   = "serve" | "app" | "deployment"
-            | "job" | "pg"                ; reserved (Ray jobs, placement groups as owners)
+    scope   = "serve" | "app" | "deployment" | "job"
+            | "pg"                        ; reserved (placement groups as owners)
     part    = *( any character but "/" and "%" | "%2F" | "%25" )
     time    = ["-"] 1*16 digits, no leading zero: the Unix time the pair was
               registered at, in whole microseconds (``time_text``)
@@ -26,8 +26,9 @@ Key grammar (v2): one key per (actor, owner) pair
 Every field is self-delimiting: ``/`` ends it, and a ``/`` or ``%`` inside a name is
 written ``%2F`` or ``%25`` (nothing else is escaped), so any characters round-trip and
 app ``A`` never matches as a prefix of app ``AB``. The owner's two names are ``"" ""``
-for ``serve``, ``app ""`` for ``app`` and ``app deployment`` for ``deployment``; a
-reserved scope will use them for a job id or a placement group id. The actor id comes
+for ``serve``, ``app ""`` for ``app``, ``app deployment`` for ``deployment`` and
+``job-id ""`` for ``job`` (a Ray job's hex id; since 0.3.0, which a 0.2.0 reader sets
+aside). The actor id comes
 first, so the first byte of the id still buckets every key (see "Buckets"), and
 ``KEY_PREFIX + id + "/"`` lists one actor's keys. Example::
 
@@ -149,9 +150,9 @@ DEADLINE_PREFIX = "serve-cleanup-deadline-"  # + id: the running graceful exit's
 SCOPE_SERVE = "serve"
 SCOPE_APP = "app"
 SCOPE_DEPLOYMENT = "deployment"
-SCOPE_JOB = "job"  # reserved
+SCOPE_JOB = "job"  # a Ray job (driver) as the owner; since 0.3.0
 SCOPE_PLACEMENT_GROUP = "pg"  # reserved
-SCOPES = (SCOPE_SERVE, SCOPE_APP, SCOPE_DEPLOYMENT)
+SCOPES = (SCOPE_SERVE, SCOPE_APP, SCOPE_DEPLOYMENT, SCOPE_JOB)
 
 Owner = tuple[str, str, str]  # (scope, app, deployment)
 Pair = tuple[Owner, float]  # an owner and the time it was registered at: one key
@@ -340,6 +341,8 @@ def owner_label(owner: Owner) -> str:
         return "serve"
     if scope == SCOPE_APP:
         return f"app {app!r}"
+    if scope == SCOPE_JOB:
+        return f"job {app}"
     return f"deployment {app!r}/{deployment!r}"
 
 
@@ -669,6 +672,8 @@ def check_owner_shape(scope: object, app: str, deployment: str) -> None:
         raise ValueError("scope='app' needs app=... and takes no deployment; use scope='deployment'.")
     if scope == SCOPE_DEPLOYMENT and not (app and deployment):
         raise ValueError("scope='deployment' needs app=... and deployment=....")
+    if scope == SCOPE_JOB and (deployment or not _valid_id(app)):
+        raise ValueError(f"scope='job' needs job=<a Ray job id in hex, such as 01000000>, got {app!r}.")
 
 
 def check_grace(grace_s: object, kind: str = KIND_ACTOR) -> float:

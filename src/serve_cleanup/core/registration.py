@@ -20,20 +20,21 @@ from serve_cleanup.core.admission import Registration
 from serve_cleanup.core.config import Config
 from serve_cleanup.core.lifecycle import State
 from serve_cleanup.core.locks import KeyedLocks
-from serve_cleanup.core.ports import ActorInfo, ActorTable, Clock, Faults, Metrics, Serve
+from serve_cleanup.core.ports import ActorInfo, ActorTable, Clock, Faults, JobTable, Metrics, NoJobs, Serve
 from serve_cleanup.core.reaper import Reaper
 from serve_cleanup.core import records as rec
 from serve_cleanup.core.records import Owner, Record
 from serve_cleanup.core.registry import Registry
-from serve_cleanup.errors import PersistenceError, RegistrationError
+from serve_cleanup.errors import OwnerNotFoundError, PersistenceError, RegistrationError
 
 
 class Registrar:
     def __init__(
         self, registry: Registry, locks: KeyedLocks, table: ActorTable, serve: Serve, reaper: Reaper, *,
         state: Callable[[], State], clock: Clock, logger: logging.Logger, metrics: Metrics,
-        faults: Faults, config: Config,
+        faults: Faults, config: Config, jobs: Optional[JobTable] = None,
     ) -> None:
+        self._jobs: JobTable = jobs or NoJobs()
         self.registry, self.locks, self._table, self._serve, self._reaper = registry, locks, table, serve, reaper
         self._state, self._clock, self._log = state, clock, logger
         self._metrics, self._faults, self._config = metrics, faults, config
@@ -67,9 +68,25 @@ class Registrar:
                         return existing
                     return await self._verify_existing(existing)
                 admission.check_owner_exists(reg, self._serve)
+                if reg.scope == rec.SCOPE_JOB:
+                    await self._check_job(reg.app)
                 return await self._write(reg, existing)
         finally:
             self.inflight -= 1
+
+    async def _check_job(self, job_id: str) -> None:
+        """A job owner must be a job that runs (one filtered read of the job table; a
+        repeat of the pair never gets here)."""
+        try:
+            alive = await self._jobs.alive(job_id)
+        except Exception as e:
+            raise PersistenceError(
+                f"could not read the job table ({e!r}); nothing was registered. Retry once "
+                "the cluster's GCS is reachable.") from None
+        if not alive:
+            raise OwnerNotFoundError(
+                f"job {job_id} has ended (or this cluster does not know it), so it can own nothing; "
+                "register from a running driver or with another scope.")
 
     def can_write_new(self, actor_id: str) -> bool:
         """Whether ``register_new`` may take a registration of ``actor_id`` now: writes

@@ -358,25 +358,33 @@ class Registry:
             return odd[owner]
         return rec.pair_key(record.actor_id, owner, t, record.name, record.namespace, record.kind).encode()
 
-    def orphans(self, live_apps: set[str], live_deployments: set[tuple[str, str]]) -> list[Record]:
+    def orphans(self, live_apps: set[str], live_deployments: set[tuple[str, str]],
+                ended_jobs: "frozenset[str] | set[str]" = frozenset()) -> list[Record]:
         """Actors whose every owner is gone: the Kubernetes-GC rule, level-triggered, over
-        owner sets. ``live_deployments`` holds ``(app, deployment)`` pairs. Actors without
-        owners are never orphans (they go at shutdown); an actor keeps living while any of
-        its owners does."""
-        dead = [owner for owner in self._by_owner if not owner_alive(owner, live_apps, live_deployments)]
+        owner sets. ``live_deployments`` holds ``(app, deployment)`` pairs; a job owner is
+        gone if it is in ``ended_jobs``. Actors without owners are never orphans (they go
+        at shutdown); an actor keeps living while any of its owners does."""
+        def alive(owner: Owner) -> bool:
+            return owner_alive(owner, live_apps, live_deployments, ended_jobs)
+
+        dead = [owner for owner in self._by_owner if not alive(owner)]
         if not dead:
             return []
         out: dict[str, Record] = {}
         for owner in dead:
             for actor_id in self._by_owner[owner]:
                 record = self._records[actor_id]
-                if actor_id not in out and not any(owner_alive(o, live_apps, live_deployments) for o in record.owners):
+                if actor_id not in out and not any(alive(o) for o in record.owners):
                     out[actor_id] = record
         return sorted(out.values(), key=lambda r: r.latest)
 
     def owner_apps(self) -> set[str]:
-        """Apps that own at least one record."""
-        return {owner[1] for owner in self._by_owner}
+        """Apps that own at least one record (as an app, or through a deployment)."""
+        return {owner[1] for owner in self._by_owner if owner[0] != rec.SCOPE_JOB}
+
+    def owner_jobs(self) -> set[str]:
+        """Ray jobs that own at least one record."""
+        return {owner[1] for owner in self._by_owner if owner[0] == rec.SCOPE_JOB}
 
     async def full(self, records: list[Record]) -> dict[str, Record]:
         """The records of ``records`` with their handle bytes and grace period, read in
@@ -705,10 +713,13 @@ class Registry:
             self._stale.pop(actor_id, None)
 
 
-def owner_alive(owner: Owner, live_apps: set[str], live_deployments: set[tuple[str, str]]) -> bool:
+def owner_alive(owner: Owner, live_apps: set[str], live_deployments: set[tuple[str, str]],
+                ended_jobs: "frozenset[str] | set[str]" = frozenset()) -> bool:
     scope, app, deployment = owner
     if scope == rec.SCOPE_APP:
         return app in live_apps
     if scope == rec.SCOPE_DEPLOYMENT:
         return (app, deployment) in live_deployments
+    if scope == rec.SCOPE_JOB:
+        return app not in ended_jobs
     return True

@@ -380,6 +380,11 @@ def set_serve_shutting_down(controller: Any) -> None:
     controller._shutting_down = True
 
 
+def current_job_id() -> str:
+    """The hex id of this process's Ray job (a driver's own)."""
+    return ray.get_runtime_context().get_job_id()
+
+
 def replica_owner() -> Optional[tuple[str, str]]:
     """(app, deployment) of the replica this code runs in, or None outside a replica."""
     from ray import serve

@@ -41,7 +41,7 @@ import ray
 
 from serve_cleanup.serve_adapter import _ray
 from serve_cleanup.serve_adapter.kv import KvStore
-from serve_cleanup.serve_adapter.ports import GcsActorTable, RayKiller, ServeFacts
+from serve_cleanup.serve_adapter.ports import GcsActorTable, GcsJobTable, RayKiller, ServeFacts
 from serve_cleanup.core import CleanupCore, Config, Registration
 from serve_cleanup.core.records import KIND_ACTOR, KIND_PLACEMENT_GROUP, KINDS, SCOPE_SERVE, Record, V1Reply, normalize_actor_id
 from serve_cleanup.errors import PersistenceError
@@ -160,12 +160,15 @@ class ServeController(_ray.ServeController):
         # __init__ sets up the controller log, so what this logs is held until then (else
         # it would land in the worker's stderr file, not in the controller log users read).
         with _held_logs(logger) as replay:
-            kv = KvStore(_ray.GcsClient(address=ray.get_runtime_context().gcs_address))
+            gcs = _ray.GcsClient(address=ray.get_runtime_context().gcs_address)
+            kv = KvStore(gcs)
+            context = ray.get_runtime_context()
             self._sc_core = CleanupCore(
                 kv.aio,
                 GcsActorTable(),
                 RayKiller(logger),
-                ServeFacts(self, ray.get_runtime_context().get_actor_id()),
+                ServeFacts(self, context.get_actor_id(), context.get_job_id()),
+                jobs=GcsJobTable(gcs),
                 logger=logger,
                 metrics=ControllerMetrics(),
                 faults=CrashPoints(kv, logger),

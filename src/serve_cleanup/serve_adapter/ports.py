@@ -154,12 +154,37 @@ class RayKiller:
         return handle if _ray.actor_id_hex(handle) == record.actor_id else None
 
 
+class GcsJobTable:
+    """``JobTable`` over GCS's job RPC, asked with both skip flags (no submission info
+    from the KV, no question to every live driver about its tasks). GCS reads its whole
+    job table for it even when filtered: the core asks seldom (``CleanupCore.read_jobs``)."""
+
+    def __init__(self, gcs_client: Any, timeout_s: float = 10.0) -> None:
+        self._gcs = gcs_client
+        self._timeout = timeout_s
+
+    async def _jobs(self, job_id: Optional[str] = None) -> dict[str, bool]:
+        """job id (hex) -> whether it has ended."""
+        found = await self._gcs.async_get_all_job_info(
+            job_or_submission_id=job_id, skip_submission_job_info_field=True,
+            skip_is_running_tasks_field=True, timeout=self._timeout)
+        return {jid.hex(): bool(data.is_dead) for jid, data in found.items()}
+
+    async def ended(self, job_ids: Collection[str]) -> set[str]:
+        jobs = await self._jobs()
+        return {j for j in job_ids if jobs.get(j, True)}
+
+    async def alive(self, job_id: str) -> bool:
+        return (await self._jobs(job_id)).get(job_id) is False
+
+
 class ServeFacts:
     """``Serve``: what the controller knows about its apps, deployments and own actors."""
 
-    def __init__(self, controller: Any, controller_id: str) -> None:
+    def __init__(self, controller: Any, controller_id: str, controller_job: str = "") -> None:
         self._controller = controller
         self.controller_id = controller_id
+        self.controller_job = controller_job
 
     def state(self) -> ServeState:
         if _ray.serve_shutting_down(self._controller):
