@@ -131,3 +131,16 @@ def test_a_refusal_by_rays_own_signature_check_is_mapped_too(message):
                       ControllerVersionError)
     assert older_controller("serve_cleanup_register", TypeError(message)) is None
     assert older_controller("serve_cleanup_gc", TypeError(message), raised_by_ray=True) is None
+
+
+def test_a_0_3_call_refused_by_a_0_2_controller_names_0_3_0():
+    """grace_s (and an unregister's kind) are sent only when needed; a 0.2.0 controller
+    refuses them as an unexpected keyword argument, and the error names 0.3.0."""
+    from serve_cleanup.client.protocol import needed_release, older_controller
+
+    assert needed_release({"protocol": 2}) == "0.2.0"
+    assert needed_release({"protocol": 2, "grace_s": 5.0}) == needed_release({"kind": "pg"}) == "0.3.0"
+    error = TypeError("ServeController.serve_cleanup_register() got an unexpected keyword argument 'grace_s'")
+    refused = older_controller("serve_cleanup_register", error, needed="0.3.0")
+    assert refused is not None and "needs serve_cleanup 0.3.0 or later" in str(refused)
+    assert "0.1.x" not in str(refused)

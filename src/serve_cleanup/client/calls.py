@@ -22,7 +22,7 @@ from ray.util.placement_group import PlacementGroup
 
 from serve_cleanup.client.args import Scope, check_timeout, register_args, unregister_args
 from serve_cleanup.client.controller import connect, controller_kind, find_controller
-from serve_cleanup.client.protocol import PROTOCOL, older_controller
+from serve_cleanup.client.protocol import PROTOCOL, needed_release, older_controller
 from serve_cleanup.core.records import KIND_ACTOR, KIND_PLACEMENT_GROUP, Record, check_grace
 from serve_cleanup.serve_adapter import _ray
 from serve_cleanup.errors import ControllerUnavailableError, NotDurableControllerError
@@ -247,12 +247,12 @@ def _attempts(
             try:
                 ref = getattr(controller, method).remote(*args, **(kwargs or {}))
             except TypeError as e:  # Ray's check against the handle's signatures
-                raise older_controller(method, e, raised_by_ray=True) or e
+                raise older_controller(method, e, raised_by_ray=True, needed=needed_release(kwargs)) or e
             try:
                 return (yield _Await(ref, min(remaining, _MAX_WAIT_S)))
             except ray.exceptions.RayTaskError as e:
                 cause = e.as_instanceof_cause() if e.cause is None else e.cause
-                raise older_controller(method, cause) or cause from None
+                raise older_controller(method, cause, needed=needed_release(kwargs)) or cause from None
             except _RETRYABLE as e:
                 last_error = e
         pause = min(delay, deadline - clock())

@@ -37,6 +37,14 @@ from serve_cleanup.errors import ControllerVersionError
 # release whose controller takes it.
 PROTOCOL = 2
 NEEDED_RELEASE = "0.2.0"
+# Keyword arguments a 0.3.0 client sends only when the call needs them (a grace period, a
+# placement group's kind); a 0.2.0 controller refuses them the same way.
+NEEDS_0_3 = ("grace_s", "kind")
+
+
+def needed_release(kwargs: Optional[dict] = None) -> str:
+    """The first release whose controller takes a call with these keyword arguments."""
+    return "0.3.0" if kwargs and any(k in kwargs for k in NEEDS_0_3) else NEEDED_RELEASE
 
 # What each refused call was, as the error names it.
 _CALLS = {
@@ -46,7 +54,7 @@ _CALLS = {
 
 
 def older_controller(
-    method: str, error: BaseException, raised_by_ray: bool = False
+    method: str, error: BaseException, raised_by_ray: bool = False, needed: str = NEEDED_RELEASE
 ) -> Optional[ControllerVersionError]:
     """The ``ControllerVersionError`` to raise when ``error`` (what the controller raised
     for ``method``, or with ``raised_by_ray`` what Ray's own signature check raised in
@@ -62,9 +70,10 @@ def older_controller(
         signature = method in text and ("unexpected keyword argument" in text or "positional argument" in text)
     if not signature:
         return None
+    older = "0.1.x" if needed == NEEDED_RELEASE else "older"
     return ControllerVersionError(
-        f"{what} needs serve_cleanup {NEEDED_RELEASE} or later on the Serve controller, which "
-        f"runs an older release (0.1.x) and refused the call before doing anything. Upgrade "
+        f"{what} needs serve_cleanup {needed} or later on the Serve controller, which "
+        f"runs an older release ({older}) and refused the call before doing anything. Upgrade "
         "serve_cleanup where the controller runs and restart it (docs/production.md, "
         '"Upgrade and rollback"), or call from a 0.1.x client until then.'
     )
