@@ -75,5 +75,6 @@ def older_controller(
         f"{what} needs serve_cleanup {needed} or later on the Serve controller, which "
         f"runs an older release ({older}) and refused the call before doing anything. Upgrade "
         "serve_cleanup where the controller runs and restart it (docs/production.md, "
-        '"Upgrade and rollback"), or call from a 0.1.x client until then.'
+        '"Upgrade and rollback"), or call ' + (
+            "from a 0.1.x client until then." if needed == NEEDED_RELEASE else "without what needs it until then.")
     )

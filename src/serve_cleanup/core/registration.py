@@ -209,8 +209,22 @@ class Registrar:
             # largest over every key, so the older keys still count).
             record = previous.replace(pairs=kept + ((owner, t),), grace_s=max(previous.grace_s, reg.grace_s))
         rec.validate(record)
+        if reg.kind != rec.KIND_ACTOR and previous is None:
+            # A placement group's handle carries no name, and the name is in the key: look
+            # it up first (a refusal then writes nothing) rather than write the key twice.
+            try:
+                info: Any = await self._lookup_known(reg.actor_id, reg.kind)
+            except Exception as e:
+                info = e
+            refusal = admission.refusal(reg.actor_id, record.display_name, info, self._serve, reg.kind)
+            if refusal is not None:
+                raise refusal
+            record = record.replace(name=info.name, namespace=info.namespace if info.name else "")
+            checked = True  # one removed after this check: its record is dropped by the sweep
+        else:
+            checked = not reg.check_actor
         # Write and check the actor at once: one GCS round trip of latency, not two.
-        lookup = asyncio.ensure_future(self._lookup_known(reg.actor_id, reg.kind)) if reg.check_actor else None
+        lookup = None if checked else asyncio.ensure_future(self._lookup_known(reg.actor_id, reg.kind))
         try:
             await self.registry.put_pairs(record)
         except Exception as e:
@@ -239,6 +253,8 @@ class Registrar:
                 except Exception as e:
                     await self._take_back(reg.actor_id, previous)
                     raise _store_failed(reg.actor_id, e) from None
+            self.registry.verified.add(reg.actor_id)
+        elif reg.kind != rec.KIND_ACTOR and previous is None:
             self.registry.verified.add(reg.actor_id)
         await self._delete_replaced(reg.actor_id)
         self._metrics.registered(reg.scope, reg.kind)
