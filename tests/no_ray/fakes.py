@@ -548,7 +548,8 @@ class FakeActorTable:
     def add(self, actor_id: str, name: str = "", namespace: str = "", known_in: float = 0.0,
             kind: str = KIND_ACTOR) -> None:
         live = "ALIVE" if kind == KIND_ACTOR else "CREATED"
-        self.actors[actor_id] = ActorInfo(actor_id, name, namespace if name else "", live)
+        where = f"proc-{actor_id}" if kind == KIND_ACTOR else ""
+        self.actors[actor_id] = ActorInfo(actor_id, name, namespace if name else "", live, address=where)
         self.known_at[actor_id] = self.clock.now + known_in
         if kind != KIND_ACTOR:
             self.kinds[actor_id] = kind
@@ -556,7 +557,7 @@ class FakeActorTable:
     def die(self, actor_id: str) -> None:
         info = self.actors[actor_id]
         final = "DEAD" if actor_id not in self.kinds else "REMOVED"
-        self.actors[actor_id] = ActorInfo(actor_id, info.name, info.namespace, final)
+        self.actors[actor_id] = ActorInfo(actor_id, info.name, info.namespace, final, address=info.address)
 
     def alive(self, actor_id: str) -> bool:
         info = self.actors.get(actor_id)
@@ -647,6 +648,7 @@ class FakeKiller:
         self.unreachable: set[str] = set()
         self.hanging: set[str] = set()  # a graceful exit never ends (its __ray_shutdown__ hangs)
         self.graceful: list[str] = []  # actors that ran their graceful exit to its end
+        self.in_hook: set[str] = set()  # DEAD in the table, their process still in its hook
         self.check: Optional[Callable[[Record], None]] = None  # asserts at the moment of a kill
         self.on_kill: Optional[Callable[[Record, bool], None]] = None
         self.latency: Optional[Latency] = None
@@ -666,17 +668,30 @@ class FakeKiller:
 
 
     async def terminate(self, record: Record) -> bool:
-        """The graceful exit: ends the actor at once (its hook ran: ``graceful``), unless it
-        is ``hanging`` or ``undying``."""
+        """The graceful exit, as Ray does it: the table says DEAD at once; the process
+        ends at once too (its hook ran: ``graceful``) unless it is ``hanging`` (its
+        process stays in its hook: ``in_hook``) or ``undying`` (nothing happens)."""
         if self.check is not None:
             self.check(record)
         if record.actor_id in self.unreachable or not self._reaches(record):
             return False
-        if (record.actor_id not in self.hanging and record.actor_id not in self.undying
-                and self.table.alive(record.actor_id)):
-            self.graceful.append(record.actor_id)
+        if record.actor_id not in self.undying and self.table.alive(record.actor_id):
             self.table.die(record.actor_id)
+            if record.actor_id in self.hanging:
+                self.in_hook.add(record.actor_id)
+            else:
+                self.graceful.append(record.actor_id)
         return True
+
+    async def exited(self, where: dict[str, str]) -> set[str]:
+        return {a for a, w in where.items()
+                if a not in self.in_hook and not (a in self.undying and self.table.alive(a))}
+
+    async def kill_process(self, record: Record, where: str) -> None:
+        if where == f"proc-{record.actor_id}" and record.actor_id in self.in_hook:
+            self.in_hook.discard(record.actor_id)
+            if self.on_kill is not None:
+                self.on_kill(record, True)
 
     def _reaches(self, record: Record) -> bool:
         if self.table.kinds.get(record.actor_id, KIND_ACTOR) != record.kind:
@@ -710,6 +725,14 @@ class ProcessKiller:
         await _travel(self._killer.latency, "kill", record.actor_id)
         self.process.check()
         return await self._killer.terminate(record)
+
+    async def exited(self, where: dict[str, str]) -> set[str]:
+        self.process.check()
+        return await self._killer.exited(where)
+
+    async def kill_process(self, record: Record, where: str) -> None:
+        self.process.check()
+        await self._killer.kill_process(record, where)
 
 
 class FakeJobs:

@@ -53,6 +53,7 @@ class ActorInfo:
     state: str  # DEPENDENCIES_UNREADY, PENDING_CREATION, ALIVE, RESTARTING, DEAD; a
     # placement group's PENDING, PREPARED, CREATED, RESCHEDULING, REMOVED
     creator: str = ""  # a placement group's: the id of the actor that created it ("" if none)
+    address: str = ""  # an actor's: where its worker process answers (opaque to the core)
 
     @property
     def dead(self) -> bool:
@@ -108,7 +109,19 @@ class Killer(Protocol):
         """Ask the actor with exactly ``record.actor_id`` to exit gracefully (Ray's
         ``__ray_terminate__``: its queued calls, then its ``__ray_shutdown__`` hook),
         through ``record.handle`` or its name. False when it cannot be reached that way
-        (the caller kills it instead). Returns once sent; must not block the event loop."""
+        (the caller kills it instead). Returns once sent; must not block the event loop.
+
+        Ray marks such an actor DEAD in its table at once, while its process runs the
+        hook: the table cannot tell when the exit has ended, ``exited`` can."""
+
+    async def exited(self, where: dict[str, str]) -> set[str]:
+        """Of the actors ``where`` maps to their process's address (``ActorInfo.address``),
+        those whose process has ended."""
+
+    async def kill_process(self, record: Record, where: str) -> None:
+        """Force the process at ``where`` to end if it still runs exactly
+        ``record.actor_id`` (a graceful exit past its deadline: Ray's table says DEAD, so
+        ``kill`` no longer reaches it)."""
 
 
 class JobTable(Protocol):

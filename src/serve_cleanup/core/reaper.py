@@ -74,6 +74,17 @@ def gone(record: Record, info: Optional[ActorInfo], now: float, grace_s: float) 
 
 
 @dataclass
+class _Exit:
+    """A graceful exit under way: its deadline (wall time), what to kill then, where its
+    process answers, and whether it was forced."""
+
+    deadline: float
+    target: Record
+    where: str
+    forced: bool = False
+
+
+@dataclass
 class _Failures:
     attempts: int
     next_at: float
@@ -196,18 +207,23 @@ class Reaper:
         return live
 
     async def _classify(self, records: list[Record], table: dict[str, Optional[ActorInfo]]
-                        ) -> tuple[list[Record], dict[str, tuple[Record, Outcome]], list[Record]]:
+                        ) -> tuple[list[Record], dict[str, tuple[Record, Outcome]], list[Record], list[Record]]:
         """Split ``records`` by what the table says: (live, to drop with their outcome,
-        not known to the table yet)."""
+        not known to the table yet, graceful exits under way: DEAD in the table while
+        their process may still run its hook, with a stored deadline)."""
         now = self._clock.time()
         live: list[Record] = []
         to_drop: dict[str, tuple[Record, Outcome]] = {}
         unknown: list[Record] = []
+        under_way: list[Record] = []
+        exiting = self._registry.known_deadlines()
         for i, r in enumerate(records):
             if i and not i % _CHUNK:
                 await self._clock.sleep(0)  # Serve's control loop shares this event loop
             info = table.get(r.actor_id)
-            if gone(r, info, now, self._config.unknown_grace_s):
+            if exiting and r.actor_id in exiting and (info is None or info.dead):
+                under_way.append(r)
+            elif gone(r, info, now, self._config.unknown_grace_s):
                 to_drop[r.actor_id] = (r, Outcome.ALREADY_DEAD)
             elif info is None:
                 unknown.append(r)
@@ -215,7 +231,7 @@ class Reaper:
                 to_drop[r.actor_id] = (r, Outcome.DROPPED)
             else:
                 live.append(r)
-        return live, to_drop, unknown
+        return live, to_drop, unknown, under_way
 
     # --- the passes -------------------------------------------------------------------
 
@@ -226,16 +242,22 @@ class Reaper:
         current = await self._current(records, outcomes)
         if current:
             try:
+                await self._registry.deadlines()  # listed once a process
                 table = await self.read_table(current)
             except Exception as e:  # GCS unreachable: every record waits for the next pass
                 for r in current:
                     outcomes[r.actor_id] = self._failed(r, reason, f"reading the actor table failed ({e!r})")
                 return [outcomes[r.actor_id] for r in records]
-            to_kill, to_drop, unknown = await self._classify(current, table)
+            to_kill, to_drop, unknown, under_way = await self._classify(current, table)
             for r in unknown:
                 outcomes[r.actor_id] = self._failed(r, reason, "the actor table does not know it yet")
-            if to_kill:
-                killed, exiting = await self._kill(to_kill, reason, outcomes)
+            if to_kill or under_way:
+                killed, exiting = await self._kill(to_kill, reason, outcomes, table) if to_kill else ([], {})
+                deadlines = self._registry.known_deadlines()
+                for r in under_way:  # asked by an earlier pass or controller: its deadline holds
+                    deadline, where = deadlines[r.actor_id]
+                    exiting[r.actor_id] = _Exit(deadline, r, where)
+                    killed.append(r)
                 if killed:
                     self._faults.reached("after_kill_before_delete")
                     if exiting:
@@ -259,8 +281,9 @@ class Reaper:
         current = await self._current(records, outcomes)
         if not current:
             return set(), 0
+        await self._registry.deadlines()  # listed once a process
         table = await self.read_table(current)
-        live, to_drop, _ = await self._classify(current, table)  # the unknown: next time
+        live, to_drop, _, _ = await self._classify(current, table)  # the unknown, the exiting: later
         if to_drop:
             self._faults.reached("after_lookup_before_drop")
             await self._drop_all(to_drop, Reason.SWEEP, outcomes)
@@ -272,22 +295,22 @@ class Reaper:
             )
         return {r.actor_id for r in live}, dropped
 
-    async def _kill(self, records: list[Record], reason: Reason, outcomes: dict[str, Outcome]
-                    ) -> tuple[list[Record], dict[str, tuple[float, Record]]]:
-        """Send the kills, or for an actor with a grace period its graceful exit (a
-        deadline stored first, or the one a crashed controller stored honoured: past it,
-        the kill at once). Returns the records whose kill or exit was sent, and per actor
-        asked to exit gracefully its deadline (wall time) and what to force-kill then."""
+    async def _kill(self, records: list[Record], reason: Reason, outcomes: dict[str, Outcome],
+                    table: dict[str, Optional[ActorInfo]]) -> tuple[list[Record], dict[str, "_Exit"]]:
+        """Send the kills, or for an actor with a grace period and a known process address
+        its graceful exit (its deadline stored first). Returns the records whose kill or
+        exit was sent, and the graceful exits asked for."""
         try:
             full = await self._registry.full(records)  # the handle bytes and grace, in one read
         except Exception as e:
             for r in records:
                 outcomes[r.actor_id] = self._failed(r, reason, f"reading its stored handle failed ({e!r})")
             return [], {}
-        graceful = [f for f in full.values() if f.grace_s > 0 and f.kind == KIND_ACTOR]
-        deadlines = await self._deadlines(graceful) if graceful else {}
+        where = {a: info.address for a, info in table.items() if info is not None and info.address}
+        graceful = [f for f in full.values() if f.grace_s > 0 and f.kind == KIND_ACTOR and f.actor_id in where]
+        deadlines = await self._new_deadlines(graceful, where) if graceful else {}
         killed: list[Record] = []
-        exiting: dict[str, tuple[float, Record]] = {}
+        exiting: dict[str, _Exit] = {}
         for i, r in enumerate(records):
             if i and i % _YIELD_EVERY == 0:
                 await self._clock.sleep(0)
@@ -302,7 +325,7 @@ class Reaper:
                     if deadline is not None and self._clock.time() < deadline:
                         sent = await self._killer.terminate(target)
                         if sent:
-                            exiting[r.actor_id] = (deadline, target)
+                            exiting[r.actor_id] = _Exit(deadline, target, where[r.actor_id])
                     if not sent:
                         sent = await self._killer.kill(target)
                 except Exception as e:
@@ -328,39 +351,39 @@ class Reaper:
             )
         return killed, exiting
 
-    async def _deadlines(self, records: list[Record]) -> dict[str, float]:
-        """The deadline of each record's graceful exit: the one stored by an earlier pass
-        or controller (honoured, not restarted), else now + its grace, stored before the
-        exit is asked for. One listing of the stored deadlines; new ones put
-        ``deletes_in_flight`` at a time. A deadline that cannot be stored still holds for
-        this process (a crash then restarts it)."""
+    async def _new_deadlines(self, records: list[Record], where: dict[str, str]) -> dict[str, float]:
+        """Store the deadline (now + grace) and process address of each record's graceful
+        exit before it is asked for, ``deletes_in_flight`` at a time. One that cannot be
+        stored is not asked for (the actor is killed at once: a crash must not leave an
+        exit nobody bounds)."""
         now = self._clock.time()
-        try:
-            stored = await self._registry.read_deadlines({r.actor_id for r in records})
-        except Exception as e:
-            self._log.warning(f"serve_cleanup: could not read the graceful exits' deadlines ({e!r}).")
-            stored = {}
-        new = {r.actor_id: now + r.grace_s for r in records if r.actor_id not in stored}
+        new = {r.actor_id: now + r.grace_s for r in records}
         items = list(new.items())
         step = self._config.deletes_in_flight
+        stored: dict[str, float] = {}
         for i in range(0, len(items), step):
-            results = await asyncio.gather(*(self._registry.put_deadline(a, t) for a, t in items[i:i + step]),
+            chunk = items[i:i + step]
+            results = await asyncio.gather(*(self._registry.put_deadline(a, t, where[a]) for a, t in chunk),
                                            return_exceptions=True)
-            for result in results:
+            for (actor_id, t), result in zip(chunk, results):
                 if isinstance(result, BaseException) and not isinstance(result, Exception):
                     raise result
                 if isinstance(result, Exception):
-                    self._log.warning(f"serve_cleanup: could not store a graceful exit's deadline ({result!r}).")
-        return {**new, **stored}
+                    self._log.warning(f"serve_cleanup: could not store the graceful exit's deadline of "
+                                      f"{actor_id} ({result!r}); killing it at once.")
+                else:
+                    stored[actor_id] = t
+        return stored
 
-    async def _confirm_dead(self, records: list[Record], exiting: dict[str, tuple[float, Record]],
+    async def _confirm_dead(self, records: list[Record], exiting: dict[str, "_Exit"],
                             reason: Reason, outcomes: dict[str, Outcome]) -> set[str]:
-        """The ids of those of ``records`` the live set no longer holds within
-        ``confirm_death_s`` (``ray.kill`` returns before the actor is dead); an actor
-        asked to exit gracefully has until its deadline, then is killed (and has
-        ``confirm_death_s`` more). Which died how is kept for the metrics (``_how``)."""
+        """The ids of those of ``records`` that are gone within ``confirm_death_s``
+        (``ray.kill`` returns before the actor is dead): the live set no longer holds
+        them, or for a graceful exit its process has ended (Ray's table says DEAD as soon
+        as the exit starts). A graceful exit has until its deadline, then its process is
+        killed (and has ``confirm_death_s`` more). How each ended is kept for the metrics."""
         now_wall, now = self._clock.time(), self._clock.monotonic()
-        last = max((d for d, _ in exiting.values()), default=now_wall)
+        last = max((e.deadline for e in exiting.values()), default=now_wall)
         end = now + self._config.confirm_death_s + max(0.0, last - now_wall)
         by_id = {r.actor_id: r for r in records}
         waiting = set(by_id)
@@ -368,43 +391,46 @@ class Reaper:
         delay = 0.01
         while waiting and self._clock.monotonic() < end:
             await self._clock.sleep(delay)
+            others = waiting - exiting.keys()
             try:
-                waiting &= set(await self._live_by_kind([by_id[a] for a in waiting]))
+                if others:
+                    waiting -= others - set(await self._live_by_kind([by_id[a] for a in others]))
+                if exiting:
+                    for actor_id in await self._killer.exited({a: e.where for a, e in exiting.items()}):
+                        self._how[actor_id] = "forced" if exiting.pop(actor_id).forced else "graceful"
+                        waiting.discard(actor_id)
             except Exception as e:
                 self._log.debug(f"serve_cleanup: reading the actor table failed ({e!r}); retrying.")
-            for actor_id in [a for a in exiting if a not in waiting]:
-                self._how[actor_id] = "graceful"
-                del exiting[actor_id]
             now_wall = self._clock.time()
-            due = [a for a, (d, _) in exiting.items() if now_wall >= d]
-            for actor_id in due:
-                _, target = exiting.pop(actor_id)
-                if await self._force(target, by_id[actor_id], reason, outcomes):
+            for actor_id in [a for a, e in exiting.items() if not e.forced and now_wall >= e.deadline]:
+                if await self._force(exiting[actor_id], by_id[actor_id], reason, outcomes):
                     end = max(end, self._clock.monotonic() + self._config.confirm_death_s)
                 else:
+                    exiting.pop(actor_id)
                     waiting.discard(actor_id)  # its outcome is set: not dead, and not dropped
                     by_id.pop(actor_id)
             delay = min(delay * 2, 0.25)
         return set(by_id) - waiting
 
-    async def _force(self, target: Record, record: Record, reason: Reason, outcomes: dict[str, Outcome]) -> bool:
-        """The forced kill of an actor whose graceful exit ran out of time. False (and its
-        outcome set) if it could not be sent or the record changed meanwhile."""
+    async def _force(self, exit: "_Exit", record: Record, reason: Reason, outcomes: dict[str, Outcome]) -> bool:
+        """End an actor whose graceful exit ran out of time: its process (the table says
+        DEAD already, so only that reaches a hook that hangs), and a kill for an actor
+        that never started to exit. False (and its outcome set) if the record changed
+        meanwhile or nothing could be sent."""
         async with self._locks.hold(record.actor_id):
             if self._registry.get(record.actor_id) is not record:
                 outcomes[record.actor_id] = Outcome.SUPERSEDED
                 return False
             try:
-                sent = await self._killer.kill(target)
+                await self._killer.kill_process(exit.target, exit.where)
+                await self._killer.kill(exit.target)
             except Exception as e:
                 outcomes[record.actor_id] = self._failed(record, reason, f"the kill after its grace failed ({e!r})")
                 return False
-        if not sent:
-            outcomes[record.actor_id] = self._failed(record, reason, "no kill could be sent after its grace")
-            return False
+        exit.forced = True
         self._log.warning(
             f"serve_cleanup: {record.display_name} ({record.actor_id}) did not exit within its grace "
-            f"period ({target.grace_s:g}s); killed.")
+            f"period ({exit.target.grace_s:g}s); killed.")
         return True
 
     async def _drop_all(self, to_drop: dict[str, tuple[Record, Outcome]], reason: Reason,

@@ -251,7 +251,9 @@ class Registry:
         self._odd: dict[str, dict[Owner, bytes]] = {}
         self._shared: dict = {SERVE_OWNER: SERVE_OWNER}
         self._others: dict[str, str] = {}  # id -> kind of every record that is not an actor's
-        self._deadlines: dict[str, bytes] = {}  # ids with a stored graceful-exit deadline -> its key
+        # Graceful exits under way: id -> (deadline, where its process answers), as stored
+        # under DEADLINE_PREFIX; None until listed (once a process, at its first kill pass).
+        self._deadlines: Optional[dict[str, tuple[float, str]]] = None
         self.verified: set[str] = set()
         self.gate = WriteGate()
 
@@ -417,40 +419,48 @@ class Registry:
 
     # --- graceful exits' deadlines (keys of their own, not records) ---------------
 
-    async def read_deadlines(self, ids: set[str]) -> dict[str, float]:
-        """The stored deadlines of ``ids``'s graceful exits (one listing, one read).
-        Stored deadlines of actors this registry holds no record of (their exit ended
-        but the delete was lost) are deleted. Raises if the store does."""
+    async def deadlines(self) -> dict[str, tuple[float, str]]:
+        """The graceful exits under way: id -> (deadline, where its process answers).
+        Listed from the store once a process (one listing, one read); kept up to date by
+        ``put_deadline``/``delete_deadlines`` after that. Stored deadlines of actors this
+        registry holds no record of (their exit ended, the delete was lost) are deleted,
+        and unreadable ones ignored (a new one replaces it). Raises if the store does."""
+        if self._deadlines is not None:
+            return self._deadlines
         keys = [bytes(k) for k in await self._store.keys(rec.DEADLINE_PREFIX)]
         n = len(rec.DEADLINE_PREFIX)
         by_id = {k[n:].decode("utf-8", "replace"): k for k in keys}
         for actor_id, key in by_id.items():
             if actor_id not in self._records:
                 await self._store.delete(key)
-        wanted = {a: k for a, k in by_id.items() if a in ids}
+        wanted = {a: k for a, k in by_id.items() if a in self._records}
         values = await self._store.get_many(list(wanted.values())) if wanted else {}
-        out: dict[str, float] = {}
+        found: dict[str, tuple[float, str]] = {}
         for actor_id, key in wanted.items():
-            self._deadlines[actor_id] = key
             try:
-                out[actor_id] = float(values[key].decode())
+                when, _, where = values[key].decode().partition(" ")
+                found[actor_id] = (float(when), where)
             except (KeyError, ValueError, UnicodeDecodeError):
-                continue  # unreadable: a new deadline replaces it
-        return out
+                continue
+        self._deadlines = found
+        return found
 
-    async def put_deadline(self, actor_id: str, deadline: float) -> None:
-        key = rec.deadline_key(actor_id)
-        self._deadlines[actor_id] = key.encode()
-        await self._store.put(key, repr(float(deadline)).encode())
+    async def put_deadline(self, actor_id: str, deadline: float, where: str) -> None:
+        await self._store.put(rec.deadline_key(actor_id), f"{float(deadline)!r} {where}".encode())
+        if self._deadlines is not None:
+            self._deadlines[actor_id] = (deadline, where)
+
+    def known_deadlines(self) -> dict[str, tuple[float, str]]:
+        """``deadlines()`` as far as listed (empty before the first listing)."""
+        return self._deadlines or {}
 
     def has_deadline(self, actor_id: str) -> bool:
-        return actor_id in self._deadlines
+        return bool(self._deadlines) and actor_id in self._deadlines  # type: ignore[operator]
 
     async def delete_deadlines(self, ids: list[str]) -> None:
         for actor_id in ids:
-            key = self._deadlines.get(actor_id)
-            if key is not None:
-                await self._store.delete(key)
+            await self._store.delete(rec.deadline_key(actor_id))
+            if self._deadlines is not None:
                 self._deadlines.pop(actor_id, None)
 
     # --- writing ------------------------------------------------------------------

@@ -121,6 +121,16 @@ class RayKiller:
         handle.__ray_terminate__.remote()
         return True
 
+    async def exited(self, where: dict[str, str]) -> set[str]:
+        """Those whose worker process no longer answers at its address (one connect
+        each, off the event loop)."""
+        items = list(where.items())
+        gone = await asyncio.to_thread(lambda: [_ray.process_exited(w) for _, w in items])
+        return {a for (a, _), g in zip(items, gone) if g}
+
+    async def kill_process(self, record: Record, where: str) -> None:
+        await asyncio.to_thread(_ray.kill_worker_process, record.actor_id, where)
+
     def _remove(self, pg_id: str) -> bool:
         """Send the removal of placement group ``pg_id`` and return at once, as
         ``ray.kill`` does for an actor: the reaper confirms it in the placement group
