@@ -22,7 +22,7 @@ from pathlib import Path
 
 import ray
 
-from benchmarks import cases, deletes, floor, history, owners, report, scale, shutdown
+from benchmarks import cases, deletes, floor, history, owners, pgs, report, scale, shutdown
 from benchmarks.harness import (
     connect,
     fresh_cluster,
@@ -52,6 +52,9 @@ SECTIONS = {
     "live100k": ("issue 21 rows 5, 6: list --json over, and serve.shutdown() with, live registered actors "
                  "(30k here: 100k exceeds this machine's memory, see benchmarks/shutdown.py)",
                  shutdown.LIVE_AT_SCALE, shutdown.LIVE_AT_SCALE_QUICK, shutdown.live_at_scale),
+    "pgs": ("issue 22 rows 1, 2: serve.shutdown() with 1,000 registered placement groups vs plain Serve; "
+            "register(pg) vs register(actor) p50",
+            pgs.PgSizes(), pgs.QUICK, pgs.pgs),
     "deletes": ("Config.deletes_in_flight: single-key deletes at 16 / 64 / 256 / 1,024 in flight",
                 deletes.DeleteSizes(), deletes.QUICK, deletes.deletes),
     # Earlier figures (issue 11), run only with --only.

@@ -43,7 +43,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import psutil
 import ray
 from ray import cloudpickle, serve
-from ray.core.generated import core_worker_pb2
+from ray.core.generated import core_worker_pb2, gcs_pb2
 from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 
 import serve_cleanup
@@ -144,6 +144,62 @@ def pending_actors(n: int, named: bool = True) -> list:
     tag = os.urandom(4).hex()
     return [PendingActor.options(lifetime="detached", name=f"pending-{tag}-{i}",
                                  namespace=BENCH_NAMESPACE).remote() for i in range(n)]
+
+
+def pending_placement_groups(n: int, named: Optional[bool] = None) -> list:
+    """``n`` placement groups of one bundle asking for a resource no node has: PENDING in
+    the placement group table (live, removable), no CPU reserved. ``named``: each with a
+    name of its own (a tag), or none; None: half and half. ``placement_group()`` is a
+    synchronous GCS call: GCS knows each one when it returns."""
+    from ray.util.placement_group import placement_group
+
+    tag = os.urandom(4).hex()
+
+    def name(i: int) -> str:
+        return f"pending-pg-{tag}-{i}" if (i % 2 == 0 if named is None else named) else ""
+
+    return [placement_group([{NEVER_RESOURCE: 1}], name=name(i)) for i in range(n)]
+
+
+def placement_group_states(pg_ids: Iterable[str]) -> dict[str, str]:
+    """The state (``PENDING``, ``CREATED``, ``REMOVED``, ...) of each of ``pg_ids`` GCS
+    knows: one read of its placement group table (removed ones included)."""
+    wanted = set(pg_ids)
+    names = gcs_pb2.PlacementGroupTableData.PlacementGroupState.Name
+    out: dict[str, str] = {}
+    for data in state_accessor().get_placement_group_table():
+        entry = gcs_pb2.PlacementGroupTableData.FromString(data)
+        pg_id = entry.placement_group_id.hex()
+        if pg_id in wanted:
+            out[pg_id] = names(entry.state)
+    return out
+
+
+def placement_group_count() -> int:
+    """Placement groups GCS's table holds, removed ones included (no parsing)."""
+    return len(state_accessor().get_placement_group_table())
+
+
+def not_removed(pg_ids: Sequence[str]) -> int:
+    """How many of ``pg_ids`` are not REMOVED (one GCS does not know counts too)."""
+    states = placement_group_states(pg_ids)
+    return sum(1 for i in pg_ids if states.get(i) != "REMOVED")
+
+
+def remove_placement_groups(pgs: Iterable, wait_s: float = 120.0) -> None:
+    """Remove every one of ``pgs`` not removed yet and wait until GCS says REMOVED."""
+    from ray.util.placement_group import remove_placement_group
+
+    pgs = list(pgs)
+    ids = [pg.id.hex() for pg in pgs]
+    states = placement_group_states(ids)
+    for pg, pg_id in zip(pgs, ids):
+        if states.get(pg_id) != "REMOVED":
+            try:
+                remove_placement_group(pg)
+            except Exception:
+                pass
+    wait_for(lambda: not_removed(ids) == 0, wait_s, "the placement groups to be REMOVED", every_s=0.1)
 
 
 def make_actors(n: int) -> list:
@@ -681,6 +737,12 @@ class Samples:
     @property
     def p50(self) -> float:
         return statistics.median(self.values)
+
+    @property
+    def p90(self) -> float:
+        if len(self.values) < 10:
+            return max(self.values)
+        return statistics.quantiles(self.values, n=10, method="inclusive")[8]
 
     @property
     def p99(self) -> float:

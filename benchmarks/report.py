@@ -1,6 +1,7 @@
 """Turn ``benchmarks.json`` into docs/reports/benchmarks.md (and one plot): issue 14's targets,
 each with a before and an after column, then issue 21's rows where the data exists (rows
-1, 3, 4, 7, 10), then each section's own figures."""
+1, 3, 4, 7, 10), then issue 22's (placement groups: section ``pgs``), then each section's
+own figures."""
 
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ SECTION_OF = {"1": "floor", "2": "history", "3": "shutdown", "4": "memory", "5":
 # The same for issue 21's rows (its "Targets" table).
 SECTION_OF_21 = {"1": "memory", "3": "memory", "4": "list", "5": "live100k", "6": "live100k", "7": "memory",
                  "8": "floor", "9": "floor", "10a": "owners3", "10b": "owners3", "11": "shutdown"}
+
+# Issue 22's rows (placement groups): one section, no "before" (plain Serve registers none).
+SECTION_OF_22 = {"1": "pgs", "2a": "pgs", "2b": "pgs"}
 
 
 def _machine() -> str:
@@ -264,6 +268,112 @@ def issue21_rows(results: dict) -> list[dict]:
                 f"× {k}: {fmt.format(many[field])} {unit}, × 1: {fmt.format(one[field])} {unit} (medians)",
                 "—" if ratio is None else f"{ratio:.2f}×")
     return rows
+
+
+def issue22_rows(results: dict) -> list[dict]:
+    """Issue 22's rows (section ``pgs``): key, measure, target, figure shown, detail,
+    verdict (None: no verdict, e.g. a --quick run's NaN)."""
+    pg = results.get("pgs")
+    if not pg:
+        return []
+    rows: list[dict] = []
+    sh = pg.get("shutdown")
+    if sh:
+        d, p = sh[DURABLE], sh[PLAIN]
+        removed = d.get("all_removed_s")
+        over = None if removed is None else removed - p["shutdown_s"]
+        left = d["not_removed_at_return"]
+        ok = over is not None and over <= 2.0 and left == 0  # not all removed: missed
+        reps_d, reps_p = sh["by_rep"][DURABLE], sh["by_rep"][PLAIN]
+        rows.append({
+            "key": "1",
+            "measure": f"{sh['pgs']:,} registered placement groups (pending) at `serve.shutdown()`: from the call "
+                       "until the last is REMOVED, vs plain Serve's `serve.shutdown()` (same placement groups, "
+                       "unregistered)",
+            "target": "all removed within plain Serve's shutdown time + 2 s",
+            "value": over, "ok": ok,
+            "shown": ("not all removed" if over is None else f"{over:+.2f} s") + f"; {left} not REMOVED at return",
+            "detail": (f"durable: all REMOVED {_s2(removed)} after the call (reps "
+                       f"{', '.join(_s2(r['all_removed_s']) for r in reps_d)}), shutdown {d['shutdown_s']:.2f} s "
+                       f"(returned {d['returned_s']:.2f} s; reps {_rounds([r['shutdown_s'] for r in reps_d])}); "
+                       f"plain: shutdown {p['shutdown_s']:.2f} s (reps {_rounds([r['shutdown_s'] for r in reps_p])}); "
+                       f"medians of {sh['reps']}{', one app' if sh['with_app'] else ''}; not REMOVED when the durable "
+                       f"shutdown returned: {', '.join(str(r['not_removed_at_return']) for r in reps_d)}"),
+        })
+    rg = pg.get("register")
+    if rg and "pg_anon" in rg:
+        a = rg["actor"]
+        for key, kind, what in (("2a", "pg_anon", "anonymous"), ("2b", "pg_named", "named")):
+            r = rg[kind]
+            ratio = r["ratio_p50"]
+            rows.append({
+                "key": key,
+                "measure": f"`serve_cleanup.register(pg)` p50, {what} placement groups, vs "
+                           "`serve_cleanup.register(actor)` p50 (new registrations, in turn, durable controller)",
+                "target": "≤ 1.15× registering an actor",
+                "value": ratio, "ok": None if math.isnan(ratio) else ratio <= 1.15,
+                "shown": f"{ratio:.2f}×",
+                "detail": (f"{what} placement group p50 {r['p50_ms']:.2f} ms (p90 {r['p90_ms']:.2f}); actor p50 "
+                           f"{a['p50_ms']:.2f} ms (p90 {a['p90_ms']:.2f}); p90 ratio {r['ratio_p90']:.2f}×; "
+                           f"{rg['each']} of each; named and anonymous pooled: {rg['pg']['ratio_p50']:.2f}×"),
+            })
+    return rows
+
+
+def _s2(x: Optional[float]) -> str:
+    return "—" if x is None else f"{x:.2f} s"
+
+
+def _issue22_table(results: Optional[dict]) -> list[str]:
+    rows = issue22_rows(results) if results else []
+    if not rows:
+        return []
+    section = SECTION_OF_22[rows[0]["key"]]
+    info = results.get("sections", {}).get(section, {})
+    lines = ["## Issue 22 targets (placement groups)", "",
+             "Plain Serve cannot register a placement group: no before/after, the durable controller against "
+             "plain Serve in one run (section `pgs`, `benchmarks/pgs.py`).", "",
+             "| # | measure | target | result | holds | command |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        verdict = "—" if r["ok"] is None else ("holds" if r["ok"] else "**missed**")
+        lines.append(f"| {r['key']} | {r['measure']} | {r['target']} | **{r['shown']}**<br>{r['detail']}"
+                     f"<br>_{_commit(results, SECTION_OF_22[r['key']])}_ | {verdict} | "
+                     f"`{info.get('command', 'python -m benchmarks --only pgs')}` |")
+    return lines + [""]
+
+
+def _pgs_details(pg: dict) -> list[str]:
+    lines = []
+    sh = pg.get("shutdown")
+    if sh:
+        lines += ["## Placement groups at shutdown (issue 22, row 1)", "",
+                  f"{sh['pgs']:,} pending placement groups (one bundle asking for a resource no node has), "
+                  + ("one app deployed; " if sh["with_app"] else "")
+                  + "durable: each registered serve-wide from the driver; plain: the same, unregistered. "
+                  f"Shutdown: from the call until the controller is gone. The placement group table is read every "
+                  f"{sh['poll_s'] * 1000:.0f} ms from the call on (in both kinds).", "",
+                  "| rep | kind | shutdown s (returned) | all REMOVED s after the call | not REMOVED at return | "
+                  "table at the call | registering s | shutdown passes (records in ms: outcomes) |",
+                  "|---:|---|---:|---:|---:|---:|---:|---|"]
+        for kind in (PLAIN, DURABLE):
+            for i, r in enumerate(sh["by_rep"][kind]):
+                removed = _s2(r["all_removed_s"]) if kind == DURABLE else "—"
+                registering = "—" if r["register_s"] is None else f"{r['register_s']:.1f}"
+                lines.append(f"| {i + 1} | {kind} | {r['shutdown_s']:.2f} ({r['returned_s']:.2f}) | {removed} | "
+                             f"{r['not_removed_at_return']:,} | {r['table_at_call']:,} | {registering} | "
+                             f"{'; '.join(r['passes']) or '—'} |")
+        lines.append("")
+    rg = pg.get("register")
+    if rg and "pg_anon" in rg:
+        def cell(k: str) -> str:
+            r = rg[k]
+            return f"{r['p50_ms']:.2f} / {r['p90_ms']:.2f} / {r['max_ms']:.1f}"
+        lines += [f"Registration (issue 22, row 2): {rg['each']} new registrations of each through "
+                  "`serve_cleanup.register`, in turn (actor, named, anonymous; the order rotating), ms "
+                  "p50 / p90 / max: "
+                  f"actor {cell('actor')}; anonymous placement group {cell('pg_anon')}; named placement group "
+                  f"{cell('pg_named')}; both placement groups pooled {cell('pg')}.", ""]
+    return lines
 
 
 def _s(x: Optional[float]) -> str:
@@ -576,6 +686,7 @@ def write(results: dict, out_dir: Path, baseline: Optional[dict] = None) -> Path
         *_sections_table("before", before), *_sections_table("after", after),
         *_targets_table(before, after),
         *_issue21_table(before, after),
+        *_issue22_table(results),
     ]
     if results.get("floor"):
         lines += _floor_details(results["floor"])
@@ -587,6 +698,8 @@ def write(results: dict, out_dir: Path, baseline: Optional[dict] = None) -> Path
         lines += _memory_details(results["memory"], results.get("list"))
     if results.get("owners3"):
         lines += _owner_sets_details(results["owners3"])
+    if results.get("pgs"):
+        lines += _pgs_details(results["pgs"])
     if results.get("deletes"):
         lines += _deletes_details(results["deletes"])
     analysis = out_dir / "benchmarks-analysis.md"  # hand-written
