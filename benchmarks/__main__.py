@@ -22,7 +22,7 @@ from pathlib import Path
 
 import ray
 
-from benchmarks import cases, deletes, floor, history, owners, pgs, report, scale, shutdown
+from benchmarks import cases, deletes, floor, grace, history, jobs, owners, pgs, report, scale, shutdown
 from benchmarks.harness import (
     connect,
     fresh_cluster,
@@ -55,6 +55,12 @@ SECTIONS = {
     "pgs": ("issue 22 rows 1, 2: serve.shutdown() with 1,000 registered placement groups vs plain Serve; "
             "register(pg) vs register(actor) p50",
             pgs.PgSizes(), pgs.QUICK, pgs.pgs),
+    "jobs": ("issue 22 row 3: job-owned registration p50 and gcs_server idle CPU with 10,000 finished jobs in GCS "
+             "vs an empty job table (100 job-owned registrations)",
+             jobs.JobSizes(), jobs.QUICK, jobs.jobs),
+    "grace": ("issue 22 row 5: serve.shutdown() with 100 actors registered with grace_s=5 (10 hooks hang) vs plain "
+              "Serve with the same actors unregistered; every hook that can return has run",
+              grace.GraceSizes(), grace.QUICK, grace.grace),
     "deletes": ("Config.deletes_in_flight: single-key deletes at 16 / 64 / 256 / 1,024 in flight",
                 deletes.DeleteSizes(), deletes.QUICK, deletes.deletes),
     # Earlier figures (issue 11), run only with --only.

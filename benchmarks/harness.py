@@ -408,6 +408,31 @@ def stop_serve() -> float:
     return time.perf_counter() - started
 
 
+_STARTER = """
+import sys, ray, serve_cleanup
+from ray import serve
+ray.init(address=sys.argv[1], namespace=sys.argv[2], log_to_driver=False)
+serve_cleanup.start() if sys.argv[3] == "durable" else serve.start()
+print(ray.get_runtime_context().get_job_id())
+"""
+
+
+def start_serve_elsewhere(kind: str) -> str:
+    """Start Serve (``kind``) from a short-lived driver of its own (a subprocess that
+    exits once Serve runs: the controller is detached), so that this driver's job is not
+    the one that started Serve and may own registrations (``scope="job"`` refuses Serve's
+    own job). Returns the starter's job id (hex), ended by then."""
+    stop_serve()
+    out = subprocess.run([sys.executable, "-c", _STARTER, ray.get_runtime_context().gcs_address,
+                          BENCH_NAMESPACE, kind], capture_output=True, text=True, timeout=300,
+                         env={**os.environ})
+    if out.returncode != 0:
+        raise RuntimeError(f"starting Serve from a subprocess failed: {out.stderr[-3000:]}")
+    wait_for(lambda: find_controller() is not None, 60, "the controller")
+    assert serve_cleanup.controller_kind() == kind
+    return out.stdout.strip().splitlines()[-1]
+
+
 def kill_controller_and_wait() -> float:
     """Crash the controller; seconds until a *new* process answers (Serve's ``get_pid``)."""
     ctrl = controller()
@@ -427,10 +452,11 @@ def register_upstream(ctrl, actor) -> float:
     return time.perf_counter() - started
 
 
-def register_public(actor) -> float:
-    """One registration through ``serve_cleanup.register`` (the public path); seconds."""
+def register_public(actor, **options) -> float:
+    """One registration through ``serve_cleanup.register`` (the public path; ``options``
+    its keyword arguments: ``scope``, ``job``, ``grace_s``, ...); seconds."""
     started = time.perf_counter()
-    serve_cleanup.register(actor)
+    serve_cleanup.register(actor, **options)
     return time.perf_counter() - started
 
 
@@ -477,6 +503,100 @@ def burst(ctrl, groups: list[list]) -> float:
     if errors:
         raise RuntimeError(f"{len(errors)} registrant(s) failed: {errors[0]!r}")
     return time.perf_counter() - started
+
+
+# --- the job table (GCS's job RPCs) -------------------------------------------------------
+
+_SKIP = {"skip_submission_job_info_field": True, "skip_is_running_tasks_field": True}
+
+
+def _job_stub():
+    from ray.core.generated import gcs_service_pb2_grpc
+
+    try:
+        from ray._private.grpc_utils import init_grpc_channel
+    except ImportError:  # older Ray
+        from ray._private.utils import init_grpc_channel
+    channel = init_grpc_channel(ray.get_runtime_context().gcs_address)
+    return channel, gcs_service_pb2_grpc.JobInfoGcsServiceStub(channel)
+
+
+def job_table() -> dict[str, bool]:
+    """GCS's job table: job id (hex) -> whether it has ended (one read, both skip flags,
+    as the durable controller reads it)."""
+    from ray.core.generated import gcs_service_pb2
+
+    channel, stub = _job_stub()
+    try:
+        reply = stub.GetAllJobInfo(gcs_service_pb2.GetAllJobInfoRequest(**_SKIP), timeout=60)
+    finally:
+        channel.close()
+    return {j.job_id.hex(): bool(j.is_dead) for j in reply.job_info_list}
+
+
+def make_finished_jobs(n: int, in_flight: int = 200) -> float:
+    """Add ``n`` finished jobs to GCS's job table the way a driver's start and end do:
+    per job ``GetNextJobID`` (a real id from GCS's counter), ``AddJob`` with a copy of
+    this driver's own ``JobTableData`` (its job config, entrypoint, address; that job id,
+    the driver worker id made from it, a pid no process has) and ``MarkJobFinished``,
+    ``in_flight`` jobs at a time (gRPC futures). GCS runs for each what it runs for a
+    driver (publishes the job to the raylets, its job-finished listeners), but no driver
+    process starts. Returns seconds."""
+    from ray.core.generated import gcs_pb2, gcs_service_pb2 as pb
+
+    channel, stub = _job_stub()
+    me = ray.get_runtime_context().get_job_id()
+    started = time.perf_counter()
+    try:
+        reply = stub.GetAllJobInfo(pb.GetAllJobInfoRequest(job_or_submission_id=me, **_SKIP), timeout=60)
+        template = next(j for j in reply.job_info_list if j.job_id.hex() == me)
+        worker_tail = template.driver_address.worker_id[len(template.job_id):]
+        made = 0
+        while made < n:
+            k = min(in_flight, n - made)
+            ids = [f.result(timeout=60).job_id for f in
+                   [stub.GetNextJobID.future(pb.GetNextJobIDRequest(), timeout=60) for _ in range(k)]]
+            adds = []
+            for int_id in ids:
+                data = gcs_pb2.JobTableData()
+                data.CopyFrom(template)
+                data.job_id = ray.JobID.from_int(int_id).binary()
+                data.is_dead = False
+                data.driver_pid = 0x3FFFFFFF  # above any pid_max: no process
+                data.driver_address.worker_id = data.job_id + worker_tail
+                adds.append((data.job_id, stub.AddJob.future(pb.AddJobRequest(data=data), timeout=60)))
+            finishing = []
+            for job_id, f in adds:
+                f.result(timeout=60)
+                finishing.append(stub.MarkJobFinished.future(pb.MarkJobFinishedRequest(job_id=job_id), timeout=60))
+            for f in finishing:
+                f.result(timeout=60)
+            made += k
+    finally:
+        channel.close()
+    return time.perf_counter() - started
+
+
+def job_read_probe(n: int, gcs_proc: psutil.Process, job_id: Optional[str] = None) -> dict:
+    """``n`` reads of the job table through ``GcsClient.async_get_all_job_info`` with both
+    skip flags (the durable controller's call), filtered to ``job_id`` or whole, awaited
+    one at a time from this driver (its own GcsClient): p50 ms, gcs_server CPU ms per call,
+    and how many jobs one returned."""
+    client = own_gcs_client()
+
+    async def run() -> tuple[list[float], int]:
+        times, got = [], 0
+        for _ in range(n):
+            t = time.perf_counter()
+            found = await client.async_get_all_job_info(job_or_submission_id=job_id, timeout=60, **_SKIP)
+            times.append(time.perf_counter() - t)
+            got = len(found)
+        return times, got
+
+    c0 = cpu_s(gcs_proc)
+    times, got = asyncio.run(run())
+    return {"p50_ms": statistics.median(times) * 1000, "gcs_cpu_ms": (cpu_s(gcs_proc) - c0) / n * 1000,
+            "returned": got, "n": n}
 
 
 # --- records, through serve_cleanup's KV store -------------------------------------------
