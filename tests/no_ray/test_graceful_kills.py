@@ -222,3 +222,41 @@ def test_the_grace_round_trips_through_the_value_and_an_absent_one_reads_as_zero
     assert rec.decode(rec.encode(r)).grace_s == 2.5
     assert rec.decode(rec.encode(r.replace(grace_s=0.0))).grace_s == 0.0
     assert b"grace_s" not in rec.encode(r.replace(grace_s=0.0))  # 0.2.0's value, byte for byte
+
+
+async def test_an_owner_added_after_a_restart_keeps_the_serve_keys_grace():
+    """The serve key is replaced by the owner's key: its grace (in its value, unknown to a
+    controller that loaded the keys) is read before, not lost."""
+    w = world()
+    w.owners.deploy("app")
+    core = await w.core()
+    a = w.actor("flusher")
+    await core.registrar.register(graceful(a, 4.0))
+    core = await w.core()  # restarted: grace 0 in memory
+    await core.registrar.register(dataclasses.replace(a, scope="app", app="app"))
+    w.killer.hanging.add(a.actor_id)
+    times = kill_times(w)
+    started = w.clock.now
+    await shut_down(w, core)
+    assert 4.0 <= times[a.actor_id] - started <= 5.0
+
+
+async def test_a_deadline_stored_for_an_actor_still_alive_is_honoured_not_restarted():
+    """The actor was asked to exit but still runs its queued calls (ALIVE) when the
+    controller restarts: the stored deadline holds."""
+    w = world()
+    core = await w.core()
+    a = w.actor("busy")
+    await core.registrar.register(graceful(a, 6.0))
+    w.killer.undying.add(a.actor_id)  # the exit is asked for, nothing happens yet
+    asked_at = w.clock.now
+    w.crash_at = {"mid_graceful_exit"}
+    with pytest.raises(Crash):
+        await shut_down(w, core)
+    await w.clock.sleep(2.0)
+    w.killer.undying.discard(a.actor_id)
+    w.killer.hanging.add(a.actor_id)
+    times = kill_times(w)
+    core = await w.core()
+    await shut_down(w, core)
+    assert 6.0 <= times[a.actor_id] - asked_at <= 7.0, "the stored deadline was restarted"

@@ -123,3 +123,45 @@ def test_crash_while_dropping_a_dead_actors_record(crash_at, actors):
     wait_for(lambda: _crashed(crash_at), 30, "the injected crash")
     wait_for(lambda: kv_record_keys() == [], 30, "the restarted controller to drop the record")
     assert _restarts() == 1
+
+
+@ray.remote(num_cpus=0)
+class _Flusher:
+    """Its ``__ray_shutdown__`` writes ``marker`` (after ``hang_s``: a hook that hangs)."""
+
+    def __init__(self, marker: str, hang_s: float = 0.0) -> None:
+        self.marker, self.hang_s = marker, hang_s
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
+    def __ray_shutdown__(self) -> None:
+        import time
+
+        time.sleep(self.hang_s)
+        with open(self.marker, "w") as f:
+            f.write("flushed")
+
+
+@pytest.mark.parametrize("crash_at", ["mid_graceful_exit"], indirect=True)
+def test_crash_mid_graceful_exit(crash_at, tmp_path):
+    """The controller dies after asking two actors to exit gracefully (their deadline
+    stored); the restarted controller resumes the shutdown, finds both DEAD in the actor
+    table (Ray says so as soon as an exit starts) with their deadline, lets the one whose
+    hook ends finish and ends the hanging one's process at the deadline."""
+    import os
+
+    flushes = _Flusher.remote(str(tmp_path / "flushes"), hang_s=1.0)
+    hangs = _Flusher.remote(str(tmp_path / "hangs"), hang_s=600)
+    pids = ray.get([flushes.pid.remote(), hangs.pid.remote()])
+    serve_cleanup.register(flushes, grace_s=4)
+    serve_cleanup.register(hangs, grace_s=2)
+    serve.shutdown()
+    wait_for(lambda: find_controller() is None, 60, "shutdown to finish")
+    assert _crashed(crash_at)
+    wait_for(lambda: os.path.exists(tmp_path / "flushes"), 10, "the flushing hook to have run")
+    wait_for(lambda: not any(os.path.exists(f"/proc/{p}") for p in pids), 10, "both processes to end")
+    assert not os.path.exists(tmp_path / "hangs") and kv_record_keys() == []
+    assert not [k for k in kv().keys("serve-cleanup-deadline-")]  # the deadlines went with the records

@@ -308,7 +308,13 @@ class Reaper:
             return [], {}
         where = {a: info.address for a, info in table.items() if info is not None and info.address}
         graceful = [f for f in full.values() if f.grace_s > 0 and f.kind == KIND_ACTOR and f.actor_id in where]
-        deadlines = await self._new_deadlines(graceful, where) if graceful else {}
+        # An exit an earlier pass or controller asked for keeps its deadline (the actor may
+        # still be ALIVE, running its queued calls): honoured, never restarted.
+        stored = self._registry.known_deadlines()
+        deadlines = {f.actor_id: stored[f.actor_id][0] for f in graceful if f.actor_id in stored}
+        new = [f for f in graceful if f.actor_id not in deadlines]
+        if new:
+            deadlines.update(await self._new_deadlines(new, where))
         killed: list[Record] = []
         exiting: dict[str, _Exit] = {}
         for i, r in enumerate(records):

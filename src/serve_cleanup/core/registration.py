@@ -203,6 +203,15 @@ class Registrar:
             # Memory keeps no handle bytes: a take-back gives the previous owners back with
             # this call's handle (it reaches the same actor id), or no kill could reach it.
             previous = previous.replace(handle=reg.handle)
+            if not previous.owners and not previous.grace_s and reg.grace_s < rec.MAX_GRACE_S:
+                # Its serve key is about to be replaced, and memory does not know the grace
+                # its value holds (a record loaded from its keys): read it, or it is lost.
+                try:
+                    stored = (await self.registry.full([previous])).get(reg.actor_id)
+                except Exception as e:
+                    raise _store_failed(reg.actor_id, e) from None
+                if stored is not None and stored.grace_s:
+                    previous = previous.replace(grace_s=stored.grace_s)
             kept = previous.pairs if previous.owners else ()
             # The new key's value holds the larger grace of the two (memory knows a loaded
             # record's grace as 0 until a kill reads its values; the kill takes the
