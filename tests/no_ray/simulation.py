@@ -17,7 +17,13 @@ of events at virtual times (``Event``). ``Sim`` runs the schedule against a ``Wo
   retried on the restarted one, as Ray retries actor tasks.
 * events: actors appear (named or not, not yet known to GCS, long gone from the table,
   Serve's own, undying, unreachable), are registered (moves between owners, bursts of
-  many), unregistered, die on their own; apps are deleted and deployed again; gc runs;
+  many), unregistered, die on their own; a share of them (``Profile.pg_share``: none,
+  a quarter or half, by seed) are placement groups instead (``kind="pg"``): in the
+  placement group table, registered through ``serve_cleanup.register`` only (a call the
+  schedule makes through Serve's upstream method registers it serve-wide, checked),
+  removed by id, REMOVED when they die; Serve's own among them are a replica's (told by
+  its name) or an anonymous one the controller created (told by its creator); apps are
+  deleted and deployed again; gc runs;
   puts, deletes, reads of the KV and reads of the actor table fail; crash points are
   armed (each fires once, wherever it is reached first); the controller crashes; entries
   that are not records are planted under the record prefix; Serve shuts down, with calls
@@ -36,7 +42,8 @@ I1   a registration that returned has a record until its actor is dead or unregi
 I2   a registration that raised leaves no record: at every event, for actors with no call
      in flight (a failed take-back is waited for until its retry lands).
 I3   only registered actors are killed, only while their record is in the KV and their
-     owner is gone (or Serve shuts down); never one of Serve's own: at every kill.
+     owner is gone (or Serve shuts down); never one of Serve's own; an actor only by an
+     actor's kill, a placement group only by its removal: at every kill.
 I4   entries that are not records are never touched and never fatal: at every event, and
      every controller that read them reports them; once faults stop it loads.
 I5   a record of a dead actor (unknown for ``unknown_grace_s``, or Serve's own) is gone
@@ -52,6 +59,15 @@ died_on_its_own: a kill is sent only to an actor the pass's own read of the acto
      (plus the kills that raced a death: the actor died between that read and the kill,
      or after a kill that did not take, while the core waited for it to die).
 
+Placement groups are under every check above, as actors are ("actor" there reads
+"actor or placement group"; dead reads REMOVED). Besides, at every write of a key: its
+kind (the key's and the value's) is the kind registered, and its handle is the one the
+registration gave (an actor's; none for a placement group), or no kill could reach it
+(I1); a registration, which the simulation always makes with valid arguments, never
+raises ``ValueError`` (error); and at every event the counts by kind the controller
+publishes (``counts_by_kind``, ``counts_by_kind_and_scope``) are those of its records
+(counts).
+
 Behaviours that docs/architecture.md lists as *Limits* are allowed, each exactly (see
 ``Sim._limit``): the actor's state becomes unknown to the checks of I1-I3 for that one
 actor and the limit is counted.
@@ -64,6 +80,7 @@ issues them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import os
@@ -75,7 +92,8 @@ from typing import Any, Callable, Optional
 import msgpack
 
 from fakes import (
-    Crash, FakeServe, LoopClock, close_loop, Process, SimDeadlock, VirtualTimeLoop, World, handle_of, track_tasks,
+    CONTROLLER_ID, Crash, FakeServe, LoopClock, close_loop, Process, SimDeadlock, VirtualTimeLoop, World, handle_of,
+    track_tasks,
 )
 from serve_cleanup.core import CRASH_POINTS, Config, Registration, State
 from serve_cleanup.core import records as rec
@@ -84,7 +102,7 @@ from serve_cleanup.core.ports import ServeState
 from serve_cleanup.core.reaper import BACKOFF_MAX_S
 from serve_cleanup.core.records import Record
 from serve_cleanup.core.registry import read_entry
-from serve_cleanup.errors import OwnerNotFoundError, PersistenceError
+from serve_cleanup.errors import OwnerNotFoundError, PersistenceError, RegistrationError
 
 EPOCH = 1_700_000_000.0  # fakes' wall clock at virtual time 0
 APPS = {"a1": ("D1", "D2"), "a2": ("D1",)}
@@ -119,17 +137,43 @@ class Profile:
     restart_s: float  # Ray's restart of a crashed controller
     faults: int  # 0 calm, 1 some, 2 storm
     exit_s: float  # from the last shutdown step to the controller's exit (upstream's last steps)
+    pg_share: float = 0.0  # of the actors, those that are placement groups instead
 
     def __str__(self) -> str:
         c = self.config
         return (f"grace={c.shutdown_grace_s:g}s bulk_drop_min={c.bulk_drop_min} "
                 f"liveness_interval={c.liveness_interval_s:g}s latency<={self.latency:g}s "
-                f"restart={self.restart_s:g}s faults={self.faults} exit={self.exit_s:g}s")
+                f"restart={self.restart_s:g}s faults={self.faults} exit={self.exit_s:g}s "
+                f"pg_share={self.pg_share:g}")
 
 
 def actor_id(i: int) -> str:
     """Like Ray's, ids spread over the 256 buckets of their first byte."""
     return f"{i * 167 % 256:02x}{i:030x}"
+
+
+def pg_id(i: int) -> str:
+    """A placement group's id: 18 bytes (an actor's are 16), in the bucket ``actor_id(i)``
+    would be in."""
+    return f"{i * 167 % 256:02x}{i:034x}"
+
+
+# The share of a seed's actors that are placement groups: drawn from the seed apart from
+# the schedule's own random numbers, so that a seed's events are those it had before
+# placement groups (some of its actors are placement groups instead), and a quarter of
+# the seeds have none.
+PG_SHARES = (0.0, 0.25, 0.25, 0.5)
+
+
+def _pg_share(seed: int) -> float:
+    return PG_SHARES[zlib.crc32(f"{seed}:pg-share".encode()) % len(PG_SHARES)]
+
+
+def _kind_of(seed: int, share: float, i: int) -> str:
+    """Whether actor ``i`` of the seed is a placement group: from the seed and ``i``."""
+    if share and zlib.crc32(f"{seed}:pg:{i}".encode()) / 2**32 < share:
+        return rec.KIND_PLACEMENT_GROUP
+    return rec.KIND_ACTOR
 
 
 def _register_as_the_adapter_does(core, reg: Registration):
@@ -155,6 +199,7 @@ def schedule(seed: int) -> tuple[Profile, list[Event]]:
         restart_s=rng.choice([0.2, 1.0]),
         faults=faults,
         exit_s=rng.choice([0.05, 0.05, 0.5]),
+        pg_share=_pg_share(seed),
     )
     stuck = 0.15 if short_grace else 0.03  # undying or unreachable actors
     n = rng.randint(25, 110)
@@ -184,13 +229,16 @@ def schedule(seed: int) -> tuple[Profile, list[Event]]:
         roll = rng.random()
         if roll < 0.27 or not actors:
             i, next_actor = next_actor, next_actor + 1
+            record_kind = _kind_of(seed, profile.pg_share, i)
             kind = rng.choices(["plain", "system", "gone"], [0.9, 0.04, 0.06])[0]
             named = kind == "system" or rng.random() < 0.6
             name = f"SERVE_REPLICA::a1#{i}" if kind == "system" else (f"n{i}" if named else "")
+            if kind == "system" and record_kind == rec.KIND_PLACEMENT_GROUP and i % 2:
+                name = ""  # a gang's: anonymous, Serve tells it by its creator (the controller)
             handle_name = "" if kind == "system" or rng.random() < 0.2 else name
             flag = rng.choices(["", "undying", "unreachable"], [1 - stuck, stuck / 2, stuck / 2])[0]
             known_in = rng.choice([0.0, 0.0, 0.0, 0.3, 1.5]) if kind == "plain" else 0.0
-            events.append(Event(t, "actor", (i, kind, name, handle_name, known_in, flag)))
+            events.append(Event(t, "actor", (i, kind, name, handle_name, known_in, flag, record_kind)))
             if rng.random() < 0.08:
                 events.append(Event(t, "die", (i,)))  # dead before it is registered
             actors.append(i)
@@ -204,7 +252,9 @@ def schedule(seed: int) -> tuple[Profile, list[Event]]:
         elif roll < 0.415:
             count = rng.randint(profile.config.bulk_drop_min, profile.config.bulk_drop_min + 20)
             count = min(count, 90)
-            events.append(Event(t, "burst", (next_actor, count, rng.random() < 0.5)))
+            pgs = tuple(j for j in range(next_actor, next_actor + count)
+                        if _kind_of(seed, profile.pg_share, j) == rec.KIND_PLACEMENT_GROUP)
+            events.append(Event(t, "burst", (next_actor, count, rng.random() < 0.5, pgs)))
             next_actor += count
         elif roll < 0.48:
             i = rng.choice(actors)
@@ -268,10 +318,21 @@ class Actor:
     i5_window: float = 0.0  # since when it has been continuously sweepable
     bulk_mark: float = 0.0  # Sim.bulk_s then
     kill_sent_at: Optional[float] = None
+    record_kind: str = rec.KIND_ACTOR  # or a placement group (rec.KIND_PLACEMENT_GROUP)
+
+    @property
+    def is_pg(self) -> bool:
+        return self.record_kind == rec.KIND_PLACEMENT_GROUP
+
+    @property
+    def handle(self) -> bytes:
+        """The handle bytes its registrations give (a placement group has none)."""
+        return b"" if self.is_pg else handle_of(self.actor_id)
 
     @property
     def label(self) -> str:
-        return f"#{self.i} ({self.actor_id[:6]}{', ' + self.name if self.name else ''}, {self.kind})"
+        return (f"#{self.i} ({self.actor_id[:6]}{', ' + self.name if self.name else ''}, {self.kind}"
+                f"{' pg' if self.is_pg else ''})")
 
 
 @dataclass
@@ -773,6 +834,9 @@ class Sim:
             return
         a.last = f"register {how} raised {type(result).__name__} at {self.now:.3f}s" + (f" after {cut} cut" if cut else "")
         self.note(f"register {a.label} {how}: {type(result).__name__}" + (f" after {cut} cut" if cut else ""))
+        if isinstance(result, (ValueError, TypeError)) and not isinstance(result, RegistrationError):
+            # (the simulation's arguments are valid)
+            self.fail("error", f"registering {a.label} with {how} raised {result!r}")
         limit = None
         if cut and isinstance(result, (OwnerNotFoundError, PersistenceError)):
             limit = f"crash, then the retry raised {type(result).__name__}"
@@ -829,10 +893,16 @@ class Sim:
     def _spawn_call(self, coro: Any) -> None:
         self.calls.append(asyncio.ensure_future(coro))
 
-    def _new_actor(self, i: int, kind: str, name: str, handle_name: str, known_in: float, flag: str) -> Actor:
-        a = Actor(i, actor_id(i), kind, name, handle_name, self.now + known_in)
+    def _new_actor(self, i: int, kind: str, name: str, handle_name: str, known_in: float, flag: str,
+                   record_kind: str = rec.KIND_ACTOR) -> Actor:
+        pg = record_kind == rec.KIND_PLACEMENT_GROUP
+        a = Actor(i, pg_id(i) if pg else actor_id(i), kind, name, handle_name, self.now + known_in,
+                  record_kind=record_kind)
         ns = "serve" if kind == "system" else "ns"
-        self.w.table.add(a.actor_id, name, ns, known_in)
+        self.w.table.add(a.actor_id, name, ns, known_in, kind=record_kind)
+        if pg and kind == "system" and not name:  # Serve's own, told by its creator
+            self.w.table.actors[a.actor_id] = dataclasses.replace(self.w.table.actors[a.actor_id],
+                                                                  creator=CONTROLLER_ID)
         if kind == "gone":
             del self.w.table.actors[a.actor_id]  # long gone: the table does not know it
         if flag == "undying":
@@ -847,11 +917,17 @@ class Sim:
         ns = "serve" if a.kind == "system" else "ns"
         if how == "upstream":
             scope, app, deployment = SERVE
-        reg = Registration(
-            actor_id=a.actor_id, name=a.handle_name, namespace=ns if a.handle_name else "",
-            handle=handle_of(a.actor_id), scope=scope, app=app, deployment=deployment,
-            ensure_only=how == "upstream", check_actor=how != "upstream",
-        )
+        if a.is_pg:  # serve_cleanup.register only: serve-wide where the schedule says upstream
+            reg = Registration(
+                actor_id=a.actor_id, name=a.handle_name, namespace="", handle=b"",
+                scope=scope, app=app, deployment=deployment, kind=rec.KIND_PLACEMENT_GROUP,
+            )
+        else:
+            reg = Registration(
+                actor_id=a.actor_id, name=a.handle_name, namespace=ns if a.handle_name else "",
+                handle=handle_of(a.actor_id), scope=scope, app=app, deployment=deployment,
+                ensure_only=how == "upstream", check_actor=how != "upstream",
+            )
         if a.actor_id in self.w.killer.undying or a.actor_id in self.w.killer.unreachable:
             self.stuck_registered = True
         return reg
@@ -866,9 +942,10 @@ class Sim:
             if a is not None:
                 self._spawn_call(self._register(a, self._registration(a, *args[1:])))
         elif op == "burst":
-            first, n, upstream = args
+            first, n, upstream, pgs = args
             for i in range(first, first + n):
-                a = self._new_actor(i, "plain", "", "", 0.0, "")
+                a = self._new_actor(i, "plain", "", "", 0.0, "",
+                                    rec.KIND_PLACEMENT_GROUP if i in pgs else rec.KIND_ACTOR)
                 self._spawn_call(self._register(a, self._registration(a, "upstream" if upstream else "api", *SERVE)))
             self.count("bursts")
         elif op == "unregister":
@@ -957,13 +1034,26 @@ class Sim:
         restarted controller would)."""
         return self.w.store.record_of(actor_id)
 
-    def _values(self, actor_id: str) -> list[Record]:
-        out = []
-        for key in self.w.store.keys_of(actor_id):
+    def _check_written(self, a: Actor) -> None:
+        """I1, at a write of a key of ``a``: each of its keys, and each value, has the kind
+        it was registered with (else the reaper reads the wrong table, and its kill or
+        removal reaches nothing) and the handle its registration gave (no kill can reach
+        an anonymous actor without it)."""
+        for key in self.w.store.keys_of(a.actor_id):
             entry = read_entry(key, self.w.store.data[self.w.store._find(key)])
-            if isinstance(entry, Record):
-                out.append(entry)
-        return out
+            if not isinstance(entry, Record):
+                continue
+            if not rec.is_v1_key(key) and rec.parse_key(key).kind != a.record_kind:
+                self.fail("I1", f"a key of {a.label} was written with kind {rec.parse_key(key).kind!r}: "
+                                f"{key!r}")
+            elif entry.kind != a.record_kind:
+                self.fail("I1", f"a value of {a.label} was written with kind {entry.kind!r}")
+            elif entry.handle != a.handle:
+                self.fail("I1", f"a key of {a.label} was written without the handle its registration "
+                                "gave: no kill can reach an anonymous actor")
+            else:
+                continue
+            return
 
     def _check_owners(self, a: "Actor", record: Record) -> None:
         """The owner set the KV holds is the one the actor's calls left (or, while a
@@ -985,9 +1075,8 @@ class Sim:
                 self.fail("I6", f"a record was written after shutdown finished (closed): {self._label(actor_id)}")
             if actor_id not in self.kv or record is None:
                 self.kv[actor_id] = self.now
-            if a is not None and any(r.handle != handle_of(actor_id) for r in self._values(actor_id)):
-                self.fail("I1", f"a key of {a.label} was written without the handle its registration "
-                                "gave: no kill can reach an anonymous actor")
+            if a is not None:
+                self._check_written(a)
         elif record is None:
             self.kv.pop(actor_id, None)
             if (a is not None and a.expect == "present" and not a.calls and a.kind != "system"
@@ -1029,6 +1118,9 @@ class Sim:
         self.count("kills")
         if a is None:
             self.fail("I3", f"killed {record.actor_id}, which no caller ever registered")
+        elif record.kind != a.record_kind:
+            self.fail("I3", f"sent {a.label} the kill of a {rec.KIND_NAMES.get(record.kind, record.kind)}; "
+                            f"it is a {rec.KIND_NAMES[a.record_kind]}")
         elif a.kind == "system":
             self.fail("I3", f"killed {a.label}, one of Serve's own actors")
         elif a.actor_id not in self.kv:
@@ -1042,16 +1134,16 @@ class Sim:
         elif self.shutdown_at is None and not any(self._owner_gone(o, t) for o, t in [*a.claims.items(), *a.asked]):
             self.fail("I3", f"killed {a.label} while its owner lives ({sorted(a.claims)}, asked for "
                             f"{sorted(o for o, _ in a.asked)}) and Serve runs")
-        elif p is not None and not self._read_alive(p, a.actor_id):
+        elif p is not None and not self._read_alive(p, a.actor_id, record.kind):
             self.fail("died_on_its_own", f"killed {a.label}, which the pass's own read of the actor "
                                          "table did not find alive")
         else:
             self.note(f"kill {a.label}")
 
-    def _read_alive(self, p: Process, actor_id: str) -> bool:
-        """The read that decided this kill (the pass's bulk read, in the same task, or a
-        lookup by id after it) found the actor alive."""
-        read = p.live_read.get(asyncio.current_task())
+    def _read_alive(self, p: Process, actor_id: str, kind: str) -> bool:
+        """The read that decided this kill (the pass's bulk read of the kind's table, in
+        the same task, or a lookup by id after it) found the actor alive."""
+        read = p.live_read.get(asyncio.current_task(), {}).get(kind)
         if read is None:
             return True  # no bulk read in this task: nothing to hold the kill against
         at, alive = read
@@ -1157,9 +1249,12 @@ class Sim:
                 return
 
     def _check(self) -> None:
-        """I1, I2, I4 at this moment."""
+        """I1, I2, I4 and the counts at this moment."""
         if self.failure:
             return
+        p = self._ready_process()
+        if p is not None and p.core.state in LOADED:
+            self._check_counts(p.core)
         store = self.w.store
         for key, value in self.planted.items():  # I4: untouched
             found = store._find(key)
@@ -1188,6 +1283,28 @@ class Sim:
                 self.fail("I2", f"{a.label} has a record in the KV, but its calls left it unregistered "
                                 f"(last: {a.last})")
                 return
+
+    def _check_counts(self, core: Any) -> None:
+        """What the controller publishes per kind (metrics, ``status``) is what its records
+        say: ``counts_by_kind`` and ``counts_by_kind_and_scope`` recounted from them."""
+        registry = core.registry
+        by_kind = dict.fromkeys(rec.KINDS, 0)
+        by_kind_scope = {(k, s): 0 for k in rec.KINDS for s in rec.SCOPES}
+        for r in registry.records():
+            by_kind[r.kind] += 1
+            for scope in [o[0] for o in r.owners] or [rec.SCOPE_SERVE]:
+                by_kind_scope[(r.kind, scope)] += 1
+        said = registry.counts_by_kind()
+        if said != by_kind:
+            self.fail("counts", f"counts_by_kind says {said}; the records are {by_kind}")
+            return
+        said_scopes = registry.counts_by_kind_and_scope()
+        if said_scopes != by_kind_scope:
+            self.fail("counts", f"counts_by_kind_and_scope says {said_scopes}; the records are {by_kind_scope}")
+            return
+        wrong = [r.actor_id for r in registry.records() if registry.kind_of(r.actor_id) != r.kind]
+        if wrong:
+            self.fail("counts", f"kind_of disagrees with the records of {[self._label(x) for x in wrong[:5]]}")
 
     def _final_checks(self) -> None:
         records = self.w.store.records()
