@@ -37,6 +37,7 @@ in flight; no driver process. GCS keeps finished jobs in its table (no cap).
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import psutil
@@ -55,6 +56,7 @@ from benchmarks.harness import (
     make_finished_jobs,
     median,
     pending_actors,
+    profiled,
     purge_records,
     record_count,
     register_public,
@@ -112,10 +114,11 @@ def _level(sizes: JobSizes, gcs_proc, ctrl_proc, me: str) -> dict:
             register_public(a, scope="job")
             register_public(b)
         o, w = Samples(), Samples()
-        for i, (a, b) in enumerate(zip(owned[sizes.warmup:], wide[sizes.warmup:])):
-            pair = ((o, a, {"scope": "job"}), (w, b, {}))
-            for samples, actor, options in (pair if i % 2 == 0 else pair[::-1]):
-                samples.add(register_public(actor, **options))
+        with profiled(ctrl_proc.pid, f"jobs-{row['jobs']}-register-controller") if rep == 0 else nullcontext():
+            for i, (a, b) in enumerate(zip(owned[sizes.warmup:], wide[sizes.warmup:])):
+                pair = ((o, a, {"scope": "job"}), (w, b, {}))
+                for samples, actor, options in (pair if i % 2 == 0 else pair[::-1]):
+                    samples.add(register_public(actor, **options))
         unregister(wide)
         unregister(owned[:sizes.warmup])
         stored = record_count()

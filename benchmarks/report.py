@@ -1,7 +1,7 @@
 """Turn ``benchmarks.json`` into docs/reports/benchmarks.md (and one plot): issue 14's targets,
 each with a before and an after column, then issue 21's rows where the data exists (rows
-1, 3, 4, 7, 10), then issue 22's (placement groups: section ``pgs``), then each section's
-own figures."""
+1, 3, 4, 7, 10), then issue 22's (placement groups, job owners, graceful kills: sections
+``pgs``, ``jobs``, ``grace``), then each section's own figures."""
 
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ SECTION_OF = {"1": "floor", "2": "history", "3": "shutdown", "4": "memory", "5":
 SECTION_OF_21 = {"1": "memory", "3": "memory", "4": "list", "5": "live100k", "6": "live100k", "7": "memory",
                  "8": "floor", "9": "floor", "10a": "owners3", "10b": "owners3", "11": "shutdown"}
 
-# Issue 22's rows (placement groups): one section, no "before" (plain Serve registers none).
-SECTION_OF_22 = {"1": "pgs", "2a": "pgs", "2b": "pgs"}
+# Issue 22's rows (placement groups, job owners, graceful kills): no "before" (plain Serve
+# has none of them); each row's section and the command that ran it.
+SECTION_OF_22 = {"1": "pgs", "2a": "pgs", "2b": "pgs", "3": "jobs", "5": "grace"}
 
 
 def _machine() -> str:
@@ -271,11 +272,75 @@ def issue21_rows(results: dict) -> list[dict]:
 
 
 def issue22_rows(results: dict) -> list[dict]:
-    """Issue 22's rows (section ``pgs``): key, measure, target, figure shown, detail,
-    verdict (None: no verdict, e.g. a --quick run's NaN)."""
-    pg = results.get("pgs")
-    if not pg:
+    """Issue 22's rows (sections ``pgs``, ``jobs``, ``grace``): key, measure, target,
+    figure shown, detail, verdict (None: no verdict, e.g. a --quick run's NaN)."""
+    rows = _pg_rows(results.get("pgs") or {})
+    rows += _jobs_rows(results.get("jobs"))
+    rows += _grace_rows(results.get("grace"))
+    return rows
+
+
+def _jobs_rows(j: Optional[dict]) -> list[dict]:
+    if not j:
         return []
+    empty, full = j["levels"]
+    reg, idle = j["reg_ratio"], j.get("gcs_idle_ratio")
+    ok = None if idle is None or math.isnan(reg) else reg <= 1.15 and idle <= 1.15
+
+    def pct(x: float) -> str:
+        return f"{x * 100:.2f} %"
+
+    probe = [lv["probe"] for lv in (empty, full)]
+    return [{
+        "key": "3",
+        "measure": f"{j['finished_jobs']:,} finished jobs in GCS's job table, {j['owners']} job-owned registrations "
+                   "(this driver's running job; Serve started by another driver): job-owned registration p50 and "
+                   "gcs_server idle CPU, vs an empty job table",
+        "target": "registration p50 and gcs_server idle CPU within 1.15× of an empty job table",
+        "value": max(reg, idle or 0.0), "ok": ok,
+        "shown": f"registration {reg:.2f}×, gcs_server idle " + ("—" if idle is None else f"{idle:.2f}×"),
+        "detail": (f"job-owned registration p50 {full['job']['p50_ms']:.2f} ms with {full['jobs']:,} jobs vs "
+                   f"{empty['job']['p50_ms']:.2f} ms with {empty['jobs']} (p90 {full['job']['p90_ms']:.2f} vs "
+                   f"{empty['job']['p90_ms']:.2f}); serve-wide registrations interleaved, the control: "
+                   f"{full['serve']['p50_ms']:.2f} vs {empty['serve']['p50_ms']:.2f} ms "
+                   f"({j['serve_reg_ratio']:.2f}×); gcs_server idle with {j['owners']} job owners "
+                   f"{pct(full['gcs_idle_owned'])} vs {pct(empty['gcs_idle_owned'])} of a core, with none "
+                   f"{pct(full['gcs_idle_no_owner'])} vs {pct(empty['gcs_idle_no_owner'])} "
+                   f"({j['window_s']:.0f} s windows, median of {j['reps']}); the job-table read from a driver: whole "
+                   f"{probe[1]['whole']['p50_ms']:.2f} vs {probe[0]['whole']['p50_ms']:.2f} ms, filtered to one job "
+                   f"{probe[1]['filtered']['p50_ms']:.2f} vs {probe[0]['filtered']['p50_ms']:.2f} ms; "
+                   f"{j['finished_jobs']:,} finished jobs made in {j['make_s']:.1f} s (GCS job RPCs)"),
+    }]
+
+
+def _grace_rows(g: Optional[dict]) -> list[dict]:
+    if not g:
+        return []
+    d, p = g[DURABLE], g[PLAIN]
+    over = g["over_plain_s"]
+    limit = g["grace_s"] + 2.0
+    expected = g["actors"] - g["hanging"]
+    ok = over <= limit and d["markers_done_min"] == expected and d["alive_at_end_max"] == 0
+    reps_d, reps_p = g["by_rep"][DURABLE], g["by_rep"][PLAIN]
+    return [{
+        "key": "5",
+        "measure": f"`serve.shutdown()` with {g['actors']} actors registered with `grace_s={g['grace_s']:g}`, "
+                   f"{g['hanging']} of whose `__ray_shutdown__` hang, vs plain Serve's (the same actors, "
+                   "unregistered); each hook that returns writes a marker",
+        "target": f"shutdown ≤ plain + {g['grace_s']:g} s + 2 s; every `__ray_shutdown__` that can run has run",
+        "value": over, "ok": ok,
+        "shown": f"{over:+.2f} s; {d['markers_done_min']} of {expected} markers; "
+                 f"{d['alive_at_end_max']} processes left",
+        "detail": (f"durable {d['shutdown_s']:.2f} s (reps {_rounds([r['shutdown_s'] for r in reps_d])}), plain "
+                   f"{p['shutdown_s']:.2f} s (reps {_rounds([r['shutdown_s'] for r in reps_p])}), from the call until "
+                   f"the controller was gone; medians of {g['reps']}{', one app' if g['with_app'] else ''}; hooks "
+                   f"returned (markers): {', '.join(str(r['markers_done']) for r in reps_d)}; begun: "
+                   f"{', '.join(str(r['markers_begun']) for r in reps_d)}; actor processes left when the controller "
+                   f"was gone: {', '.join(str(r['alive_at_end']) for r in reps_d)}"),
+    }]
+
+
+def _pg_rows(pg: dict) -> list[dict]:
     rows: list[dict] = []
     sh = pg.get("shutdown")
     if sh:
@@ -328,17 +393,19 @@ def _issue22_table(results: Optional[dict]) -> list[str]:
     rows = issue22_rows(results) if results else []
     if not rows:
         return []
-    section = SECTION_OF_22[rows[0]["key"]]
-    info = results.get("sections", {}).get(section, {})
-    lines = ["## Issue 22 targets (placement groups)", "",
-             "Plain Serve cannot register a placement group: no before/after, the durable controller against "
-             "plain Serve in one run (section `pgs`, `benchmarks/pgs.py`).", "",
+    lines = ["## Issue 22 targets (placement groups, job owners, graceful kills)", "",
+             "Plain Serve has none of these (it cannot register a placement group, a job owner or a grace "
+             "period): no before/after; the durable controller against plain Serve, or against the same cluster "
+             "without the load, in one run (sections `pgs`, `jobs`, `grace`: `benchmarks/pgs.py`, `jobs.py`, "
+             "`grace.py`). Row 4 (the soak) is `python -m benchmarks.soak`: docs/reports/soak.md.", "",
              "| # | measure | target | result | holds | command |", "|---|---|---|---|---|---|"]
     for r in rows:
+        section = SECTION_OF_22[r["key"]]
+        info = results.get("sections", {}).get(section, {})
         verdict = "—" if r["ok"] is None else ("holds" if r["ok"] else "**missed**")
         lines.append(f"| {r['key']} | {r['measure']} | {r['target']} | **{r['shown']}**<br>{r['detail']}"
-                     f"<br>_{_commit(results, SECTION_OF_22[r['key']])}_ | {verdict} | "
-                     f"`{info.get('command', 'python -m benchmarks --only pgs')}` |")
+                     f"<br>_{_commit(results, section)}_ | {verdict} | "
+                     f"`{info.get('command', f'python -m benchmarks --only {section}')}` |")
     return lines + [""]
 
 
@@ -374,6 +441,52 @@ def _pgs_details(pg: dict) -> list[str]:
                   f"actor {cell('actor')}; anonymous placement group {cell('pg_anon')}; named placement group "
                   f"{cell('pg_named')}; both placement groups pooled {cell('pg')}.", ""]
     return lines
+
+
+def _jobs_details(j: dict) -> list[str]:
+    lines = [f"## Job owners with {j['finished_jobs']:,} finished jobs (issue 22, row 3)", "",
+             f"Serve (durable) started by a short-lived driver (job {j['serve_started_by_job']}); {j['owners']} "
+             f"registrations owned by this benchmark driver's job ({j['driver_job']}) per rep, each a new pair, "
+             "interleaved with as many serve-wide ones (unregistered before the windows); idle windows of "
+             f"{j['window_s']:.0f} s with the {j['owners']} job-owned registrations held, then with none; "
+             f"% of a core. {j['finished_jobs']:,} finished jobs made in {j['make_s']:.1f} s through GCS's job RPCs "
+             "(`GetNextJobID`, `AddJob`, `MarkJobFinished`; no driver process).", "",
+             "| jobs in the table | rep | register p50 ms: job-owned / serve-wide | gcs_server idle: job owners / "
+             "none | controller idle: job owners / none | machine busy (cores) |",
+             "|---:|---:|---|---|---|---|"]
+    for lv in j["levels"]:
+        for i, r in enumerate(lv["by_rep"]):
+            a, b = r["idle_owned"], r["idle_no_owner"]
+            lines.append(f"| {lv['jobs']:,} ({lv['finished']:,} finished) | {i + 1} | {r['job_p50_ms']:.2f} / "
+                         f"{r['serve_p50_ms']:.2f} | {a['gcs_cores'] * 100:.2f} / {b['gcs_cores'] * 100:.2f} | "
+                         f"{a['controller_cores'] * 100:.2f} / {b['controller_cores'] * 100:.2f} | "
+                         f"{a.get('machine_cores', float('nan')):.2f} / {b.get('machine_cores', float('nan')):.2f} |")
+    lines += ["", "The job-table read (`GcsClient.async_get_all_job_info`, both skip flags) from a driver, "
+              "awaited one at a time: p50 ms, gcs_server CPU ms per call:", "",
+              "| jobs in the table | whole table | filtered to one job |", "|---:|---|---|"]
+    for lv in j["levels"]:
+        w, f = lv["probe"]["whole"], lv["probe"]["filtered"]
+        lines.append(f"| {lv['jobs']:,} | {w['p50_ms']:.2f} ms, GCS {w['gcs_cpu_ms']:.2f} ms ({w['returned']:,} "
+                     f"returned) | {f['p50_ms']:.2f} ms, GCS {f['gcs_cpu_ms']:.2f} ms |")
+    return lines + [""]
+
+
+def _grace_details(g: dict) -> list[str]:
+    lines = ["## Graceful kills at shutdown (issue 22, row 5)", "",
+             f"{g['actors']} real actors (one process each, `num_cpus=0`), {g['hanging']} of whose "
+             "`__ray_shutdown__` never return" + (", one app deployed" if g["with_app"] else "") + "; durable: "
+             f"registered serve-wide with `grace_s={g['grace_s']:g}`; plain: unregistered. Shutdown: from the call "
+             "until the controller is gone. Markers: `done` written by each hook that returned, `begun` by each "
+             "that started. Processes: `/proc/<pid>` of each actor (a zombie counts as gone).", "",
+             "| rep | kind | shutdown s | hooks returned | hooks begun | processes left at the end | all gone s "
+             "after the call | starting the actors s | GiB available with them | USS MB an actor |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for kind in (PLAIN, DURABLE):
+        for i, r in enumerate(g["by_rep"][kind]):
+            lines.append(f"| {i + 1} | {kind} | {r['shutdown_s']:.2f} | {r['markers_done']} | {r['markers_begun']} | "
+                         f"{r['alive_at_end']} | {_s2(r['all_gone_s']) if kind == DURABLE else '—'} | "
+                         f"{r['started_s']:.0f} | {r['available_gb_with_actors']:.1f} | {r['actor_uss_mb']:.0f} |")
+    return lines + [""]
 
 
 def _s(x: Optional[float]) -> str:
@@ -700,6 +813,10 @@ def write(results: dict, out_dir: Path, baseline: Optional[dict] = None) -> Path
         lines += _owner_sets_details(results["owners3"])
     if results.get("pgs"):
         lines += _pgs_details(results["pgs"])
+    if results.get("jobs"):
+        lines += _jobs_details(results["jobs"])
+    if results.get("grace"):
+        lines += _grace_details(results["grace"])
     if results.get("deletes"):
         lines += _deletes_details(results["deletes"])
     analysis = out_dir / "benchmarks-analysis.md"  # hand-written
