@@ -133,7 +133,7 @@ async def test_a_mixed_v1_and_v2_load_reads_v1_values_only_and_rewrites_them():
         w.store.data[rec.record_key(a.actor_id)] = rec.encode_v1(r)
     w.store.requests = 0
     core = await w.core()
-    assert w.store.requests == 2  # one listing, one read of the three v1 values
+    assert w.store.requests == 3  # one listing, one read of the three v1 values, the exits' listing
     assert core.status()["records"] == 4 and core.status()["v1_records"] == 3
     assert core.registry.get(v1s[1].actor_id).owners == (("app", "A", ""),)
     await w.ticks(core, 2)  # the background rewrite

@@ -124,10 +124,10 @@ def _sweep_drops_a_live_record(m: pytest.MonkeyPatch) -> None:
     classify = reaper.Reaper._classify
 
     async def broken(self, records, table):
-        live, to_drop, unknown = await classify(self, records, table)
+        live, to_drop, unknown, under_way = await classify(self, records, table)
         for r in live[:1]:
             to_drop[r.actor_id] = (r, reaper.Outcome.ALREADY_DEAD)
-        return live[1:], to_drop, unknown
+        return live[1:], to_drop, unknown, under_way
 
     m.setattr(reaper.Reaper, "_classify", broken)
 
@@ -144,9 +144,9 @@ def _take_back_without_handle(m: pytest.MonkeyPatch) -> None:
 
 
 def _first_dead_owner_kills(m: pytest.MonkeyPatch) -> None:
-    def broken(self, live_apps, live_deployments):
+    def broken(self, live_apps, live_deployments, ended_jobs=frozenset()):
         return [r for r in self.records()
-                if any(not registry.owner_alive(o, live_apps, live_deployments) for o in r.owners)]
+                if any(not registry.owner_alive(o, live_apps, live_deployments, ended_jobs) for o in r.owners)]
 
     m.setattr(registry.Registry, "orphans", broken)
 
@@ -350,11 +350,12 @@ BROKEN_CORES = {  # what is broken: (the check that must catch it, how)
     "an owner's deletion kills an actor another live owner holds": ("I3", _first_dead_owner_kills),
     "scope serve moves an owned actor (0.1.0's last-wins)": ("owners", _serve_scope_moves_an_owned_actor),
     "an added owner replaces the owner set": ("owners", _an_added_owner_replaces_the_set),
-    "replaced keys are never deleted": ("I2", _replaced_keys_stay),
+    # (a replaced key left over also brings a dead actor's record back at a load: I5)
+    "replaced keys are never deleted": ("I2", _replaced_keys_stay, ("I5",)),
     "a refused registration is not taken back": ("I2", _no_take_back),
     "the upstream fast path holds no lock": ("I2", _fast_path_without_the_lock),
     "every record counts as an orphan": ("I3", lambda m: m.setattr(registry.Registry, "orphans",
-                                                                   lambda self, apps, deps: self.records())),
+                                                                   lambda self, apps, deps, jobs=(): self.records())),
     "Serve's own actors are killed": ("I3", lambda m: m.setattr(reaper.Reaper, "_own", lambda self, r, info: False)),
     "a bulk drop deletes every bucket": ("I4", _bulk_drop_deletes_every_bucket),
     "an unreadable entry is fatal": ("I4", _unreadable_entry_is_fatal),
@@ -399,9 +400,11 @@ def test_serves_own_placement_groups_told_by_the_actor_rule_is_caught(monkeypatc
     for seed in seeds:
         failure = run(seed)[1]
         if failure is not None:
-            assert failure.label == "I3", f"seed {seed}: {failure}"
+            # I3 once it is removed; I5 first where the sweep, which no longer tells it
+            # is Serve's own, keeps its record (a registration refuses it before any write).
+            assert failure.label in ("I3", "I5"), f"seed {seed}: {failure}"
             return
-    pytest.fail(f"none of seeds {seeds} caught it (I3)")
+    pytest.fail(f"none of seeds {seeds} caught it (I3 or I5)")
 
 
 def test_a_failure_is_reported_with_a_minimal_schedule(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -46,6 +46,8 @@ class Registration:
         """``record`` already satisfies this call: scope ``serve`` and the upstream
         method accept any registration of the actor (its owners stay as they are); an
         app or deployment owner must be in the actor's set."""
+        if record.kind != self.kind:
+            return False  # the full path refuses it (one id, two kinds)
         return self.ensure_only or self.scope == rec.SCOPE_SERVE or self.owner in record.owners
 
 

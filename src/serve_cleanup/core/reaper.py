@@ -281,9 +281,10 @@ class Reaper:
         current = await self._current(records, outcomes)
         if not current:
             return set(), 0
-        await self._registry.deadlines()  # listed once a process
         table = await self.read_table(current)
-        live, to_drop, _, _ = await self._classify(current, table)  # the unknown, the exiting: later
+        # The unknown, and graceful exits under way (as far as listed: the engine lists
+        # them before its first sweep), wait for later.
+        live, to_drop, _, _ = await self._classify(current, table)
         if to_drop:
             self._faults.reached("after_lookup_before_drop")
             await self._drop_all(to_drop, Reason.SWEEP, outcomes)

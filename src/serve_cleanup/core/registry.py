@@ -268,6 +268,10 @@ class Registry:
         self._aside_raw = set()
         self._by_owner = {}
         self.verified = set()
+        # The graceful exits a crashed controller started (their actors are DEAD in the
+        # table already, their processes may still run): one listing, at every start.
+        self._deadlines = None
+        await self.deadlines()
         if loaded.owned:
             for record in self._records.values():
                 if record.pairs[0][0] is not SERVE_OWNER:
