@@ -38,6 +38,7 @@ class Holder:
             f.write("flushed")
 
 
+@pytest.mark.smoke  # __ray_terminate__, __ray_shutdown__ and the worker's KillActor on every supported Ray
 def test_shutdown_runs_the_graceful_exit_and_forces_a_hanging_one_at_its_deadline(durable_serve, tmp_path):
     markers = {name: str(tmp_path / name) for name in ("graceful", "hanging", "immediate")}
     graceful = Holder.remote(markers["graceful"])

@@ -46,6 +46,7 @@ class Echo:
         return "still serving"
 
 
+@pytest.mark.smoke  # the job table's RPC and its skip flags on every supported Ray
 def test_a_drivers_job_owned_helper_dies_when_the_driver_exits_and_serve_keeps_running(durable_serve, unique):
     handle = serve.run(Echo.bind(), name=f"echo-{unique}", route_prefix=None)
     controller = find_controller()._actor_id.hex()
