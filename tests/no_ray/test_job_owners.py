@@ -115,3 +115,39 @@ async def test_the_job_table_is_read_once_a_liveness_interval_and_only_while_a_j
     reads = w.jobs.reads  # the registration's own check: one filtered read
     await ticks(w, core, 60)
     assert 1 <= w.jobs.reads - reads <= 60 / Config.liveness_interval_s + 1
+
+
+async def test_a_job_checked_running_is_not_read_again_for_each_registration():
+    """Issue 22 row 3: GCS copies its whole job table for each read, filtered or not. A
+    job that a read found running is trusted until the next read is due."""
+    w = World()
+    w.jobs.running.add(JOB)
+    core = await w.core()
+    for _ in range(20):
+        await core.registrar.register(by_job(w.actor(), JOB))
+    assert w.jobs.reads == 1
+
+
+class SlowJobs:
+    """A job table whose reads take ``took`` seconds (a large table)."""
+
+    def __init__(self, w: World, took: float) -> None:
+        self.w, self.took, self.reads = w, took, 0
+
+    async def ended(self, job_ids):
+        self.reads += 1
+        await self.w.clock.sleep(self.took)
+        return set()
+
+    async def alive(self, job_id):
+        return True
+
+
+async def test_a_slow_job_table_is_read_less_often():
+    w = World()
+    slow = SlowJobs(w, took=0.05)  # 400 x 0.05 s = one read every 20 s
+    w.jobs = slow
+    core = await w.core()
+    await core.registrar.register(by_job(w.actor(), JOB))
+    await ticks(w, core, 60)
+    assert 2 <= slow.reads <= 60 / 20 + 1, slow.reads

@@ -409,13 +409,17 @@ class Reaper:
             except Exception as e:
                 self._log.debug(f"serve_cleanup: reading the actor table failed ({e!r}); retrying.")
             now_wall = self._clock.time()
-            for actor_id in [a for a, e in exiting.items() if not e.forced and now_wall >= e.deadline]:
-                if await self._force(exiting[actor_id], by_id[actor_id], reason, outcomes):
-                    end = max(end, self._clock.monotonic() + self._config.confirm_death_s)
-                else:
-                    exiting.pop(actor_id)
-                    waiting.discard(actor_id)  # its outcome is set: not dead, and not dropped
-                    by_id.pop(actor_id)
+            due = [a for a, e in exiting.items() if not e.forced and now_wall >= e.deadline]
+            for i in range(0, len(due), self._config.deletes_in_flight):  # at once, not one by one
+                chunk = due[i:i + self._config.deletes_in_flight]
+                forced = await asyncio.gather(*(self._force(exiting[a], by_id[a], reason, outcomes) for a in chunk))
+                for actor_id, ok in zip(chunk, forced):
+                    if ok:
+                        end = max(end, self._clock.monotonic() + self._config.confirm_death_s)
+                    else:
+                        exiting.pop(actor_id)
+                        waiting.discard(actor_id)  # its outcome is set: not dead, and not dropped
+                        by_id.pop(actor_id)
             delay = min(delay * 2, 0.25)
         return set(by_id) - waiting
 

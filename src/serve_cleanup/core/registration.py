@@ -43,6 +43,10 @@ class Registrar:
         # none). Memory already shows it; the reconcile loop and shutdown retry the write.
         self.retract: dict[str, Optional[Record]] = {}
         self.accepted_since_summary = 0
+        # Jobs a read of the job table found running, and when (monotonic); trusted for
+        # jobs_read_every_s (the engine's spacing of its reads).
+        self.jobs_seen_running: dict[str, float] = {}
+        self.jobs_read_every_s = config.liveness_interval_s
 
     async def register(self, reg: Registration) -> Record:
         """Durably register; returns the stored record. Raises ``RegistrationError`` (or
@@ -75,15 +79,23 @@ class Registrar:
             self.inflight -= 1
 
     async def _check_job(self, job_id: str) -> None:
-        """A job owner must be a job that runs (one filtered read of the job table; a
-        repeat of the pair never gets here)."""
+        """A job owner must be a job that runs: one filtered read of the job table (which
+        costs GCS a copy of its whole table), unless that read, or the reconcile loop's
+        read of the table, found it running within the time between two such reads (a
+        job that ended since is found by the next one, which kills what it owns)."""
+        seen = self.jobs_seen_running.get(job_id)
+        if seen is not None and self._clock.monotonic() - seen < self.jobs_read_every_s:
+            return
         try:
             alive = await self._jobs.alive(job_id)
         except Exception as e:
             raise PersistenceError(
                 f"could not read the job table ({e!r}); nothing was registered. Retry once "
                 "the cluster's GCS is reachable.") from None
-        if not alive:
+        if alive:
+            self.jobs_seen_running[job_id] = self._clock.monotonic()
+        else:
+            self.jobs_seen_running.pop(job_id, None)
             raise OwnerNotFoundError(
                 f"job {job_id} has ended (or this cluster does not know it), so it can own nothing; "
                 "register from a running driver or with another scope.")
