@@ -47,6 +47,7 @@ from ray.core.generated import core_worker_pb2, gcs_pb2
 from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 
 import serve_cleanup
+import serve_cleanup.errors
 from serve_cleanup.core import records
 from serve_cleanup.serve_adapter.kv import KvStore, full_key
 from serve_cleanup.serve_adapter.kv import NAMESPACE as _KV_NAMESPACE
@@ -468,6 +469,40 @@ def register_owned(actor, scope: str, app: str, deployment: Optional[str] = None
 def unregister(actors: Iterable) -> None:
     for a in actors:
         serve_cleanup.unregister(a)
+
+
+# What a registration call raises when it was refused (nothing registered: an owner that
+# is not there, a dead actor), and when the controller did not answer in time (unknown).
+REFUSED = (serve_cleanup.errors.RegistrationError, ValueError)
+UNAVAILABLE = serve_cleanup.errors.ControllerUnavailableError
+
+
+def unregister_one(actor, **options) -> bool:
+    """``serve_cleanup.unregister`` (the whole registration without ``options``)."""
+    return serve_cleanup.unregister(actor, **options)
+
+
+def record_pairs() -> set[tuple[str, tuple]]:
+    """``(actor id, owner)`` of every v2 key under the record prefix (``records.parse_key``;
+    owner ``(scope, app, deployment)``); a key that does not parse counts as
+    ``(key, ("unparsed", "", ""))``."""
+    out: set[tuple[str, tuple]] = set()
+    for key in record_keys():
+        try:
+            parsed = records.parse_key(bytes(key))
+            out.add((parsed.actor_id, tuple(parsed.owner)))
+        except Exception:
+            out.add((bytes(key).decode(errors="replace"), ("unparsed", "", "")))
+    return out
+
+
+def live_actor_ids(actor_ids: Iterable[str]) -> set[str]:
+    """Of ``actor_ids`` (hex), those GCS's actor table holds in a state that is not DEAD
+    (one read per live state; the controller's own read, ``serve_adapter.ports.live_actors``)."""
+    from serve_cleanup.serve_adapter.ports import live_actors
+
+    wanted = set(actor_ids)
+    return set(live_actors(wanted, state_accessor())) if wanted else set()
 
 
 def stored_actor_ids() -> set[str]:
