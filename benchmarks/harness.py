@@ -577,18 +577,45 @@ def make_finished_jobs(n: int, in_flight: int = 200) -> float:
     ``in_flight`` jobs at a time (gRPC futures). GCS runs for each what it runs for a
     driver (publishes the job to the raylets, its job-finished listeners), but no driver
     process starts. Returns seconds."""
+    started = time.perf_counter()
+    _add_jobs(n, in_flight, finish=True)
+    return time.perf_counter() - started
+
+
+def make_running_jobs(n: int, in_flight: int = 200) -> list[str]:
+    """``n`` jobs GCS's table holds as running (``make_finished_jobs`` without the
+    ``MarkJobFinished``: a driver's start, no driver process): job owners without a driver
+    each. Their ids (hex); end them with ``finish_jobs``."""
+    return _add_jobs(n, in_flight, finish=False)
+
+
+def finish_jobs(job_ids: Iterable[str], in_flight: int = 200) -> None:
+    """``MarkJobFinished`` of each of ``job_ids`` (hex), as a driver's end sends it."""
+    from ray.core.generated import gcs_service_pb2 as pb
+
+    ids = list(job_ids)
+    channel, stub = _job_stub()
+    try:
+        for i in range(0, len(ids), in_flight):
+            for f in [stub.MarkJobFinished.future(pb.MarkJobFinishedRequest(job_id=bytes.fromhex(j)), timeout=60)
+                      for j in ids[i:i + in_flight]]:
+                f.result(timeout=60)
+    finally:
+        channel.close()
+
+
+def _add_jobs(n: int, in_flight: int, finish: bool) -> list[str]:
     from ray.core.generated import gcs_pb2, gcs_service_pb2 as pb
 
     channel, stub = _job_stub()
     me = ray.get_runtime_context().get_job_id()
-    started = time.perf_counter()
+    out: list[str] = []
     try:
         reply = stub.GetAllJobInfo(pb.GetAllJobInfoRequest(job_or_submission_id=me, **_SKIP), timeout=60)
         template = next(j for j in reply.job_info_list if j.job_id.hex() == me)
         worker_tail = template.driver_address.worker_id[len(template.job_id):]
-        made = 0
-        while made < n:
-            k = min(in_flight, n - made)
+        while len(out) < n:
+            k = min(in_flight, n - len(out))
             ids = [f.result(timeout=60).job_id for f in
                    [stub.GetNextJobID.future(pb.GetNextJobIDRequest(), timeout=60) for _ in range(k)]]
             adds = []
@@ -603,13 +630,14 @@ def make_finished_jobs(n: int, in_flight: int = 200) -> float:
             finishing = []
             for job_id, f in adds:
                 f.result(timeout=60)
-                finishing.append(stub.MarkJobFinished.future(pb.MarkJobFinishedRequest(job_id=job_id), timeout=60))
+                out.append(job_id.hex())
+                if finish:
+                    finishing.append(stub.MarkJobFinished.future(pb.MarkJobFinishedRequest(job_id=job_id), timeout=60))
             for f in finishing:
                 f.result(timeout=60)
-            made += k
     finally:
         channel.close()
-    return time.perf_counter() - started
+    return out
 
 
 def job_read_probe(n: int, gcs_proc: psutil.Process, job_id: Optional[str] = None) -> dict:
