@@ -151,3 +151,15 @@ async def test_a_slow_job_table_is_read_less_often():
     await core.registrar.register(by_job(w.actor(), JOB))
     await ticks(w, core, 60)
     assert 2 <= slow.reads <= 60 / 20 + 1, slow.reads
+
+
+async def test_a_drivers_own_job_is_not_read_at_all():
+    """The default job owner is the calling driver's own job, which runs: no read (row 3:
+    every driver's first registration paid a copy of the whole job table)."""
+    w = World()
+    w.jobs.running.add(JOB)
+    core = await w.core()
+    await core.registrar.register(dataclasses.replace(by_job(w.actor(), JOB), callers_job=True))
+    assert w.jobs.reads == 0
+    await core.registrar.register(by_job(w.actor(), JOB))  # named explicitly: trusted as seen running
+    assert w.jobs.reads == 0

@@ -78,7 +78,8 @@ def register(
     """
     args = register_args(actor, scope, app, deployment, job)
     return _call_controller(
-        "serve_cleanup_register", *args, timeout_s=timeout_s, api="register", kwargs=_register_kwargs(actor, grace_s)
+        "serve_cleanup_register", *args, timeout_s=timeout_s, api="register",
+        kwargs=_register_kwargs(actor, grace_s, scope == "job" and job is None),
     )
 
 
@@ -96,7 +97,8 @@ async def register_async(
     waiting (also between retries while the controller restarts) never blocks the loop."""
     args = register_args(actor, scope, app, deployment, job)
     return await _call_controller_async(
-        "serve_cleanup_register", *args, timeout_s=timeout_s, kwargs=_register_kwargs(actor, grace_s)
+        "serve_cleanup_register", *args, timeout_s=timeout_s,
+        kwargs=_register_kwargs(actor, grace_s, scope == "job" and job is None),
     )
 
 
@@ -160,11 +162,16 @@ async def collect_async(
 _REGISTER_KWARGS = {"protocol": PROTOCOL}
 
 
-def _register_kwargs(actor: object, grace_s: object) -> dict[str, Any]:
-    """``_REGISTER_KWARGS``, and ``grace_s`` when it is not 0 (a 0.2.0 controller, which
-    has no ``grace_s``, then refuses the call: ``ControllerVersionError``)."""
+def _register_kwargs(actor: object, grace_s: object, callers_job: bool = False) -> dict[str, Any]:
+    """``_REGISTER_KWARGS``, ``grace_s`` when it is not 0, and ``callers_job`` for a job
+    owner that is this driver's own job (running: the controller skips its read of the
+    job table, which costs GCS a copy of the whole table). A 0.2.0 controller, which
+    takes neither, refuses the call (``ControllerVersionError``)."""
     grace = check_grace(grace_s, KIND_PLACEMENT_GROUP if _ray.is_placement_group(actor) else KIND_ACTOR)
-    return {**_REGISTER_KWARGS, "grace_s": grace} if grace else _REGISTER_KWARGS
+    kwargs = {**_REGISTER_KWARGS, "grace_s": grace} if grace else dict(_REGISTER_KWARGS)
+    if callers_job:
+        kwargs["callers_job"] = True
+    return kwargs
 
 
 def controller_status(timeout_s: float = 10.0) -> dict[str, Any]:

@@ -39,7 +39,7 @@ PROTOCOL = 2
 NEEDED_RELEASE = "0.2.0"
 # Keyword arguments a 0.3.0 client sends only when the call needs them (a grace period, a
 # placement group's kind); a 0.2.0 controller refuses them the same way.
-NEEDS_0_3 = ("grace_s", "kind")
+NEEDS_0_3 = ("grace_s", "kind", "callers_job")
 
 
 def needed_release(kwargs: Optional[dict] = None) -> str:

@@ -37,6 +37,7 @@ class Registration:
     check_actor: bool = True  # refuse a dead or unknown actor (one actor-table lookup)
     kind: str = rec.KIND_ACTOR  # or rec.KIND_PLACEMENT_GROUP (always checked in its table)
     grace_s: float = 0.0  # graceful exit before the forced kill (records.check_grace)
+    callers_job: bool = False  # a job owner that is the calling driver's own job: running
 
     @property
     def owner(self) -> rec.Owner:

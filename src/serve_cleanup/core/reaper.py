@@ -263,6 +263,12 @@ class Reaper:
                     if exiting:
                         self._faults.reached("mid_graceful_exit")
                     dead = await self._confirm_dead(killed, exiting, reason, outcomes)
+                    finished = [a for a in dead if self._registry.has_deadline(a)]
+                    if finished:  # before the records: a shutdown ends once they are gone
+                        try:
+                            await self._registry.delete_deadlines(finished)
+                        except Exception as e:  # a leftover is deleted at the next load
+                            self._log.debug(f"serve_cleanup: could not delete graceful-exit deadlines ({e!r}).")
                     for r in killed:
                         if r.actor_id in dead:
                             to_drop[r.actor_id] = (r, Outcome.KILLED)

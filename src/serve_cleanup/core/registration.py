@@ -72,7 +72,9 @@ class Registrar:
                         return existing
                     return await self._verify_existing(existing)
                 admission.check_owner_exists(reg, self._serve)
-                if reg.scope == rec.SCOPE_JOB:
+                if reg.scope == rec.SCOPE_JOB and reg.callers_job:
+                    self.jobs_seen_running[reg.app] = self._clock.monotonic()  # it is calling
+                elif reg.scope == rec.SCOPE_JOB:
                     await self._check_job(reg.app)
                 return await self._write(reg, existing)
         finally:

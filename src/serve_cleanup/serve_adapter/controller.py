@@ -214,7 +214,7 @@ class ServeController(_ray.ServeController):
 
     async def serve_cleanup_register(
         self, actor: Any, scope: str = SCOPE_SERVE, app: str = "", deployment: str = "",
-        ensure_only: bool = False, protocol: int = 1, grace_s: float = 0.0,
+        ensure_only: bool = False, protocol: int = 1, grace_s: float = 0.0, callers_job: bool = False,
     ) -> Any:
         """Durably register ``actor``; returns the stored record. Idempotent.
 
@@ -223,7 +223,7 @@ class ServeController(_ray.ServeController):
         unpickles as its own one-owner ``Record`` (``client/protocol.py``)."""
         record = await _register(
             self._sc_core, actor, scope=scope, app=app, deployment=deployment, ensure_only=ensure_only,
-            grace_s=grace_s,
+            grace_s=grace_s, callers_job=bool(callers_job) and scope == "job",
         )
         return record if protocol >= 2 else V1Reply(record, (scope, app, deployment))
 
