@@ -651,6 +651,11 @@ class FakeKiller:
         self.in_hook: set[str] = set()  # DEAD in the table, their process still in its hook
         self.check: Optional[Callable[[Record], None]] = None  # asserts at the moment of a kill
         self.on_kill: Optional[Callable[[Record, bool], None]] = None
+        # Observers of graceful exits: ``on_terminate(record, was_alive)`` once an exit was
+        # asked for (after its effect); ``on_kill_process(record, where)`` at a process kill,
+        # before its effect.
+        self.on_terminate: Optional[Callable[[Record, bool], None]] = None
+        self.on_kill_process: Optional[Callable[[Record, str], None]] = None
         self.latency: Optional[Latency] = None
 
     async def kill(self, record: Record) -> bool:
@@ -675,12 +680,23 @@ class FakeKiller:
             self.check(record)
         if record.actor_id in self.unreachable or not self._reaches(record):
             return False
-        if record.actor_id not in self.undying and self.table.alive(record.actor_id):
+        was_alive = self.table.alive(record.actor_id)
+        if record.actor_id not in self.undying and was_alive:
             self.table.die(record.actor_id)
             if record.actor_id in self.hanging:
                 self.in_hook.add(record.actor_id)
             else:
                 self.graceful.append(record.actor_id)
+        if self.on_terminate is not None:
+            self.on_terminate(record, was_alive)
+        return True
+
+    def end_hook(self, actor_id: str) -> bool:
+        """A hook that was running (``in_hook``) returns: the process ends, gracefully."""
+        if actor_id not in self.in_hook:
+            return False
+        self.in_hook.discard(actor_id)
+        self.graceful.append(actor_id)
         return True
 
     async def exited(self, where: dict[str, str]) -> set[str]:
@@ -688,6 +704,8 @@ class FakeKiller:
                 if a not in self.in_hook and not (a in self.undying and self.table.alive(a))}
 
     async def kill_process(self, record: Record, where: str) -> None:
+        if self.on_kill_process is not None:
+            self.on_kill_process(record, where)
         if where == f"proc-{record.actor_id}" and record.actor_id in self.in_hook:
             self.in_hook.discard(record.actor_id)
             if self.on_kill is not None:
@@ -737,19 +755,25 @@ class ProcessKiller:
 
 class FakeJobs:
     """GCS's job table: ``running`` jobs; any other id has ended (or is unknown).
-    ``reads`` counts the reads (each one of the whole table in Ray)."""
+    ``reads`` counts the reads (each one of the whole table in Ray); ``on_read(op, ids)``
+    observes each (``ended`` or ``alive``) as it is asked."""
 
     def __init__(self) -> None:
         self.running: set[str] = set()
         self.reads = 0
+        self.on_read: Optional[Callable[[str, list[str]], None]] = None
 
     async def ended(self, job_ids) -> set[str]:
         self.reads += 1
+        if self.on_read is not None:
+            self.on_read("ended", list(job_ids))
         await asyncio.sleep(0)
         return {j for j in job_ids if j not in self.running}
 
     async def alive(self, job_id: str) -> bool:
         self.reads += 1
+        if self.on_read is not None:
+            self.on_read("alive", [job_id])
         await asyncio.sleep(0)
         return job_id in self.running
 
