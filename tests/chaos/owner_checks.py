@@ -3,8 +3,11 @@ feeds them synthetic observations to show each one can fail).
 
 An *owner* is ``(scope, app, deployment)`` as in ``serve_cleanup.core.records``:
 ``("app", A, "")`` or ``("deployment", A, D)``; it is gone once app ``A`` is deleted (the
-harness never redeploys an app without one of its deployments). A ``scope="serve"`` call
-adds no owner.
+harness never redeploys an app without one of its deployments); or ``("job", J, "")``, a
+Ray job, gone once job ``J`` has ended (the harness puts ``J`` with the deleted apps: the
+second field names what must be gone). A ``scope="serve"`` call adds no owner. What is
+registered is an actor or a placement group (its state: ``"DEAD"`` once REMOVED); the
+checks do not tell them apart.
 
 What the harness knows of one actor (``Calls``):
 
@@ -27,7 +30,13 @@ any subset of ``unconfirmed``. From that:
   pair's v2 key, and a registered actor has at least one key.
 
 ``gone_maybe`` is the apps whose ``serve.delete`` started (an actor of theirs may die from
-then on); ``gone`` those whose ``serve.delete`` returned (their actors must die).
+then on); ``gone`` those whose ``serve.delete`` returned (their actors must die). For a job:
+its driver exited, and GCS's job table says the job ended.
+
+States: ``"ALIVE"`` (or another live state of Ray's), ``"DEAD"``, or ``"EXITING"``: a
+graceful exit started (Ray marks the actor DEAD at once) while its process still runs its
+``__ray_shutdown__`` hook. An exiting actor has been killed (it must not be, while an owner
+lives) but is not yet dead (an orphan, after the settle window; a leak, after shutdown).
 """
 
 from __future__ import annotations
@@ -110,8 +119,8 @@ class Verdict:
 def before_shutdown(calls: Mapping[str, Calls], states: Mapping[str, str], keys: Mapping[str, set],
                     gone_maybe: set, gone: set, self_killed: Iterable[str] = ()) -> Verdict:
     """Checks at a settled moment before shutdown (every registrant done). ``states``: actor
-    id -> ``"ALIVE"``/``"DEAD"``/...; ``keys``: ``key_owners``. Actors the harness killed
-    itself (``self_killed``) must have no key left and are otherwise skipped."""
+    id -> ``"ALIVE"``/``"DEAD"``/``"EXITING"``/...; ``keys``: ``key_owners``. Actors the
+    harness killed itself (``self_killed``) must have no key left and are otherwise skipped."""
     v = Verdict()
     skip = set(self_killed)
     v.stale_records += [a for a in skip if keys.get(a)]
@@ -119,14 +128,15 @@ def before_shutdown(calls: Mapping[str, Calls], states: Mapping[str, str], keys:
         if a in skip or not c.registered:
             continue
         dead = states.get(a) == "DEAD"
-        if dead and not may_die(c, gone_maybe):
+        killed = dead or states.get(a) == "EXITING"
+        if killed and not may_die(c, gone_maybe):
             v.wrongly_killed.append(a)
         if must_die(c, gone):
             if not dead:
                 v.orphans_alive.append(a)
             elif keys.get(a):
                 v.stale_records.append(a)
-        if not dead:
+        if not killed:
             have = keys.get(a, set())
             live = {o for o in c.confirmed if _app(o) not in gone_maybe}
             if not have or not live <= have:

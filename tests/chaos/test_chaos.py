@@ -28,4 +28,10 @@ def test_chaos_rounds(no_serve, request):
     assert c["records_left"] == 0
     assert c["crash_loops"] == 0
     assert c["orphans_alive"] == 0 and c["owners_lost"] == 0 and c["stale_records"] == 0
+    assert c["pgs_left"] == 0, "registered placement groups were not REMOVED by shutdown"
+    assert c["slow_shutdowns"] == 0, "a shutdown took longer than its bound (largest grace_s + slack)"
+    if rounds >= 5:  # 0.3.0's features must have been exercised for their checks to prove anything
+        assert c["pgs"] > 0, "no placement group was registered"
+        assert c["job_owned"] > 0, "no registration with a job owner returned"
+        assert c["graceful"] > 0, "no actor was registered with grace_s"
     assert totals.ok, f"failed rounds (number, seed, failures): {totals.failed_rounds}"
