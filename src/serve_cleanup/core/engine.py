@@ -42,6 +42,7 @@ SUMMARY_INTERVAL_S = 10.0
 # The job table is read at most once every this many times its last read took (at most
 # 0.25% of the time), and never more often than once a liveness interval.
 JOB_READ_SPACING = 400
+JOB_READ_MAX_S = 30.0  # ... and at least once every 30 s (a slow read measured on a busy loop)
 
 
 @dataclass
@@ -184,7 +185,8 @@ class CleanupCore:
             self._log.warning(f"serve_cleanup: could not read the job table ({e!r}); retrying.")
             return
         took = self._clock.monotonic() - now
-        self.registrar.jobs_read_every_s = max(self.config.liveness_interval_s, JOB_READ_SPACING * took)
+        self.registrar.jobs_read_every_s = min(JOB_READ_MAX_S, max(self.config.liveness_interval_s,
+                                                                   JOB_READ_SPACING * took))
         self._next_jobs_read = now + self.registrar.jobs_read_every_s
         self._ended_jobs = ended
         self.registrar.jobs_seen_running.update(dict.fromkeys(jobs - ended, now))
